@@ -1,0 +1,78 @@
+"""n-shot prompts for math word problems, in plain-completion or chat-template style.
+
+plain (base models), 2-shot:
+
+    Question: <exemplar 1>
+    Answer: <worked solution>
+    #### The final answer is 72
+
+    Question: <exemplar 2>
+    Answer: ...
+
+    Question: <the problem>
+    Answer:
+
+chat (instruct models): a system instruction asking for the answer line, then each exemplar
+as a user/assistant turn pair, then the problem as the last user turn, rendered with the
+tokenizer's own chat template and its generation prompt.
+
+A completion is cut at the first of STOP_STRINGS: in plain style a base model that has
+answered goes on to invent the next "Question:".
+"""
+
+from __future__ import annotations
+
+from data.exemplars import GSM8K_EXEMPLARS
+from data.gsm8k import ANSWER_PREFIX, parse_gsm8k_row
+
+SHOT_COUNTS = (0, 1, 2, 4, 8)
+STOP_STRINGS = ("\nQuestion:",)
+STYLES = ("plain", "chat")
+CHAT_INSTRUCTION = (
+    "Solve the math word problem step by step. "
+    f"End your reply with a last line of the form '{ANSWER_PREFIX} N', where N is a number."
+)
+
+# (question, worked solution ending with the answer line), in prompt order.
+EXEMPLARS = tuple(
+    (parsed["question"], parsed["solution"])
+    for parsed in map(parse_gsm8k_row, GSM8K_EXEMPLARS)
+)
+EXEMPLAR_QUESTIONS = frozenset(question for question, _ in EXEMPLARS)
+
+
+def check_prompt_args(n_shot: int, style: str, tokenizer) -> None:
+    if n_shot not in SHOT_COUNTS:
+        raise ValueError(f"n_shot={n_shot!r} is not one of {SHOT_COUNTS}")
+    if style not in STYLES:
+        raise ValueError(f"style={style!r} is not one of {STYLES}: 'plain' for base models, 'chat' for instruct models")
+    if style == "chat" and tokenizer is None:
+        raise ValueError("style='chat' needs the model's tokenizer (its apply_chat_template renders the turns)")
+
+
+def chat_messages(question: str, n_shot: int) -> list[dict]:
+    """The chat turns of an n-shot prompt: system instruction, exemplar pairs, the question."""
+    messages = [{"role": "system", "content": CHAT_INSTRUCTION}]
+    for exemplar_question, solution in EXEMPLARS[:n_shot]:
+        messages.append({"role": "user", "content": exemplar_question})
+        messages.append({"role": "assistant", "content": solution})
+    messages.append({"role": "user", "content": question})
+    return messages
+
+
+def build_prompt(question: str, n_shot: int, style: str, tokenizer=None) -> str:
+    """The exact text fed to the model for `question` with the first `n_shot` exemplars."""
+    check_prompt_args(n_shot, style, tokenizer)
+    if style == "chat":
+        return tokenizer.apply_chat_template(
+            chat_messages(question, n_shot), tokenize=False, add_generation_prompt=True
+        )
+    blocks = [f"Question: {q}\nAnswer: {solution}" for q, solution in EXEMPLARS[:n_shot]]
+    blocks.append(f"Question: {question}\nAnswer:")
+    return "\n\n".join(blocks)
+
+
+def truncate_at_stop(completion: str, stop_strings: tuple[str, ...] = STOP_STRINGS) -> str:
+    """The completion up to (not including) the earliest stop string, if any occurs."""
+    cut = min((i for i in (completion.find(s) for s in stop_strings) if i >= 0), default=len(completion))
+    return completion[:cut]

@@ -1,0 +1,141 @@
+"""GSM8K parsing: final-answer normalization, calculator annotations, every row of the local copy."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from data import ANSWER_PREFIX, BadRowError, load_gsm8k_file, normalize_number, parse_gsm8k_row
+from data import strip_calculator_annotations
+
+REPO = Path(__file__).resolve().parents[1]
+# CI has shared/ beside the clone; elsewhere point GSM8K_DIR at a copy.
+GSM8K_DIR = next(
+    (d for d in (Path(os.environ.get("GSM8K_DIR", REPO / "missing")), REPO.parent / "shared/data/gsm8k")
+     if (d / "train.jsonl").is_file()),
+    None,
+)
+needs_gsm8k = pytest.mark.skipif(GSM8K_DIR is None, reason="no local GSM8K copy: set GSM8K_DIR")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("72", "72"),
+        (" 72\n", "72"),
+        ("1,080", "1080"),
+        ("109,200,000", "109200000"),
+        ("$5", "5"),
+        ("$1,250.00", "1250"),
+        ("-3", "-3"),
+        ("0.5", "0.5"),
+        ("0.50", "0.5"),
+        (".5", "0.5"),
+        ("3.0", "3"),
+        ("+7", "7"),
+        ("-0", "0"),
+        ("12.345", "12.345"),
+    ],
+)
+def test_normalize_number(text, expected):
+    assert normalize_number(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", " ", "seventy", "72 apples", "1/2", "3-4", "--3", "$", "1.2.3", "1e5", "nan"])
+def test_normalize_number_rejects_non_numbers(text):
+    with pytest.raises(ValueError, match="is not a number"):
+        normalize_number(text)
+
+
+def test_strip_calculator_annotations_keeps_the_visible_result():
+    text = "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nShe earned 0.2 x 50 = $<<0.2*50=10>>10."
+    assert strip_calculator_annotations(text) == "Weng earns 12/60 = $0.2 per minute.\nShe earned 0.2 x 50 = $10."
+
+
+def test_parse_row_builds_question_answer_and_solution():
+    raw = {
+        "question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
+        "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nIn all 48+24 = <<48+24=72>>72 clips.\n#### 1,072",
+    }
+    row = parse_gsm8k_row(raw)
+    assert row == {
+        "question": raw["question"],
+        "answer": "1072",
+        "solution": "Natalia sold 48/2 = 24 clips in May.\nIn all 48+24 = 72 clips.\n#### The final answer is 1072",
+    }
+    assert raw["answer"].endswith("#### 1,072")  # the input is not mutated
+
+
+@needs_gsm8k
+@pytest.mark.parametrize(("split", "n_rows"), [("train", 7473), ("test", 1319)])
+def test_every_local_row_parses(split, n_rows):
+    path = GSM8K_DIR / f"{split}.jsonl"
+    rows = load_gsm8k_file(path)
+    raws = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == len(raws) == n_rows  # 7473 + 1319 = 8792 rows in all
+    for raw, row in zip(raws, rows):
+        # The extracted answer is the text after ####, only separators removed.
+        assert row["answer"] == raw["answer"].split("####")[1].strip().replace(",", "")
+        assert row["answer"].lstrip("-").isdigit()  # GSM8K final answers are all integers
+        assert "<<" not in row["solution"] and ">>" not in row["solution"]
+        assert row["solution"].endswith(f"\n{ANSWER_PREFIX} {row['answer']}")
+        assert row["solution"].count("####") == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({"question": "How many?", "answer": "It is 4."}, "exactly one '####'"),
+        ({"question": "How many?", "answer": "4 #### 4 #### 4"}, "found 2"),
+        ({"question": "How many?", "answer": "It is four.\n#### four"}, "'four' is not a number"),
+        ({"question": "How many?", "answer": "It is 4.\n####"}, "is not a number"),
+        ({"answer": "#### 4"}, "field 'question'"),
+        ({"question": "How many?"}, "field 'answer'"),
+        ({"question": "   ", "answer": "#### 4"}, "field 'question'"),
+        ({"question": "How many?", "answer": 4}, "field 'answer'"),
+    ],
+)
+def test_bad_rows_name_file_line_and_reason(tmp_path, raw, reason):
+    good = {"question": "What is 2 + 2?", "answer": "2 + 2 = <<2+2=4>>4\n#### 4"}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(raw) + "\n", encoding="utf-8")
+    with pytest.raises(BadRowError, match=reason) as caught:
+        load_gsm8k_file(path)
+    assert (caught.value.source, caught.value.line) == (str(path), 2)
+    assert f"{path}, line 2" in str(caught.value) and "on_bad_row='skip'" in str(caught.value)
+
+
+def test_skip_drops_bad_rows_and_logs_each_with_its_line(tmp_path, caplog):
+    lines = [
+        json.dumps({"question": "What is 2 + 2?", "answer": "#### 4"}),
+        json.dumps({"question": "No marker", "answer": "4"}),
+        "{not json",
+        "",  # a blank line is not a row
+        json.dumps(["a", "list"]),
+        json.dumps({"question": "What is 3 - 5?", "answer": "#### -2"}),
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="data.rows"):
+        rows = load_gsm8k_file(path, on_bad_row="skip")
+    assert [row["answer"] for row in rows] == ["4", "-2"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("line 2" in m and "'####'" in m for m in messages)
+    assert any("line 3" in m and "not valid JSON" in m for m in messages)
+    assert any("line 5" in m and "expected a JSON object" in m for m in messages)
+    # JSON decoding drops lines 3 and 5 (2 of 5 rows), parsing then drops line 2 (1 of 3).
+    assert any("skipped 2 bad row(s) of 5" in m for m in messages)
+    assert any("skipped 1 bad row(s) of 3" in m for m in messages)
+
+
+def test_unknown_bad_row_policy_is_an_error(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": "#### 1"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="on_bad_row='keep'"):
+        load_gsm8k_file(path, on_bad_row="keep")
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_gsm8k_file(tmp_path / "nope.jsonl")

@@ -1,0 +1,109 @@
+"""Prompt construction: exemplars come from the train split only, shot counts are exact."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from data import ANSWER_PREFIX, EXEMPLARS, SHOT_COUNTS, STOP_STRINGS, build_prompt, chat_messages, truncate_at_stop
+from data.exemplars import GSM8K_EXEMPLARS
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K_DIR = next(
+    (d for d in (Path(os.environ.get("GSM8K_DIR", REPO / "missing")), REPO.parent / "shared/data/gsm8k")
+     if (d / "train.jsonl").is_file()),
+    None,
+)
+needs_gsm8k = pytest.mark.skipif(GSM8K_DIR is None, reason="no local GSM8K copy: set GSM8K_DIR")
+DEMO_MODEL = Path(os.environ.get("DEMO_MODEL", "/tmp/smolhf"))
+needs_demo_tokenizer = pytest.mark.skipif(not DEMO_MODEL.is_dir(), reason=f"no demo model at {DEMO_MODEL}")
+
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+
+
+@needs_gsm8k
+def test_exemplars_are_verbatim_train_rows_and_never_test_questions():
+    train_lines = (GSM8K_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    test_questions = {json.loads(line)["question"].strip() for line in (GSM8K_DIR / "test.jsonl").open()}
+    for exemplar in GSM8K_EXEMPLARS:
+        row = json.loads(train_lines[exemplar["train_line"] - 1])
+        assert row == {"question": exemplar["question"], "answer": exemplar["answer"]}
+    assert len(EXEMPLARS) == 8
+    assert not {question for question, _ in EXEMPLARS} & test_questions
+
+
+def test_exemplar_solutions_end_with_the_answer_line():
+    # First exemplar: Natalia sells 48 clips, then 48/2 = 24, so 48 + 24 = 72.
+    assert EXEMPLARS[0][1].endswith(f"\n{ANSWER_PREFIX} 72")
+    assert all("<<" not in solution and solution.count(ANSWER_PREFIX) == 1 for _, solution in EXEMPLARS)
+
+
+@pytest.mark.parametrize("n_shot", SHOT_COUNTS)
+def test_plain_prompt_has_exactly_n_exemplars_then_the_question(n_shot):
+    prompt = build_prompt(QUESTION, n_shot, "plain")
+    assert prompt.count("Question: ") == n_shot + 1
+    assert prompt.count(ANSWER_PREFIX) == n_shot
+    assert prompt.endswith(f"Question: {QUESTION}\nAnswer:")
+    for question, solution in EXEMPLARS[:n_shot]:
+        assert f"Question: {question}\nAnswer: {solution}\n\n" in prompt
+    for question, _ in EXEMPLARS[n_shot:]:
+        assert question not in prompt
+
+
+def test_plain_one_shot_prompt_text():
+    question, solution = EXEMPLARS[0]
+    assert build_prompt(QUESTION, 1, "plain") == f"Question: {question}\nAnswer: {solution}\n\nQuestion: {QUESTION}\nAnswer:"
+
+
+@pytest.mark.parametrize("n_shot", SHOT_COUNTS)
+def test_chat_messages_alternate_exemplar_turns(n_shot):
+    messages = chat_messages(QUESTION, n_shot)
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * n_shot + ["user"]
+    assert ANSWER_PREFIX in messages[0]["content"]
+    assert messages[-1]["content"] == QUESTION
+
+
+@needs_demo_tokenizer
+@pytest.mark.parametrize("n_shot", [0, 2, 8])
+def test_chat_prompt_renders_with_the_models_template(n_shot):
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL)
+    prompt = build_prompt(QUESTION, n_shot, "chat", tokenizer)
+    assert prompt.count("<|im_start|>user") == n_shot + 1
+    assert prompt.count("<|im_start|>assistant") == n_shot + 1  # n answers + the generation prompt
+    assert prompt.endswith(f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(
+    ("n_shot", "style", "tokenizer", "message"),
+    [
+        (3, "plain", None, "n_shot=3"),
+        (16, "plain", None, "n_shot=16"),
+        ("2", "plain", None, "n_shot='2'"),
+        (2, "instruct", None, "style='instruct'"),
+        (2, "chat", None, "needs the model's tokenizer"),
+    ],
+)
+def test_bad_prompt_arguments_are_errors(n_shot, style, tokenizer, message):
+    with pytest.raises(ValueError, match=message):
+        build_prompt(QUESTION, n_shot, style, tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("4 + 3 = 7\n#### The final answer is 7\n\nQuestion: Next one", "4 + 3 = 7\n#### The final answer is 7\n"),
+        ("#### The final answer is 7\nQuestion: a\nQuestion: b", "#### The final answer is 7"),
+        ("no stop string here", "no stop string here"),
+        ("", ""),
+        ("\nQuestion:", ""),
+    ],
+)
+def test_truncate_at_stop(completion, expected):
+    assert truncate_at_stop(completion) == expected
+    assert truncate_at_stop(completion, STOP_STRINGS) == expected
+
+
+def test_truncate_at_the_earliest_of_several_stop_strings():
+    assert truncate_at_stop("a <B> b <A> c", ("<A>", "<B>")) == "a "
