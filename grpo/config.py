@@ -1,0 +1,278 @@
+"""Recipe configuration: frozen dataclasses, one per concern, loaded from YAML with CLI overrides.
+
+A recipe is a YAML mapping with the sections below. `key=value` overrides use dotted paths
+(`train.learning_rate=1e-5`). Unknown sections or keys, wrong types and impossible values
+are errors that name the key and the fix; everything is validated once, in `validate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from grpo.loss import ADVANTAGE_SCALES, AGGREGATIONS
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot run; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "smollm2-135m-demo"  # HF hub id, local HF folder, a .gguf file, or the demo alias
+    gguf_file: str | None = None  # GGUF file name inside `name` when `name` is a folder or hub id
+    dtype: str = "float32"  # weights/compute dtype: float32 | bfloat16 | float16
+    load_in_4bit: bool = False  # QLoRA: bitsandbytes NF4 base weights (needs use_lora)
+    use_lora: bool = True  # False = full fine-tuning (then beta > 0 keeps a frozen reference copy)
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 16  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA input; 0 keeps old/new log-probs comparable
+    lora_target_modules: tuple[str, ...] = (  # attention and MLP projections (Llama/Qwen names)
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    )
+    gradient_checkpointing: bool = False  # trade compute for activation memory
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "synthetic"  # gsm8k | synthetic | jsonl (prepared rows with prompt/answer)
+    train_file: str | None = None  # local JSONL; gsm8k without it loads openai/gsm8k from the hub
+    eval_file: str | None = None  # local JSONL for held-out evaluation
+    n_shot: int = 0  # few-shot exemplars in each prompt: 0, 1, 2, 4 or 8
+    prompt_style: str = "chat"  # chat (instruct models, chat template) | plain (base models)
+    difficulty: int = 1  # synthetic task only: 1 = one step, 2 = two steps, 3 = with products
+    val_fraction: float = 0.1  # share of the training rows held out for validation
+    limit_train: int | None = None  # use only the first N training rows
+    limit_eval: int | None = None  # evaluate on the first N held-out rows
+    on_bad_row: str = "error"  # error | skip (skipped rows are logged with their line)
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    name: str  # a name in the rewards registry (rewards.names())
+    weight: float = 1.0  # weight in the total reward
+    options: dict = field(default_factory=dict)  # keyword options bound to the reward function
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    group_size: int = 8  # G: completions sampled per prompt
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling mass
+    max_new_tokens: int = 256  # completion length cap; longer completions are truncated
+    stop_strings: tuple[str, ...] = ("\n\nQuestion:",)  # text that ends a completion
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 16  # completions per micro-batch per device (a multiple of group_size)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    num_iterations: int = 1  # mu: policy updates per rollout batch (old log-probs used when > 1)
+    epochs: float = 1.0  # passes over the training prompts (ignored when max_steps > 0)
+    max_steps: int = 0  # rollout steps; 0 = derived from epochs
+    learning_rate: float = 1e-5  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas
+    warmup_ratio: float = 0.0  # share of optimizer steps with linear warmup, then cosine decay
+    max_grad_norm: float = 1.0  # gradient clipping; 0 disables
+    beta: float = 0.04  # KL penalty weight to the reference policy; 0 skips the reference pass
+    eps_low: float = 0.2  # lower clip range of the ratio
+    eps_high: float = 0.2  # upper clip range (> eps_low is DAPO clip-higher)
+    advantage_scale: str = "group"  # group | batch | none (Dr. GRPO)
+    loss_aggregation: str = "seq-mean-token-mean"  # see grpo.loss.AGGREGATIONS
+    max_seq_length: int = 2048  # prompt + completion tokens; longer prompts are an error
+    seed: int = 0  # seeds data order, sampling and initialization
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    output_dir: str = "runs/demo"  # metrics, checkpoints, plots and the final adapter go here
+    save_every: int = 1  # checkpoint every N steps (a kill loses at most N steps)
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all (trajectory extrapolation)
+    eval_every: int = 0  # held-out evaluation every N steps; 0 = only before and after
+    eval_max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
+    tensorboard: bool = True  # also write TensorBoard event files
+    merge_final: bool = False  # also export the base model with the adapter merged in
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    rewards: tuple[RewardSpec, ...] = (
+        RewardSpec("gsm8k_format", 1.0),
+        RewardSpec("gsm8k_correctness", 1.0),
+    )
+
+
+def _coerce(value, annotation, where: str):
+    """Convert a YAML/CLI value to the field's declared type, or raise naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = annotation(value) if annotation is float else int(str(value), 10)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+        return number
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_type = args[0]
+        if len(args) == 2 and args[1] is not Ellipsis and len(items) != 2:
+            raise ConfigError(f"{where}: expected 2 values, got {value!r}")
+        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(items))
+    if annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{where}: unsupported type {annotation}")
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field (e.g. a reward's name) is missing
+        raise ConfigError(f"{where}: {err}") from None
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig,
+            "train": TrainConfig, "log": LogConfig}
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build a validated Config from a recipe mapping."""
+    raw = raw or {}
+    valid = list(SECTIONS) + ["rewards"]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"recipe: unknown section(s) {unknown}; valid sections: {', '.join(valid)}")
+    parts = {name: _build(cls, raw.get(name) or {}, name) for name, cls in SECTIONS.items()}
+    if "rewards" in raw:
+        specs = raw["rewards"]
+        if not isinstance(specs, list) or not specs:
+            raise ConfigError("rewards: expected a non-empty list of {name, weight, options}")
+        parts["rewards"] = tuple(_build(RewardSpec, s, f"rewards[{i}]") for i, s in enumerate(specs))
+    config = Config(**parts)
+    validate(config)
+    return config
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of `raw` with `section.key=value` overrides applied (values parsed as YAML)."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.beta=0.0")
+        section, name = key.split(".", 1)
+        if section == "rewards":
+            merged["rewards"] = yaml.safe_load(text)
+            continue
+        merged.setdefault(section, {})
+        if not isinstance(merged[section], dict):
+            raise ConfigError(f"override {item!r}: section {section!r} is not a mapping")
+        merged[section][name] = yaml.safe_load(text)
+    return merged
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML recipe (None = the built-in defaults), apply overrides, validate."""
+    raw = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {str(path)!r} not found; see recipes/ for examples")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+    return config_from_dict(apply_overrides(raw, list(overrides)))
+
+
+def _require(ok: bool, message: str):
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(c: Config) -> None:
+    """Check ranges and cross-field constraints once, at start."""
+    m, d, r, t, lg = c.model, c.data, c.rollout, c.train, c.log
+    _require(m.dtype in ("float32", "bfloat16", "float16"),
+             f"model.dtype={m.dtype!r}: use float32, bfloat16 or float16")
+    _require(not m.load_in_4bit or m.use_lora,
+             "model.load_in_4bit=true needs model.use_lora=true (4-bit weights cannot be trained)")
+    _require(m.lora_r > 0 and m.lora_alpha > 0, "model.lora_r and model.lora_alpha must be > 0")
+    _require(0 <= m.lora_dropout < 1, f"model.lora_dropout={m.lora_dropout}: use [0, 1)")
+    _require(d.task in ("gsm8k", "synthetic", "jsonl"),
+             f"data.task={d.task!r}: use gsm8k, synthetic or jsonl")
+    _require(d.task != "jsonl" or d.train_file, "data.task=jsonl needs data.train_file")
+    _require(d.n_shot in (0, 1, 2, 4, 8), f"data.n_shot={d.n_shot}: use 0, 1, 2, 4 or 8")
+    _require(d.prompt_style in ("chat", "plain"),
+             f"data.prompt_style={d.prompt_style!r}: use chat or plain")
+    _require(0 <= d.val_fraction < 1, f"data.val_fraction={d.val_fraction}: use [0, 1)")
+    _require(d.on_bad_row in ("error", "skip"), f"data.on_bad_row={d.on_bad_row!r}: use error or skip")
+    _require(r.group_size >= 2, f"rollout.group_size={r.group_size}: GRPO needs at least 2 per prompt")
+    _require(r.temperature > 0, f"rollout.temperature={r.temperature}: must be > 0")
+    _require(0 < r.top_p <= 1, f"rollout.top_p={r.top_p}: use (0, 1]")
+    _require(r.max_new_tokens > 0, f"rollout.max_new_tokens={r.max_new_tokens}: must be > 0")
+    _require(t.batch_size > 0 and t.batch_size % r.group_size == 0,
+             f"train.batch_size={t.batch_size} must be a positive multiple of "
+             f"rollout.group_size={r.group_size} (a group is scored together)")
+    _require(t.grad_accum_steps >= 1, f"train.grad_accum_steps={t.grad_accum_steps}: must be >= 1")
+    _require(t.num_iterations >= 1, f"train.num_iterations={t.num_iterations}: must be >= 1")
+    _require(t.max_steps > 0 or t.epochs > 0, "set train.max_steps > 0 or train.epochs > 0")
+    _require(t.learning_rate > 0 and math.isfinite(t.learning_rate),
+             f"train.learning_rate={t.learning_rate}: must be a finite number > 0")
+    _require(0 <= t.warmup_ratio < 1, f"train.warmup_ratio={t.warmup_ratio}: use [0, 1)")
+    _require(t.max_grad_norm >= 0, f"train.max_grad_norm={t.max_grad_norm}: must be >= 0")
+    _require(t.beta >= 0, f"train.beta={t.beta}: must be >= 0")
+    _require(0 <= t.eps_low < 1 and t.eps_high >= 0,
+             f"train.eps_low={t.eps_low}, eps_high={t.eps_high}: use 0 <= eps_low < 1, eps_high >= 0")
+    _require(t.advantage_scale in ADVANTAGE_SCALES,
+             f"train.advantage_scale={t.advantage_scale!r}: use {', '.join(ADVANTAGE_SCALES)}")
+    _require(t.loss_aggregation in AGGREGATIONS,
+             f"train.loss_aggregation={t.loss_aggregation!r}: use {', '.join(AGGREGATIONS)}")
+    _require(t.max_seq_length > r.max_new_tokens,
+             f"train.max_seq_length={t.max_seq_length} must exceed rollout.max_new_tokens")
+    _require(lg.save_every >= 1 and lg.keep_checkpoints >= 0,
+             "log.save_every must be >= 1 and log.keep_checkpoints >= 0")
+    for i, spec in enumerate(c.rewards):
+        _require(math.isfinite(spec.weight), f"rewards[{i}].weight={spec.weight}: must be finite")
+
+
+def to_dict(config: Config) -> dict:
+    """The resolved config as plain data (logged at start, saved beside checkpoints)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,282 @@
+"""Rollout: sample G completions per prompt, and score tokens under a policy.
+
+Both the sampler and the log-prob pass encode each prompt once and share its KV cache
+across the prompt's G completions (`batch_repeat_interleave`): few-shot prompts are long
+and identical within a group. Finished completions leave the decode batch at once.
+
+Shapes: N = prompts, G = group size, B = N * G rows, P = padded prompt length (prompts are
+left-padded), T = padded completion length (completions are right-padded), V = vocab, H = hidden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.utils.checkpoint
+
+from grpo.loss import token_logprobs
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclass
+class RolloutBatch:
+    """N prompts x G sampled completions, as padded tensors plus decoded texts."""
+
+    prompt_ids: torch.Tensor  # (N, P) left-padded
+    prompt_mask: torch.Tensor  # (N, P) 1 = real prompt token
+    completion_ids: torch.Tensor  # (B, T) right-padded with the pad id
+    completion_mask: torch.Tensor  # (B, T) float, 1 = generated token (up to EOS / stop string)
+    truncated: torch.Tensor  # (B,) bool: hit max_new_tokens without EOS or a stop string
+    texts: list[str]  # B completion texts, cut before any stop string
+    group_size: int
+
+    @property
+    def num_prompts(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def prompts_slice(self, start: int, stop: int) -> "RolloutBatch":
+        """Prompts [start, stop) with their completions, padding trimmed to the slice's needs."""
+        g = self.group_size
+        pmask = self.prompt_mask[start:stop]
+        first = int((pmask.sum(0) > 0).nonzero()[0]) if pmask.any() else 0
+        cmask = self.completion_mask[start * g : stop * g]
+        width = max(1, int(cmask.sum(1).max().item()))
+        return RolloutBatch(
+            prompt_ids=self.prompt_ids[start:stop, first:],
+            prompt_mask=pmask[:, first:],
+            completion_ids=self.completion_ids[start * g : stop * g, :width],
+            completion_mask=cmask[:, :width],
+            truncated=self.truncated[start * g : stop * g],
+            texts=self.texts[start * g : stop * g],
+            group_size=g,
+        )
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (N, P) ids and mask, padded on the left so every prompt ends at column P-1."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if seq:
+            ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
+    return ids, mask
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Next tokens from (N, V) logits: greedy at temperature 0, else temperature + nucleus sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Drop a token when the mass before it already reaches top_p (the top token always stays).
+        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _ends_with_stop(tokenizer, tokens: list[int], stop_strings: tuple[str, ...], window: int) -> bool:
+    tail = tokenizer.decode(tokens[-window:], skip_special_tokens=True)
+    return any(s in tail for s in stop_strings)
+
+
+def cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
+    cuts = [text.find(s) for s in stop_strings if s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompt_token_lists: list[list[int]],
+    group_size: int,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> RolloutBatch:
+    """Sample `group_size` completions for each prompt with a KV cache shared within the group."""
+    device = next(model.parameters()).device
+    eos_ids = _eos_ids(tokenizer, model)
+    prompt_ids, prompt_mask = left_pad(prompt_token_lists, tokenizer.pad_token_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    padded = not bool(prompt_mask.all())
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask if padded else None,
+        position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(group_size)
+    logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (B, V)
+    num_rows = logits.shape[0]
+    attention = prompt_mask.repeat_interleave(group_size, dim=0) if padded else None  # (B, P)
+    positions = prompt_mask.sum(1).repeat_interleave(group_size)  # (B,) next position
+    active = torch.arange(num_rows, device=device)  # rows still decoding, in cache order
+    tokens: list[list[int]] = [[] for _ in range(num_rows)]
+    truncated = torch.ones(num_rows, dtype=torch.bool)
+    window = max((len(s) for s in params.stop_strings), default=0) + 2
+
+    for step in range(params.max_new_tokens):
+        next_tokens = sample_tokens(logits, params.temperature, params.top_p, generator)  # (A,)
+        keep = torch.ones(len(active), dtype=torch.bool)
+        for slot, (row, token) in enumerate(zip(active.tolist(), next_tokens.tolist())):
+            tokens[row].append(token)
+            if token in eos_ids or (
+                params.stop_strings and _ends_with_stop(tokenizer, tokens[row], params.stop_strings, window)
+            ):
+                keep[slot] = False
+                truncated[row] = False
+        if not keep.any() or step == params.max_new_tokens - 1:
+            break
+        if not keep.all():  # finished rows leave the batch: no wasted decode work
+            index = keep.nonzero().squeeze(1).to(device)
+            cache.batch_select_indices(index)
+            active, next_tokens, positions = active[index], next_tokens[index], positions[index]
+            attention = attention[index] if attention is not None else None
+        if attention is not None:
+            attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
+        out = model(
+            input_ids=next_tokens.unsqueeze(1),
+            attention_mask=attention,
+            position_ids=positions.unsqueeze(1),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        positions = positions + 1
+        logits = out.logits[:, -1]
+
+    width = max(len(t) for t in tokens)
+    completion_ids = torch.full((num_rows, width), tokenizer.pad_token_id, dtype=torch.long)
+    completion_mask = torch.zeros((num_rows, width))
+    for row, toks in enumerate(tokens):
+        completion_ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+        completion_mask[row, : len(toks)] = 1.0
+    texts = [
+        cut_at_stop(tokenizer.decode(t, skip_special_tokens=True), params.stop_strings) for t in tokens
+    ]
+    return RolloutBatch(
+        prompt_ids=prompt_ids.cpu(),
+        prompt_mask=prompt_mask.cpu(),
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        truncated=truncated,
+        texts=texts,
+        group_size=group_size,
+    )
+
+
+def _eos_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
+    return {i for i in ids if i is not None}
+
+
+def _decoder_and_head(model):
+    """The transformer body (returns normed hidden states) and the LM head, through peft wrappers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _chunk_logprobs(head, hidden, tokens, temperature, with_entropy):
+    logits = head(hidden) / temperature  # (b, T, V)
+    logp = token_logprobs(logits, tokens, chunk_rows=hidden.shape[0])
+    if not with_entropy:
+        return logp, None
+    with torch.no_grad():
+        lsm = torch.log_softmax(logits.detach().float(), dim=-1)
+        entropy = -(lsm.exp() * lsm).sum(-1)
+    return logp, entropy
+
+
+def completion_logprobs(
+    model,
+    batch: RolloutBatch,
+    temperature: float = 1.0,
+    shared_prefix: bool = True,
+    with_entropy: bool = False,
+    chunk_rows: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (B, T) of the sampled completion tokens (and entropies (B, T) if asked).
+
+    shared_prefix=True runs each prompt through the model once and repeats its KV cache for
+    the G completions (gradients flow back through the one prompt pass); False runs the
+    concatenated prompt+completion rows, the textbook way (used to test the first).
+    The vocabulary projection runs `chunk_rows` rows at a time, re-computed in the backward
+    pass, so (B, T, V) logits never exist at once.
+    """
+    decoder, head = _decoder_and_head(model)
+    device = next(model.parameters()).device
+    g = batch.group_size
+    prompt_ids, prompt_mask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)
+    completion_ids = batch.completion_ids.to(device)
+    num_rows, width = completion_ids.shape
+    prompt_len = prompt_mask.sum(1).repeat_interleave(g)  # (B,)
+    padded = not bool(prompt_mask.all())
+
+    if shared_prefix:
+        out = decoder(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask if padded else None,
+            position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0),
+            use_cache=True,
+        )
+        first = out.last_hidden_state[:, -1:].repeat_interleave(g, dim=0)  # (B, 1, H)
+        hidden = first
+        if width > 1:
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(g)
+            attention = None
+            if padded:
+                rep = prompt_mask.repeat_interleave(g, dim=0)
+                attention = torch.cat([rep, rep.new_ones(num_rows, width - 1)], dim=1)
+            positions = prompt_len.unsqueeze(1) + torch.arange(width - 1, device=device)
+            rest = decoder(
+                input_ids=completion_ids[:, :-1],
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state  # (B, T-1, H)
+            hidden = torch.cat([first, rest], dim=1)  # (B, T, H)
+    else:
+        rep_ids = prompt_ids.repeat_interleave(g, dim=0)
+        rep_mask = prompt_mask.repeat_interleave(g, dim=0)
+        ids = torch.cat([rep_ids, completion_ids], dim=1)  # (B, P + T)
+        mask = torch.cat([rep_mask, rep_mask.new_ones(num_rows, width)], dim=1)
+        out = decoder(
+            input_ids=ids,
+            attention_mask=mask if padded else None,
+            position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+        )
+        p = prompt_ids.shape[1]
+        hidden = out.last_hidden_state[:, p - 1 : p - 1 + width]  # (B, T, H): predicts each completion token
+
+    logps, entropies = [], []
+    for h, t in zip(hidden.split(chunk_rows), completion_ids.split(chunk_rows)):
+        if torch.is_grad_enabled():
+            lp, ent = torch.utils.checkpoint.checkpoint(
+                _chunk_logprobs, head, h, t, temperature, with_entropy, use_reentrant=False
+            )
+        else:
+            lp, ent = _chunk_logprobs(head, h, t, temperature, with_entropy)
+        logps.append(lp)
+        entropies.append(ent)
+    logp = torch.cat(logps)
+    entropy = torch.cat(entropies) if with_entropy else None
+    return logp, entropy

@@ -1,0 +1,21 @@
+"""Verifiable reward functions, chosen by name: `rewards.get("gsm8k_correctness")`.
+
+Every reward has TRL's signature `fn(completions, **columns) -> list[float | None]`
+(see `rewards.registry`); `None` marks a row the reward does not apply to.
+"""
+
+from rewards import gsm8k, math_answer
+from rewards.gsm8k import correctness_reward, format_reward
+from rewards.math_answer import math_verify_reward
+from rewards.registry import get, names, register
+
+__all__ = [
+    "correctness_reward",
+    "format_reward",
+    "get",
+    "gsm8k",
+    "math_answer",
+    "math_verify_reward",
+    "names",
+    "register",
+]

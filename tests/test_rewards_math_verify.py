@@ -1,0 +1,76 @@
+import threading
+import time
+
+import pytest
+
+import rewards
+from rewards.math_answer import math_verify_reward
+
+MEGABYTE = 1_000_000
+
+
+@pytest.mark.parametrize(
+    "completion, answer, expected",
+    [
+        ("So the answer is $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}", 1.0),
+        ("\\boxed{0.5}", "\\frac{1}{2}", 1.0),
+        ("\\boxed{\\dfrac{6}{12}}", "$\\frac12$", 1.0),
+        ("\\boxed{1+x^2}", "x^2+1", 1.0),
+        ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", 1.0),
+        ("The final answer is $3$.", "3", 1.0),  # no box: math-verify's last expression
+        ("Solution: ... so \\boxed{7}.", "He gets $\\boxed{7}$ apples.", 1.0),  # gold is a solution
+        ("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}", 0.0),  # right format, wrong answer
+        ("", "\\frac{1}{2}", 0.0),
+        ("I do not know.", "\\frac{1}{2}", 0.0),  # no answer
+        ("\\boxed{1} or \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 0.0),  # hedged
+        ("\\boxed{\\frac{1}{2}} \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 0.0),  # two boxes
+        ("\\boxed{1, \\frac{1}{2}}", "\\frac{1}{2}", 0.0),  # a set is not a number
+        ("\\boxed{9^{9^{9^{9}}}}", "3", 0.0),  # would evaluate forever
+        ("\\boxed{(10^{9})!}", "3", 0.0),
+        ("\\boxed{2^{2^{100}}}", "3", 0.0),
+        ("\\boxed{\\frac{1}{2}" + " filler" * 1000, "\\frac{1}{2}", 1.0),  # box far from the end
+        ("\\boxed{" + "{" * 5000, "3", 0.0),
+    ],
+)
+def test_math_verify_reward(completion, answer, expected):
+    assert math_verify_reward([completion], answer=[answer]) == [expected]
+
+
+def test_skips_rows_without_answer_and_ignores_extra_columns():
+    reward = rewards.get("math_verify")
+    assert reward(["\\boxed{2}", "\\boxed{2}"], answer=[None, "2"], prompts=["p", "q"]) == [None, 1.0]
+
+
+def test_unparseable_gold_answer_is_a_row_error():
+    with pytest.raises(ValueError, match="could not be parsed"):
+        math_verify_reward(["\\boxed{2}"], answer=[""])
+
+
+def test_works_outside_the_main_thread():
+    # math-verify's signal-based timeout raises in worker threads unless disabled.
+    results = []
+    worker = threading.Thread(target=lambda: results.append(math_verify_reward(["\\boxed{2}"], answer=["2"])))
+    worker.start()
+    worker.join()
+    assert results == [[1.0]]
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("1 " * (MEGABYTE // 2), 0.0),
+        ("\\boxed{3}" * (MEGABYTE // 9), 0.0),  # 111k hedged boxes
+        ("x" * MEGABYTE, 0.0),
+        ("$" * MEGABYTE, 0.0),
+        ("\\frac{" * (MEGABYTE // 6), 0.0),
+        ("{" * MEGABYTE + "\\boxed{3}", 1.0),
+        ("x+" * (MEGABYTE // 2) + "3", 0.0),
+        ("so the answer is 3 " * (MEGABYTE // 19), 1.0),  # the tail still says 3
+    ],
+    ids=["numbers", "boxes", "letters", "dollars", "fracs", "braces-then-box", "long-sum", "repeats"],
+)
+def test_a_megabyte_is_scored_in_well_under_a_second(completion, expected):
+    start = time.perf_counter()
+    score = math_verify_reward([completion], answer=["3"])
+    assert time.perf_counter() - start < 0.5
+    assert score == [expected]

@@ -1,0 +1,125 @@
+"""Generation and log-prob passes on a tiny random model, checked against naive full forwards."""
+
+import pytest
+import torch
+
+from grpo.model import attach_lora, load_model_and_tokenizer
+from grpo.rollout import (
+    SamplingParams, completion_logprobs, cut_at_stop, generate, left_pad, sample_tokens,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    return model.eval(), tokenizer
+
+
+def naive_greedy(model, prompt, steps):
+    ids = list(prompt)
+    for _ in range(steps):
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt):]
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_greedy_generation_matches_naive_decoding_with_padding(tiny):
+    model, tokenizer = tiny
+    prompts = [tokenizer("Question: 1+1?")["input_ids"], tokenizer("Hi")["input_ids"]]
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    batch = generate(model, tokenizer, prompts, group_size=2, params=params)
+    assert batch.completion_ids.shape[0] == 4 and batch.prompt_ids.shape == (2, len(prompts[0]))
+    for row in range(4):
+        n = int(batch.completion_mask[row].sum())
+        expected = naive_greedy(model, prompts[row // 2], n)
+        assert batch.completion_ids[row, :n].tolist() == expected
+
+
+def test_sampling_is_reproducible_and_rows_differ(tiny):
+    model, tokenizer = tiny
+    prompts = [tokenizer("abc")["input_ids"]]
+    params = SamplingParams(temperature=1.0, max_new_tokens=8)
+    a = generate(model, tokenizer, prompts, 4, params, torch.Generator().manual_seed(1))
+    b = generate(model, tokenizer, prompts, 4, params, torch.Generator().manual_seed(1))
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert len({tuple(r) for r in a.completion_ids.tolist()}) > 1
+    assert a.truncated.all()  # a random tiny model never says EOS in 8 tokens (prob ~ 8/259)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    # probs .6, .3, .1: top_p .5 keeps only the first token (mass before it is 0 < .5)
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(50, 1)
+    tokens = sample_tokens(logits, 1.0, 0.5, torch.Generator().manual_seed(0))
+    assert tokens.eq(0).all()
+    # top_p .7 keeps two tokens (mass before the 3rd is .9 >= .7)
+    tokens = sample_tokens(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
+    assert set(tokens.tolist()) == {0, 1}
+
+
+def test_eos_ends_a_completion_and_stop_strings_cut_text(tiny):
+    model, tokenizer = tiny
+    # A hook on the head makes EOS the argmax: the completion is exactly one EOS token.
+    def favour_eos(module, args, logits):
+        return logits.index_add(-1, torch.tensor([tokenizer.eos_token_id]),
+                                torch.full((*logits.shape[:-1], 1), 100.0))
+
+    handle = model.get_output_embeddings().register_forward_hook(favour_eos)
+    try:
+        batch = generate(model, tokenizer, [[65, 66]], 2, SamplingParams(temperature=0, max_new_tokens=5))
+    finally:
+        handle.remove()
+    assert batch.completion_mask.sum(1).tolist() == [1.0, 1.0]
+    assert not batch.truncated.any() and batch.texts == ["", ""]
+    assert cut_at_stop("12\n\nQuestion: next", ("\n\nQuestion:",)) == "12"
+
+
+def test_shared_prefix_logprobs_equal_full_sequence_logprobs(tiny):
+    model, tokenizer = tiny
+    prompts = [tokenizer("Question: 2+2?")["input_ids"], tokenizer("Q")["input_ids"]]
+    batch = generate(model, tokenizer, prompts, 3, SamplingParams(max_new_tokens=7),
+                     torch.Generator().manual_seed(0))
+    shared, ent = completion_logprobs(model, batch, with_entropy=True)
+    full, _ = completion_logprobs(model, batch, shared_prefix=False)
+    mask = batch.completion_mask.bool()
+    torch.testing.assert_close(shared[mask], full[mask], atol=1e-5, rtol=1e-5)
+    assert ent.shape == shared.shape and (ent[mask] > 0).all()
+    # and both equal a naive forward of row 0's full sequence
+    seq = prompts[0] + batch.completion_ids[0].tolist()
+    logits = model(input_ids=torch.tensor([seq])).logits[0].log_softmax(-1)
+    p = len(prompts[0])
+    naive = logits[p - 1 : -1].gather(1, batch.completion_ids[0].unsqueeze(1)).squeeze(1)
+    n = int(batch.completion_mask[0].sum())
+    torch.testing.assert_close(shared[0, :n], naive[:n], atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_flow_through_the_shared_prompt_pass(tiny_model_dir):
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    model = attach_lora(model, 4, 8, 0.0, ("q_proj", "v_proj"))
+    for name, p in model.named_parameters():  # LoRA B starts at 0; make it non-zero
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    batch = generate(model, tokenizer, [[70, 71, 72, 73]], 2, SamplingParams(max_new_tokens=4),
+                     torch.Generator().manual_seed(0))
+    grads = []
+    for shared in (True, False):
+        model.zero_grad()
+        logp, _ = completion_logprobs(model, batch, shared_prefix=shared)
+        (logp * batch.completion_mask).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    assert grads[0].abs().sum() > 0
+
+
+def test_prompts_slice_trims_padding(tiny):
+    model, tokenizer = tiny
+    batch = generate(model, tokenizer, [[65, 66, 67, 68], [65]], 2,
+                     SamplingParams(max_new_tokens=3), torch.Generator().manual_seed(0))
+    part = batch.prompts_slice(1, 2)
+    assert part.prompt_ids.tolist() == [[65]] and part.completion_ids.shape[0] == 2
+    assert part.texts == batch.texts[2:]
