@@ -4,8 +4,9 @@ Every reward has TRL's signature `fn(completions, **columns) -> list[float | Non
 (see `rewards.registry`); `None` marks a row the reward does not apply to.
 """
 
-from rewards import gsm8k, math_answer
+from rewards import gsm8k, keywords, math_answer
 from rewards.gsm8k import correctness_reward, format_reward
+from rewards.keywords import keywords_reward
 from rewards.math_answer import math_verify_reward
 from rewards.registry import get, names, register
 
@@ -14,6 +15,8 @@ __all__ = [
     "format_reward",
     "get",
     "gsm8k",
+    "keywords",
+    "keywords_reward",
     "math_answer",
     "math_verify_reward",
     "names",
