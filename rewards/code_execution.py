@@ -3,8 +3,8 @@
 The program is extracted from the completion, run in `rewards.sandbox` (see its
 docstring for the threat model) and scored:
 
-- 0.0 when there is no code, it does not compile, it fails at top level or does
-  not define `entry_point`;
+- 0.0 when there is no code, it is longer than `MAX_CODE_CHARS`, it does not
+  compile, it fails at top level or does not define `entry_point`;
 - `partial_credit` when it loads but fails a test;
 - 1.0 when every test passes. With `fractional=True`, a program that loads
   scores `partial_credit + (1 - partial_credit) * passed / total`, where a
@@ -18,6 +18,9 @@ from rewards import sandbox
 from rewards.registry import check_rows, register
 
 _PYTHON_TAGS = frozenset({"", "python", "python3", "py"})
+# Far above any real solution; CPython needs ~1 s to compile 1 MB of statements,
+# so longer code is refused before it reaches the sandbox.
+MAX_CODE_CHARS = 100_000
 
 
 def code_blocks(completion: str) -> list[str]:
@@ -51,10 +54,15 @@ def extract_code(completion: str, entry_point: str) -> str:
 
 def candidate_programs(code: str, prompt: str, entry_point: str) -> list[str]:
     """Programs to try in order: a full function goes after the prompt (whose
-    helpers it may call) or alone; anything else continues the prompt (a body)."""
+    helpers it may call) or alone; indented code continues the prompt's function
+    (a body); anything else runs alone, so that the prompt's docstring-only stub
+    never passes for the completion's function."""
     if defines(code, entry_point):
         return [f"{prompt}\n{code}", code] if prompt else [code]
-    return [prompt + code]
+    first_line = code.lstrip("\n").partition("\n")[0]
+    if prompt and first_line[:1] in (" ", "\t"):
+        return [prompt + code]
+    return [code]
 
 
 def _check_options(
@@ -120,7 +128,7 @@ def code_execution_reward(
                 f"`test` program that defines check(candidate)"
             )
         code = extract_code(completion, name)
-        if not code.strip():
+        if not code.strip() or len(code) > MAX_CODE_CHARS:
             scores[row] = 0.0
             continue
         context = row_prompt if isinstance(row_prompt, str) else ""

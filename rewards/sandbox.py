@@ -244,6 +244,7 @@ def run_many(jobs: list[dict], limits: Limits, max_workers: int) -> list[Outcome
     """`run_program(**job)` for each job, at most `max_workers` at a time, in order."""
     if not 0 < max_workers <= MAX_SLOTS:
         raise ValueError(f"sandbox: max_workers={max_workers} must be in 1..{MAX_SLOTS}")
+    isolation()  # probe once, before the threads race to do it
     slots: queue.SimpleQueue[int] = queue.SimpleQueue()
     for slot in range(max_workers):
         slots.put(slot)
