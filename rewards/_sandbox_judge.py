@@ -23,6 +23,7 @@ Self-contained on purpose: under `-I` nothing from the repository is importable.
 """
 
 import ast
+import contextlib
 import ctypes
 import json
 import os
@@ -39,8 +40,23 @@ WORLD_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 # Imported before the uid drop when the Python installation is unreadable to
 # other users and cannot be re-mounted: what HumanEval-style programs use.
 COMMON_MODULES = (
-    "bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib",
-    "heapq", "itertools", "math", "operator", "random", "re", "statistics", "string", "typing",
+    "bisect",
+    "collections",
+    "copy",
+    "datetime",
+    "decimal",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "math",
+    "operator",
+    "random",
+    "re",
+    "statistics",
+    "string",
+    "typing",
 )
 MAX_MESSAGE_BYTES = 16 * 2**20
 _HEADER = struct.Struct("<I")
@@ -128,10 +144,8 @@ def _close_inherited_fds(keep: set[int]) -> None:
     soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     for fd in range(3, soft_limit):
         if fd not in keep:
-            try:
+            with contextlib.suppress(OSError):  # most are not open
                 os.close(fd)
-            except OSError:
-                pass  # not open: nothing to close
 
 
 def run_candidate(programs: list[str], entry_point: str, requests: int, replies: int) -> None:
@@ -199,10 +213,8 @@ class CandidateProxy:
 
     def kill(self) -> None:
         self.dead = True
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone
             os.kill(self.pid, 9)
-        except ProcessLookupError:
-            pass  # already gone
 
 
 def test_units(test_source: str) -> tuple[str, list[tuple[object, bool]]] | None:
@@ -264,6 +276,11 @@ def _traversable_by_others(path: str) -> bool:
         path = parent
 
 
+def _moved(path: str, root: str, target: str) -> str:
+    """`path` with its leading `root` replaced by `target` (unchanged if outside `root`)."""
+    return target + path[len(root) :] if path == root or path.startswith(root + os.sep) else path
+
+
 def expose_python(libc, can_mount: bool) -> None:
     """Keep the standard library importable after the uid drop.
 
@@ -282,11 +299,10 @@ def expose_python(libc, can_mount: bool) -> None:
         os.mkdir(target, 0o755)
         if libc.mount(root.encode(), target.encode(), None, MS_BIND | MS_REC, None):
             raise OSError(ctypes.get_errno(), f"bind-mount {root} on {target}")
-        moved = lambda path: target + path[len(root) :] if path == root or path.startswith(root + os.sep) else path
-        sys.path[:] = [moved(p) for p in sys.path]
+        sys.path[:] = [_moved(p, root, target) for p in sys.path]
         for module in list(sys.modules.values()):  # packages already imported find submodules via __path__
             if isinstance(getattr(module, "__path__", None), list):
-                module.__path__[:] = [moved(p) for p in module.__path__]
+                module.__path__[:] = [_moved(p, root, target) for p in module.__path__]
     sys.path_importer_cache.clear()
 
 
@@ -350,10 +366,10 @@ def main() -> None:
     proxy.kill()
     if job["uid"] is not None and not job["pid_namespace"]:
         # The slot uid is ours alone: take every process the candidate left behind.
-        os.kill(-1, 9)
+        with contextlib.suppress(ProcessLookupError):  # none left
+            os.kill(-1, 9)
     send(result_fd, result)
 
 
 if __name__ == "__main__":
-    sys.setrecursionlimit(10_000)
     main()

@@ -36,7 +36,9 @@ def code_blocks(completion: str) -> list[str]:
 
 
 def defines(code: str, entry_point: str) -> bool:
-    return re.search(rf"^[ \t]*(?:async[ \t]+)?def[ \t]+{re.escape(entry_point)}[ \t]*\(", code, re.MULTILINE) is not None
+    return (
+        re.search(rf"^[ \t]*(?:async[ \t]+)?def[ \t]+{re.escape(entry_point)}[ \t]*\(", code, re.MULTILINE) is not None
+    )
 
 
 def extract_code(completion: str, entry_point: str) -> str:
@@ -66,7 +68,11 @@ def candidate_programs(code: str, prompt: str, entry_point: str) -> list[str]:
 
 
 def _check_options(
-    partial_credit: float = 0.2, fractional: bool = False, timeout_s: float = 5.0, memory_mb: int = 1024, max_workers: int | None = None
+    partial_credit: float = 0.2,
+    fractional: bool = False,
+    timeout_s: float = 5.0,
+    memory_mb: int = 1024,
+    max_workers: int | None = None,
 ) -> None:
     if not 0.0 <= partial_credit < 1.0:
         raise ValueError(f"code_execution: partial_credit={partial_credit!r} must be in [0, 1)")
@@ -133,7 +139,12 @@ def code_execution_reward(
             continue
         context = row_prompt if isinstance(row_prompt, str) else ""
         jobs.append(
-            {"programs": candidate_programs(code, context, name), "entry_point": name, "test": row_test, "context": context}
+            {
+                "programs": candidate_programs(code, context, name),
+                "entry_point": name,
+                "test": row_test,
+                "context": context,
+            }
         )
         job_rows.append(row)
     limits = sandbox.Limits(timeout_s=timeout_s, memory_mb=memory_mb)

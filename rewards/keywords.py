@@ -84,7 +84,8 @@ class _TextIndex:
         keyword_forms = set().union(*(word_forms(w) for w in keyword_words))
         # word_forms(w) == {w} unless w ends in "s": a set look-up settles most words.
         self.hits = {
-            w for w in self.counts
+            w
+            for w in self.counts
             if w in keyword_forms or (w.endswith("s") and not word_forms(w).isdisjoint(keyword_forms))
         }
 

@@ -36,7 +36,11 @@ def leftover_sandbox_processes() -> list[str]:
     """Live (non-zombie) processes of sandbox uids, after giving SIGKILL a moment to land."""
     deadline = time.monotonic() + 2.0
     while True:
-        alive = [e.name for e in os.scandir("/proc") if e.name.isdigit() and _uid(e) >= sandbox.SLOT_UID_BASE and not _zombie(e)]
+        alive = [
+            e.name
+            for e in os.scandir("/proc")
+            if e.name.isdigit() and _uid(e) >= sandbox.SLOT_UID_BASE and not _zombie(e)
+        ]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.05)
@@ -72,7 +76,7 @@ def _uid(entry: os.DirEntry) -> int:
         (f"```py\n{RIGHT}", RIGHT),  # unclosed fence: generation stopped early
         (f"```python\nprint(1)\n```\n```python\n{RIGHT}```\n```python\nadd(1, 2)\n```", RIGHT),  # the defining block
         (f"```python\ndef add(a, b):\n    return 0\n```\nFixed:\n```python\n{RIGHT}```", RIGHT),  # the last one
-        (f"```js\nfunction add(a, b) {{ return a + b }}\n```", ""),  # not Python
+        ("```js\nfunction add(a, b) { return a + b }\n```", ""),  # not Python
         ("    return a + b\n", "    return a + b\n"),  # bare body
         (RIGHT, RIGHT),  # bare function
         ("", ""),
@@ -196,7 +200,9 @@ HOSTILE = {
     "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
     "allocate 10 GB": "hog = bytearray(10 * 2**30)\n",
     "huge file": "with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'0' * 2**20)\n",
-    "huge files in /tmp": "for i in range(10**6):\n    with open('/tmp/big' + str(i), 'wb') as f:\n        f.write(b'0' * 2**23)\n",
+    "huge files in /tmp": (
+        "for i in range(10**6):\n    with open('/tmp/big' + str(i), 'wb') as f:\n        f.write(b'0' * 2**23)\n"
+    ),
     "delete files outside": "import os, shutil\nos.remove({canary!r})\nshutil.rmtree({canary_dir!r})\n",
     "network socket": (
         "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'pwned')\n"
@@ -251,15 +257,16 @@ FORGERIES = {
         "def add(a, b):\n    return 0\n"
     ),
     "always-equal object": (
-        "class Anything:\n    def __eq__(self, other):\n        return True\n"
-        "def add(a, b):\n    return Anything()\n"
+        "class Anything:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Anything()\n"
     ),
     "int subclass equal to everything": (
         "class Sly(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
         "def add(a, b):\n    return Sly(0)\n"
     ),
     "kill the judge during the tests": "import os\ndef add(a, b):\n    os.kill(os.getppid(), 9)\n    return 0\n",
-    "stop the judge during the tests": "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return 0\n",
+    "stop the judge during the tests": (
+        "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return 0\n"
+    ),
     "read the tests from the judge": (  # returns the right sum only if it got in
         "import ctypes, os\ndef add(a, b):\n"
         "    for path in (f'/proc/{os.getppid()}/mem', f'/proc/{os.getppid()}/fd/0'):\n"
@@ -282,8 +289,7 @@ def test_forged_success_earns_at_most_partial_credit(name):
 
 
 LINGERER = (  # leaves a detached process behind, then fails the tests
-    "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n"
-    "def add(a, b):\n    return 0\n"
+    "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\ndef add(a, b):\n    return 0\n"
 )
 
 
