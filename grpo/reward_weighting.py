@@ -1,4 +1,4 @@
-"""Dynamic reward reweighting across criteria, after the POW3R idea (policy-aware rubric rewards).
+"""Dynamic reward reweighting across criteria, after POW3R (policy-aware rubric rewards, arXiv:2605.20164).
 
 When K reward criteria (format, correctness, length, ...) are summed with fixed weights, the ones
 the policy always meets (saturated) or never meets (unreachable) add nothing a group can learn
