@@ -60,9 +60,10 @@ def extrapolate_trajectory(
         )
     if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
         raise ValueError(f"snapshot steps must be strictly increasing, got {steps}")
+    first = snapshots[0]
     for step, snapshot in zip(steps, snapshots):
-        mismatched = sorted(n for n in set(snapshot) | set(snapshots[0])
-                            if n not in snapshot or n not in snapshots[0] or snapshot[n].shape != snapshots[0][n].shape)
+        names = set(snapshot) | set(first)
+        mismatched = sorted(n for n in names if n not in snapshot or n not in first or snapshot[n].shape != first[n].shape)
         if mismatched:
             raise ValueError(
                 f"snapshot at step {step} does not match the one at step {steps[0]} (tensors {mismatched[:3]}); "
@@ -70,7 +71,7 @@ def extrapolate_trajectory(
             )
     step_values = torch.tensor(steps, dtype=torch.float64)  # (k,)
     extrapolated = {}
-    for name, anchor in snapshots[0].items():
+    for name, anchor in first.items():
         if not anchor.is_floating_point():
             raise ValueError(f"tensor {name!r} has dtype {anchor.dtype}; only floating-point weights can be extrapolated")
         history = torch.stack([s[name].reshape(-1).double() for s in snapshots])  # (k, D)
