@@ -63,7 +63,9 @@ def extrapolate_trajectory(
     first = snapshots[0]
     for step, snapshot in zip(steps, snapshots):
         names = set(snapshot) | set(first)
-        mismatched = sorted(n for n in names if n not in snapshot or n not in first or snapshot[n].shape != first[n].shape)
+        mismatched = sorted(
+            n for n in names if n not in snapshot or n not in first or snapshot[n].shape != first[n].shape
+        )
         if mismatched:
             raise ValueError(
                 f"snapshot at step {step} does not match the one at step {steps[0]} (tensors {mismatched[:3]}); "
@@ -73,7 +75,9 @@ def extrapolate_trajectory(
     extrapolated = {}
     for name, anchor in first.items():
         if not anchor.is_floating_point():
-            raise ValueError(f"tensor {name!r} has dtype {anchor.dtype}; only floating-point weights can be extrapolated")
+            raise ValueError(
+                f"tensor {name!r} has dtype {anchor.dtype}; only floating-point weights can be extrapolated"
+            )
         history = torch.stack([s[name].reshape(-1).double() for s in snapshots])  # (k, D)
         predicted = _extrapolate_tensor(history, step_values, float(target_step))  # (D,)
         extrapolated[name] = predicted.reshape(anchor.shape).to(anchor.dtype)
@@ -148,5 +152,6 @@ def write_adapter(out_dir: Path, tensors: dict[str, torch.Tensor], config_src_di
     if (out_dir / ADAPTER_WEIGHTS).exists():
         raise FileExistsError(f"{out_dir / ADAPTER_WEIGHTS} already exists; choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({name: t.contiguous() for name, t in tensors.items()}, out_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    weights = {name: t.contiguous() for name, t in tensors.items()}
+    save_file(weights, out_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     shutil.copyfile(config, out_dir / ADAPTER_CONFIG)

@@ -40,7 +40,9 @@ def discriminative_token_weights(
     """
     assert token_ids.dim() == 2, f"token_ids must be (B, T), got {tuple(token_ids.shape)}"
     assert mask.shape == token_ids.shape, f"mask {tuple(mask.shape)} != token_ids {tuple(token_ids.shape)}"
-    assert rewards.shape == token_ids.shape[:1], f"rewards must be (B,)={token_ids.shape[0]}, got {tuple(rewards.shape)}"
+    assert rewards.shape == token_ids.shape[:1], (
+        f"rewards must be (B,)={token_ids.shape[0]}, got {tuple(rewards.shape)}"
+    )
     assert group_size >= 1 and rewards.shape[0] % group_size == 0, (
         f"B={rewards.shape[0]} is not a multiple of group_size={group_size}"
     )

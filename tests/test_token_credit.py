@@ -57,7 +57,8 @@ def test_fully_masked_side_leaves_uniform_weights():
 
 
 def test_all_masked_batch_is_zero_not_nan():
-    w = discriminative_token_weights(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3), torch.tensor([1.0, 0.0]), 2)
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    w = discriminative_token_weights(ids, torch.zeros(2, 3), torch.tensor([1.0, 0.0]), 2)
     assert torch.equal(w, torch.zeros(2, 3))
 
 
