@@ -123,7 +123,7 @@ def token_entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
     logits: (B, T, V). Returns (B, T): H = logsumexp(z) - sum_v softmax(z)_v * z_v.
     Works on any slice of positions, so a caller short on memory can feed (B, T_chunk, V) chunks
-    and concatenate. Computed in float32 whatever the logits' dtype; carries no gradient use.
+    and concatenate. Computed in float32 whatever the logits' dtype.
     """
     assert logits.dim() == 3, f"logits must be (B, T, V), got {tuple(logits.shape)}"
     z = logits.float()  # (B, T, V)
