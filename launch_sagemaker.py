@@ -178,7 +178,8 @@ def _environment(items: list[str], shell_env: Mapping[str, str]) -> tuple[tuple[
             raise LaunchError(f"--env {item!r}: {name!r} is not a valid variable name")
         if not sep:
             if name not in shell_env:
-                raise LaunchError(f"--env {name}: {name} is not set in your shell; export it or pass --env {name}=VALUE")
+                raise LaunchError(f"--env {name}: {name} is not set in your shell; export it "
+                                  f"or pass --env {name}=VALUE")
             value = shell_env[name]
         pairs.append((name, value))
     return tuple(pairs)
