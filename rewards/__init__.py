@@ -4,16 +4,22 @@ Every reward has TRL's signature `fn(completions, **columns) -> list[float | Non
 (see `rewards.registry`); `None` marks a row the reward does not apply to.
 """
 
-from rewards import gsm8k, math_answer
+from rewards import code_execution, gsm8k, keywords, math_answer
+from rewards.code_execution import code_execution_reward
 from rewards.gsm8k import correctness_reward, format_reward
+from rewards.keywords import keywords_reward
 from rewards.math_answer import math_verify_reward
 from rewards.registry import get, names, register
 
 __all__ = [
+    "code_execution",
+    "code_execution_reward",
     "correctness_reward",
     "format_reward",
     "get",
     "gsm8k",
+    "keywords",
+    "keywords_reward",
     "math_answer",
     "math_verify_reward",
     "names",

@@ -109,7 +109,7 @@ def extract_final_answer(completion: str) -> str | None:
         return None
     line_end = completion.find("\n", start)
     line = completion[start:] if line_end == -1 else completion[start:line_end]
-    return line[len(ANSWER_PREFIX):].strip()
+    return line[len(ANSWER_PREFIX) :].strip()
 
 
 def gold_answer(answer: str) -> float:

@@ -43,7 +43,9 @@ def register(name: str, check_options: Callable[..., None] | None = None):
             raise ValueError(f"reward {name!r} is already registered (by {_REWARDS[name].__module__})")
         params = list(inspect.signature(fn).parameters.values())
         if not params or params[0].name != "completions":
-            raise TypeError(f"reward {name!r}: first parameter must be `completions`, got {fn.__name__}{inspect.signature(fn)}")
+            raise TypeError(
+                f"reward {name!r}: first parameter must be `completions`, got {fn.__name__}{inspect.signature(fn)}"
+            )
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             raise TypeError(f"reward {name!r}: must accept **columns so unused dataset columns can be passed")
         _REWARDS[name] = fn
@@ -78,9 +80,7 @@ def get(name: str, **options) -> RewardFn:
     valid = option_names(fn)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(
-            f"reward {name!r} got unknown option(s) {unknown}; valid options: {valid or 'none'}"
-        )
+        raise ValueError(f"reward {name!r} got unknown option(s) {unknown}; valid options: {valid or 'none'}")
     if name in _OPTION_CHECKS:
         _OPTION_CHECKS[name](**options)
 

@@ -3,7 +3,7 @@ import pytest
 import rewards
 from rewards.registry import _REWARDS, register
 
-BUILT_INS = ["gsm8k_correctness", "gsm8k_format", "math_verify"]
+BUILT_INS = ["code_execution", "gsm8k_correctness", "gsm8k_format", "keywords", "math_verify"]
 
 
 def test_built_in_names_are_registered():

@@ -1,0 +1,375 @@
+"""The judge: runs inside the sandbox, one process per program (see rewards/sandbox.py).
+
+Started as `python -I _sandbox_judge.py` (as root inside fresh namespaces when the
+host allows it). It then
+
+1. mounts size-capped tmpfs over the world-writable directories (when it has a
+   mount namespace), sets the rlimits, drops to the unprivileged slot uid and
+   makes itself non-dumpable, so a same-uid process cannot ptrace it or read
+   its memory through /proc;
+2. reads the first part of the job (the candidate programs) from stdin;
+3. forks the *candidate* process, which closes every descriptor it inherited,
+   runs the program and then serves calls to the entry point over two pipes;
+4. only then reads the second part of the job (the tests), so the candidate
+   never holds them in memory;
+5. runs the test's `check` body statement by statement, with `candidate` bound
+   to a proxy that forwards each call to the candidate process and decodes the
+   reply into plain builtin values;
+6. writes one JSON result message to the descriptor that was stdout at start
+   (the judge's own prints go to /dev/null; its stderr goes to the parent, for
+   crashes of the judge itself).
+
+Self-contained on purpose: under `-I` nothing from the repository is importable.
+"""
+
+import ast
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import select
+import struct
+import sys
+import time
+
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC = 2, 4, 4096, 16384
+WORLD_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# Imported before the uid drop when the Python installation is unreadable to
+# other users and cannot be re-mounted: what HumanEval-style programs use.
+COMMON_MODULES = (
+    "bisect",
+    "collections",
+    "copy",
+    "datetime",
+    "decimal",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "math",
+    "operator",
+    "random",
+    "re",
+    "statistics",
+    "string",
+    "typing",
+)
+MAX_MESSAGE_BYTES = 16 * 2**20
+_HEADER = struct.Struct("<I")
+
+
+class CandidateError(Exception):
+    """The candidate failed a call: it raised, timed out, died or sent bad data."""
+
+
+# ---- wire format: JSON with tagged containers, decoded into exact builtin types ----
+
+
+def encode(value):
+    """Plain data -> JSON-able tree. Only exact builtin types: an int subclass
+    with a rigged `__eq__` is refused, not converted."""
+    kind = type(value)
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if kind in (list, tuple, set, frozenset):
+        return {{list: "l", tuple: "t", set: "s", frozenset: "f"}[kind]: [encode(v) for v in value]}
+    if kind is dict:
+        return {"d": [[encode(k), encode(v)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"b": value.hex()}
+    if kind is complex:
+        return {"c": [value.real, value.imag]}
+    raise TypeError(f"cannot pass a {kind.__name__} across the sandbox; use builtin data types")
+
+
+def decode(tree):
+    """Inverse of `encode`; raises ValueError/TypeError on anything else."""
+    if tree is None or type(tree) in (bool, int, float, str):
+        return tree
+    if type(tree) is not dict or len(tree) != 1:
+        raise ValueError("malformed value")
+    ((tag, body),) = tree.items()
+    if tag in ("l", "t", "s", "f") and type(body) is list:
+        items = [decode(v) for v in body]
+        return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](items)
+    if tag == "d" and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
+        return {decode(k): decode(v) for k, v in body}
+    if tag == "b" and type(body) is str:
+        return bytes.fromhex(body)
+    if tag == "c" and type(body) is list and len(body) == 2 and all(type(x) in (int, float) for x in body):
+        return complex(body[0], body[1])
+    raise ValueError(f"malformed value tag {tag!r}")
+
+
+def send(fd: int, message) -> None:
+    data = json.dumps(message).encode()
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exactly(fd: int, n: int, deadline: float | None) -> bytes:
+    chunks, remaining = [], n
+    while remaining:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise CandidateError("timed out")
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            raise CandidateError("the candidate process closed its pipe")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def receive(fd: int, deadline: float | None = None):
+    (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size, deadline))
+    if size > MAX_MESSAGE_BYTES:
+        raise CandidateError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return json.loads(_read_exactly(fd, size, deadline))
+
+
+# ---- the candidate process ----
+
+
+def _close_inherited_fds(keep: set[int]) -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    for fd in range(3, soft_limit):
+        if fd not in keep:
+            with contextlib.suppress(OSError):  # most are not open
+                os.close(fd)
+
+
+def run_candidate(programs: list[str], entry_point: str, requests: int, replies: int) -> None:
+    """Child side: load the first program that compiles, then serve calls. Never returns."""
+    _close_inherited_fds({requests, replies})
+    namespace = {"__name__": "__candidate__"}
+    # The program is arbitrary code: it may raise anything, SystemExit included,
+    # and every such outcome means "did not load".
+    try:
+        code = None
+        for program in programs:
+            try:
+                code = compile(program, "<completion>", "exec")
+                break
+            except (SyntaxError, ValueError, MemoryError, RecursionError):
+                continue
+        if code is None:
+            send(replies, ["syntax_error"])
+            os._exit(0)
+        exec(code, namespace)
+        function = namespace.get(entry_point)
+        if not callable(function):
+            send(replies, ["load_error", f"no function named {entry_point!r}"])
+            os._exit(0)
+        send(replies, ["ready"])
+    except BaseException as error:  # noqa: BLE001 - see comment above
+        send(replies, ["load_error", f"{type(error).__name__}: {error}"[:300]])
+        os._exit(0)
+    while True:
+        try:
+            args = decode(receive(requests))
+            reply = ["return", encode(function(*args))]
+        except CandidateError:
+            os._exit(0)  # the judge closed the pipe: done
+        except BaseException as error:  # noqa: BLE001 - untrusted code may raise anything
+            reply = ["raise", type(error).__name__]
+        send(replies, reply)
+
+
+# ---- the judge ----
+
+
+class CandidateProxy:
+    """Stands in for the candidate function inside the judge's test code."""
+
+    def __init__(self, pid: int, requests: int, replies: int, deadline: float):
+        self.pid, self.requests, self.replies, self.deadline = pid, requests, replies, deadline
+        self.dead = False
+
+    def __call__(self, *args):
+        if self.dead:
+            raise CandidateError("the candidate timed out or died earlier")
+        try:
+            send(self.requests, encode(list(args)))
+            reply = receive(self.replies, self.deadline)
+        except (CandidateError, OSError, ValueError, RecursionError) as error:
+            self.kill()
+            raise CandidateError(str(error)) from None
+        if type(reply) is list and len(reply) == 2 and reply[0] == "return":
+            try:
+                return decode(reply[1])
+            except (ValueError, TypeError, RecursionError) as error:
+                raise CandidateError(f"bad return value: {error}") from None
+        raise CandidateError(f"the candidate raised {reply[1:]!r}")
+
+    def kill(self) -> None:
+        self.dead = True
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.kill(self.pid, 9)
+
+
+def test_units(test_source: str) -> tuple[str, list[tuple[object, bool]]] | None:
+    """(`check`'s parameter name, [(compiled statement, contains an assert)]) for
+    each top-level statement of `check`, or None if they cannot run one by one."""
+    check = [n for n in ast.parse(test_source).body if isinstance(n, ast.FunctionDef) and n.name == "check"][-1]
+    units = []
+    for statement in check.body:
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+            continue  # a docstring or bare constant
+        try:
+            code = compile(ast.Module(body=[statement], type_ignores=[]), "<test>", "exec")
+        except SyntaxError:
+            return None  # e.g. `return` inside check: run it whole instead
+        units.append((code, any(isinstance(n, ast.Assert) for n in ast.walk(statement))))
+    if not any(counted for _, counted in units):
+        return None
+    return check.args.args[0].arg, units
+
+
+def run_tests(context: str, test_source: str, entry_point: str, proxy: CandidateProxy) -> tuple[int, int]:
+    """(passed, total) test units; each top-level assert statement of `check` is one unit."""
+    namespace = {"__name__": "__judge__"}
+    try:
+        exec(compile(context, "<prompt>", "exec"), namespace)  # helpers the tests use
+    except Exception:  # noqa: BLE001 - the prompt is optional context, not the program
+        namespace = {"__name__": "__judge__"}
+    # As in HumanEval's own harness, where tests may call the function by name.
+    namespace[entry_point] = proxy
+    exec(compile(test_source, "<test>", "exec"), namespace)
+    split = test_units(test_source)
+    if split is None:
+        try:
+            namespace["check"](proxy)
+            return 1, 1
+        except Exception:  # noqa: BLE001 - any failure of the test program is a failed test
+            return 0, 1
+    parameter, units = split
+    namespace[parameter] = proxy
+    passed = total = 0
+    for code, counted in units:
+        total += counted
+        try:
+            exec(code, namespace)
+            passed += counted
+        except Exception:  # noqa: BLE001 - any failure of a test statement fails that unit
+            pass  # counted as not passed
+    return passed, total
+
+
+def _traversable_by_others(path: str) -> bool:
+    """Whether a process of another uid can reach `path` (o+x on it and every ancestor)."""
+    while True:
+        if not os.stat(path).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def _moved(path: str, root: str, target: str) -> str:
+    """`path` with its leading `root` replaced by `target` (unchanged if outside `root`)."""
+    return target + path[len(root) :] if path == root or path.startswith(root + os.sep) else path
+
+
+def expose_python(libc, can_mount: bool) -> None:
+    """Keep the standard library importable after the uid drop.
+
+    An interpreter installed under a private directory (e.g. pyenv in /root,
+    mode 700) is unreadable to the slot uid: bind-mount it into the sandbox's
+    own /tmp and point sys.path there, or, without a mount namespace, import the
+    common modules now.
+    """
+    hidden = sorted(root for root in {sys.base_prefix, sys.prefix} if not _traversable_by_others(root))
+    if hidden and not can_mount:
+        for name in COMMON_MODULES:
+            __import__(name)
+        return
+    for index, root in enumerate(hidden):
+        target = f"/tmp/.python{index}"
+        os.mkdir(target, 0o755)
+        if libc.mount(root.encode(), target.encode(), None, MS_BIND | MS_REC, None):
+            raise OSError(ctypes.get_errno(), f"bind-mount {root} on {target}")
+        sys.path[:] = [_moved(p, root, target) for p in sys.path]
+        for module in list(sys.modules.values()):  # packages already imported find submodules via __path__
+            if isinstance(getattr(module, "__path__", None), list):
+                module.__path__[:] = [_moved(p, root, target) for p in module.__path__]
+    sys.path_importer_cache.clear()
+
+
+def confine(job: dict) -> None:
+    """Mounts, rlimits, privilege drop, non-dumpable: everything before the untrusted fork."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    workdir = job["workdir"]
+    if job["mount_tmpfs"]:
+        options = f"size={job['tmpfs_mb']}m,mode=1777".encode()
+        for target in WORLD_WRITABLE_DIRS:
+            if os.path.isdir(target) and libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options):
+                raise OSError(ctypes.get_errno(), f"mount tmpfs on {target}")
+        workdir = "/tmp/sandbox"
+        os.mkdir(workdir, 0o700)
+    if job["uid"] is not None:
+        expose_python(libc, can_mount=job["mount_tmpfs"])
+        os.chown(workdir, job["uid"], job["uid"])
+    cpu_s = int(job["timeout_s"]) + 1
+    for limit, value in (
+        (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
+        (resource.RLIMIT_AS, (job["memory_mb"] * 2**20,) * 2),
+        (resource.RLIMIT_FSIZE, (job["file_size_mb"] * 2**20,) * 2),
+        (resource.RLIMIT_NPROC, (job["max_processes"],) * 2),
+        (resource.RLIMIT_NOFILE, (job["max_open_files"],) * 2),
+        (resource.RLIMIT_CORE, (0, 0)),
+    ):
+        resource.setrlimit(limit, value)
+    if job["uid"] is not None:
+        os.setgroups([])
+        os.setgid(job["uid"])
+        os.setuid(job["uid"])
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    os.chdir(workdir)
+
+
+def main() -> None:
+    job = receive(0)
+    result_fd = os.dup(1)
+    os.dup2(os.open(os.devnull, os.O_RDWR), 1)
+    confine(job)
+    deadline = time.monotonic() + job["timeout_s"]
+    requests_r, requests_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        run_candidate(job["programs"], job["entry_point"], requests_r, replies_w)
+    os.close(requests_r)
+    os.close(replies_w)
+    tests = receive(0)  # read only now: the candidate never had the tests in memory
+    result = {"loaded": False, "passed": 0, "total": 0, "status": "no reply"}
+    proxy = CandidateProxy(pid, requests_w, replies_r, deadline)
+    try:
+        hello = receive(replies_r, deadline)
+        result["status"] = " ".join(map(str, hello)) if type(hello) is list and hello else "bad reply"
+    except (CandidateError, OSError, ValueError, RecursionError) as error:
+        result["status"] = str(error)
+    if result["status"] == "ready":
+        result["loaded"] = True
+        result["passed"], result["total"] = run_tests(job["context"], tests["test"], job["entry_point"], proxy)
+    proxy.kill()
+    if job["uid"] is not None and not job["pid_namespace"]:
+        # The slot uid is ours alone: take every process the candidate left behind.
+        with contextlib.suppress(ProcessLookupError):  # none left
+            os.kill(-1, 9)
+    send(result_fd, result)
+
+
+if __name__ == "__main__":
+    main()
