@@ -42,7 +42,9 @@ class ModelConfig:
 class DataConfig:
     task: str = "synthetic"  # gsm8k | synthetic | jsonl (prepared rows with prompt/answer)
     train_file: str | None = None  # local JSONL; gsm8k without it loads openai/gsm8k from the hub
-    eval_file: str | None = None  # local JSONL for held-out evaluation
+    validation_file: str | None = None  # local JSONL; without it validation is split off train
+    test_file: str | None = None  # gsm8k only: local test JSONL (else the hub's test split)
+    eval_split: str = "validation"  # held-out rows evaluated before/after training: validation | test
     n_shot: int = 0  # few-shot exemplars in each prompt: 0, 1, 2, 4 or 8
     prompt_style: str = "chat"  # chat (instruct models, chat template) | plain (base models)
     difficulty: int = 1  # synthetic task only: 1 = one step, 2 = two steps, 3 = with products
@@ -50,6 +52,7 @@ class DataConfig:
     limit_train: int | None = None  # use only the first N training rows
     limit_eval: int | None = None  # evaluate on the first N held-out rows
     on_bad_row: str = "error"  # error | skip (skipped rows are logged with their line)
+    num_synthetic: int = 5000  # synthetic task only: problems generated
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class LogConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all (trajectory extrapolation)
     eval_every: int = 0  # held-out evaluation every N steps; 0 = only before and after
     eval_max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
+    eval_batch_size: int = 16  # prompts decoded together during evaluation
+    accuracy_reward: str = "gsm8k_correctness"  # eval accuracy = share of rows scoring >= 1 on it
     tensorboard: bool = True  # also write TensorBoard event files
     merge_final: bool = False  # also export the base model with the adapter merged in
 
@@ -195,12 +200,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
     for item in overrides:
         key, sep, text = item.partition("=")
+        if sep and key == "rewards":  # the whole list, e.g. rewards=[{name: gsm8k_format}]
+            merged["rewards"] = yaml.safe_load(text)
+            continue
         if not sep or "." not in key:
             raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.beta=0.0")
         section, name = key.split(".", 1)
-        if section == "rewards":
-            merged["rewards"] = yaml.safe_load(text)
-            continue
         merged.setdefault(section, {})
         if not isinstance(merged[section], dict):
             raise ConfigError(f"override {item!r}: section {section!r} is not a mapping")
@@ -244,6 +249,10 @@ def validate(c: Config) -> None:
              f"data.prompt_style={d.prompt_style!r}: use chat or plain")
     _require(0 <= d.val_fraction < 1, f"data.val_fraction={d.val_fraction}: use [0, 1)")
     _require(d.on_bad_row in ("error", "skip"), f"data.on_bad_row={d.on_bad_row!r}: use error or skip")
+    _require(d.eval_split in ("validation", "test"),
+             f"data.eval_split={d.eval_split!r}: use validation or test")
+    _require(d.eval_split != "test" or d.task == "gsm8k",
+             f"data.eval_split=test needs data.task=gsm8k (task {d.task!r} has no test split)")
     _require(r.group_size >= 2, f"rollout.group_size={r.group_size}: GRPO needs at least 2 per prompt")
     _require(r.temperature > 0, f"rollout.temperature={r.temperature}: must be > 0")
     _require(0 < r.top_p <= 1, f"rollout.top_p={r.top_p}: use (0, 1]")
@@ -267,6 +276,7 @@ def validate(c: Config) -> None:
              f"train.loss_aggregation={t.loss_aggregation!r}: use {', '.join(AGGREGATIONS)}")
     _require(t.max_seq_length > r.max_new_tokens,
              f"train.max_seq_length={t.max_seq_length} must exceed rollout.max_new_tokens")
+    _require(lg.eval_batch_size >= 1, f"log.eval_batch_size={lg.eval_batch_size}: must be >= 1")
     _require(lg.save_every >= 1 and lg.keep_checkpoints >= 0,
              "log.save_every must be >= 1 and log.keep_checkpoints >= 0")
     for i, spec in enumerate(c.rewards):

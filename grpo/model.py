@@ -135,3 +135,10 @@ def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: tuple
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_merged(model, tokenizer, directory: Path) -> None:
+    """Export the base model with the LoRA adapter folded in (a plain HF folder). Ends training use."""
+    merged = model.merge_and_unload()
+    merged.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)

@@ -1,0 +1,39 @@
+"""Per-step statistics computed from the rollout tensors (pure functions, for logging)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _nan_stats(values: torch.Tensor) -> tuple[float, float]:
+    valid = values[~torch.isnan(values)]
+    if valid.numel() == 0:
+        return float("nan"), float("nan")
+    std = valid.std().item() if valid.numel() > 1 else 0.0
+    return valid.mean().item(), std
+
+
+def reward_metrics(names: list[str], matrix: torch.Tensor, total: torch.Tensor, group_size: int) -> dict:
+    """Mean/std of each reward (B, K) and of the total (B,), and the share of groups with no spread."""
+    out = {}
+    for k, name in enumerate(names):
+        out[f"reward/{name}/mean"], out[f"reward/{name}/std"] = _nan_stats(matrix[:, k])
+    out["reward/total/mean"], out["reward/total/std"] = _nan_stats(total)
+    grouped = total.view(-1, group_size)
+    flat = (grouped.max(1).values == grouped.min(1).values).float()
+    out["groups/zero_spread_frac"] = flat.mean().item()
+    return out
+
+
+def completion_metrics(mask: torch.Tensor, truncated: torch.Tensor) -> dict:
+    """Completion lengths (B, T mask) and truncation rate (B,)."""
+    lengths = mask.sum(1)
+    return {
+        "completion/length_mean": lengths.mean().item(),
+        "completion/length_max": lengths.max().item(),
+        "completion/truncated_frac": truncated.float().mean().item(),
+    }
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return ((values * mask).sum() / mask.sum().clamp(min=1)).item()
