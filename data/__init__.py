@@ -14,7 +14,7 @@ from data.gsm8k import (
     strip_calculator_annotations,
 )
 from data.humaneval import load_humaneval
-from data.prompts import EXEMPLARS, SHOT_COUNTS, STOP_STRINGS, STYLES, build_prompt, chat_messages, truncate_at_stop
+from data.prompts import EXEMPLARS, SHOT_COUNTS, STOP_STRINGS, STYLES, build_prompt, chat_messages
 from data.rows import BadRowError, read_jsonl, split_train_validation, write_jsonl
 from data.synthetic import generate_synthetic
 from data.tasks import TASK_NAMES, load_prepared_jsonl, load_task, with_prompts
@@ -41,7 +41,6 @@ __all__ = [
     "read_jsonl",
     "split_train_validation",
     "strip_calculator_annotations",
-    "truncate_at_stop",
     "with_prompts",
     "write_jsonl",
 ]

@@ -16,8 +16,8 @@ chat (instruct models): a system instruction asking for the answer line, then ea
 as a user/assistant turn pair, then the problem as the last user turn, rendered with the
 tokenizer's own chat template and its generation prompt.
 
-A completion is cut at the first of STOP_STRINGS: in plain style a base model that has
-answered goes on to invent the next "Question:".
+The sampler (grpo.rollout) stops a completion at the first of STOP_STRINGS: in plain
+style a base model that has answered goes on to invent the next "Question:".
 """
 
 from __future__ import annotations
@@ -71,8 +71,3 @@ def build_prompt(question: str, n_shot: int, style: str, tokenizer=None) -> str:
     blocks.append(f"Question: {question}\nAnswer:")
     return "\n\n".join(blocks)
 
-
-def truncate_at_stop(completion: str, stop_strings: tuple[str, ...] = STOP_STRINGS) -> str:
-    """The completion up to (not including) the earliest stop string, if any occurs."""
-    cut = min((i for i in (completion.find(s) for s in stop_strings) if i >= 0), default=len(completion))
-    return completion[:cut]

@@ -5,8 +5,9 @@ Every returned row is a new dict with at least `prompt` (the exact model input) 
 
     gsm8k      question/answer/solution/prompt; "train" and "validation" are a seeded 90/10
                split of the train split minus the few-shot exemplars; "test" is the test split.
-               Local JSONL files when train_file is given, else the hub (openai/gsm8k, main).
+               Local JSONL files when train_file and test_file are given, else the hub (openai/gsm8k).
     synthetic  the arithmetic generator (difficulty 1-3), split the same way; no "test".
+               Few-shot prompts use the same GSM8K exemplars (they teach the answer format).
     jsonl      rows already prepared (e.g. by `python -m data.prepare`) with `prompt` and
                `answer`; validation from validation_file, else split off train_file.
 """

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from data import ANSWER_PREFIX, EXEMPLARS, SHOT_COUNTS, STOP_STRINGS, build_prompt, chat_messages, truncate_at_stop
+from data import ANSWER_PREFIX, EXEMPLARS, SHOT_COUNTS, STOP_STRINGS, build_prompt, chat_messages
 from data.exemplars import GSM8K_EXEMPLARS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,20 +90,9 @@ def test_bad_prompt_arguments_are_errors(n_shot, style, tokenizer, message):
         build_prompt(QUESTION, n_shot, style, tokenizer)
 
 
-@pytest.mark.parametrize(
-    ("completion", "expected"),
-    [
-        ("4 + 3 = 7\n#### The final answer is 7\n\nQuestion: Next one", "4 + 3 = 7\n#### The final answer is 7\n"),
-        ("#### The final answer is 7\nQuestion: a\nQuestion: b", "#### The final answer is 7"),
-        ("no stop string here", "no stop string here"),
-        ("", ""),
-        ("\nQuestion:", ""),
-    ],
-)
-def test_truncate_at_stop(completion, expected):
-    assert truncate_at_stop(completion) == expected
-    assert truncate_at_stop(completion, STOP_STRINGS) == expected
 
-
-def test_truncate_at_the_earliest_of_several_stop_strings():
-    assert truncate_at_stop("a <B> b <A> c", ("<A>", "<B>")) == "a "
+@pytest.mark.parametrize("n_shot", SHOT_COUNTS)
+def test_stop_string_separates_plain_blocks_and_never_cuts_a_solution(n_shot):
+    # A model that imitates the prompt ends its answer where the next block starts.
+    assert build_prompt(QUESTION, n_shot, "plain").count(STOP_STRINGS[0]) == n_shot
+    assert not any(stop in solution for _, solution in EXEMPLARS for stop in STOP_STRINGS)

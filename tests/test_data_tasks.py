@@ -189,3 +189,30 @@ def test_humaneval_ships_in_the_wheel():
     assert first["task_id"] == "HumanEval/0" and first["entry_point"] == "has_close_elements"
     assert set(first) == {"task_id", "prompt", "canonical_solution", "test", "entry_point"}
     assert f"def {first['entry_point']}(" in first["prompt"] and "def check(candidate)" in first["test"]
+
+
+def test_gsm8k_from_the_hub_uses_openai_gsm8k_main(monkeypatch):
+    # Offline stand-in for datasets.load_dataset: the hub rows have the local files' shape.
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name, split):
+        calls.append((path, name, split))
+        return [{"question": f"{split} question {i}?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"}
+                for i in range(10)]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    splits = load_task("gsm8k", n_shot=0, style="plain", val_fraction=0.2)
+    assert calls == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test")]
+    assert {k: len(v) for k, v in splits.items()} == {"train": 8, "validation": 2, "test": 10}
+    assert splits["test"][3]["answer"] == "4" and splits["test"][3]["solution"].startswith("3 + 1 = 4\n")
+
+
+def test_hub_bad_row_names_the_split_and_row(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda path, name, split: [{"question": "q?", "answer": "#### 1"}, {"question": "q?", "answer": "1"}])
+    with pytest.raises(BadRowError, match="openai/gsm8k:train, line 2"):
+        load_task("gsm8k", n_shot=0, style="plain")
