@@ -25,14 +25,15 @@ import torch
 import yaml
 
 import data
-from grpo import checkpoint, metrics, scoring
+from grpo import checkpoint, metrics, scoring, shaping
 from grpo.config import Config, ConfigError, load_config, to_dict
 from grpo.evaluation import evaluate_rows
 from grpo.loss import group_advantages
 from grpo.model import attach_lora, load_model_and_tokenizer, save_merged, trainable_parameters
-from grpo.rollout import SamplingParams, generate
+from grpo.rollout import SamplingParams, concat_batches, generate
 from grpo.tracking import RunTracker, plot_rewards
 from grpo.update import LossSettings, frozen_logprobs, policy_update
+from grpo.variants import groups_with_signal
 
 log = logging.getLogger("train")
 
@@ -116,6 +117,40 @@ def prompt_indices(num_rows: int, step: int, per_step: int, seed: int) -> list[i
     return out
 
 
+def collect_rollouts(model, tokenizer, cfg: Config, train_rows, train_tokens, reward_fns, weights,
+                     sampling: SamplingParams, step: int, per_step: int, generator):
+    """Rollout and reward for one step: (batch, (B, K) scores, (B,) totals, info).
+
+    With DAPO dynamic sampling, groups whose totals are all equal are dropped and further
+    prompts drawn (each try from its own seeded order, so resuming stays exact) until
+    `per_step` groups carry signal or the tries run out; a short batch then trains as it is.
+    """
+    v, g = cfg.variants, cfg.rollout.group_size
+    kept, needed, tries = [], per_step, 1 + (v.dynamic_sampling_max_tries if v.dynamic_sampling else 0)
+    for attempt in range(tries):
+        indices = prompt_indices(len(train_rows), step, per_step, cfg.train.seed + attempt * 7_919)
+        rows = [train_rows[i] for i in indices]
+        batch = generate(model, tokenizer, [train_tokens[i] for i in indices], g, sampling, generator)
+        matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns(rows, g))  # (B, K)
+        if not v.dynamic_sampling:
+            total, info = shaping.shape_rewards(matrix, weights, batch, v, cfg.rollout.max_new_tokens)
+            return batch, matrix, total, info
+        total, _ = shaping.shape_rewards(matrix, weights, batch, v, cfg.rollout.max_new_tokens)
+        groups = groups_with_signal(total, g).nonzero().squeeze(1).tolist()[:needed]
+        rows_kept = [i * g + j for i in groups for j in range(g)]
+        kept.append((batch.select_groups(groups), matrix[rows_kept]))
+        needed -= len(groups)
+        if needed == 0:
+            break
+    batch = concat_batches([b for b, _ in kept], tokenizer.pad_token_id)
+    matrix = torch.cat([m for _, m in kept])
+    if batch.num_prompts == 0:  # nothing had signal: train on nothing rather than crash
+        log.warning("step %d: no group with reward spread after %d tries", step, tries)
+    total, info = shaping.shape_rewards(matrix, weights, batch, v, cfg.rollout.max_new_tokens)
+    info.update({"dynamic_sampling/tries": attempt + 1, "dynamic_sampling/groups": batch.num_prompts})
+    return batch, matrix, total, info
+
+
 def make_optimizer(params, t, total_updates: int):
     from transformers import get_cosine_schedule_with_warmup
 
@@ -173,6 +208,7 @@ def main(argv=None) -> dict:
         max_tokens=r.max_new_tokens, temperature=r.temperature,
         prompts_per_micro_batch=prompts_per_micro, max_grad_norm=t.max_grad_norm,
         shared_prefix=not cfg.model.gradient_checkpointing,  # HF drops the KV cache under checkpointing
+        policy_loss=cfg.variants.policy_loss, dual_clip_c=cfg.variants.dual_clip_c,
     )
     log.info("%d train prompts, %d eval prompts, %d trainable parameters, %d steps of %d prompts x %d",
              len(train_rows), len(eval_rows), sum(p.numel() for p in params), total_steps,
@@ -194,19 +230,18 @@ def main(argv=None) -> dict:
     step_times = []
     for step in range(start_step + 1, total_steps + 1):
         started = time.perf_counter()
-        indices = prompt_indices(len(train_rows), step, prompts_per_step, t.seed)
-        rows = [train_rows[i] for i in indices]
 
-        # 1. rollout: G completions per prompt
-        batch = generate(model, tokenizer, [train_tokens[i] for i in indices], r.group_size, sampling, generator)
+        # 1-2. rollout (G completions per prompt) and reward (each reward by name, then the total)
+        batch, matrix, total, reward_info = collect_rollouts(
+            model, tokenizer, cfg, train_rows, train_tokens, reward_fns, weights, sampling, step,
+            prompts_per_step, generator)  # (B, K) scores, (B,) totals
         generated = time.perf_counter()
+        if batch.num_prompts == 0:
+            continue
 
-        # 2. reward: each reward function by name, then the weighted total
-        matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns(rows, r.group_size))  # (B, K)
-        total = scoring.weighted_total(matrix, weights)  # (B,)
-
-        # 3. advantage: group-relative
+        # 3. advantage: group-relative; then which tokens train, with what weight
         advantages = group_advantages(total, r.group_size, t.advantage_scale)  # (B,)
+        loss_mask, token_weights = shaping.loss_mask_and_weights(batch, total, cfg.variants)  # (B, T)
 
         # 4. frozen log-probs: reference (KL) and old policy (only when mu > 1)
         ref_logp = None
@@ -218,7 +253,7 @@ def main(argv=None) -> dict:
         # 5. loss and optimizer step, mu times on the same rollout
         for iteration in range(t.num_iterations):
             stats = policy_update(model, optimizer, scheduler, batch, advantages, old_logp, ref_logp,
-                                  settings, params, collect_stats=iteration == 0)
+                                  loss_mask, token_weights, settings, params, collect_stats=iteration == 0)
             if iteration == 0:
                 first_stats = stats
         finished = time.perf_counter()
@@ -230,8 +265,10 @@ def main(argv=None) -> dict:
         record = {
             **metrics.reward_metrics([rf.name for rf in reward_fns], matrix, total, r.group_size),
             **metrics.completion_metrics(batch.completion_mask, batch.truncated),
-            **first_stats, "loss": stats["loss"],
-            "time/step_s": step_time, "time/generate_s": generated - started,
+            **reward_info, **first_stats, "loss": stats["loss"],
+            "entropy": metrics.masked_mean(batch.token_entropy, batch.completion_mask),
+            "self_certainty": metrics.masked_mean(batch.token_certainty, batch.completion_mask),
+            "time/step_s": step_time, "time/rollout_and_reward_s": generated - started,
             "time/frozen_logprobs_s": scored - generated, "time/update_s": finished - scored,
             "tokens_per_s": tokens / step_time,
         }

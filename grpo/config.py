@@ -93,6 +93,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class VariantsConfig:
+    """Loss, sampling and reward variants beyond plain GRPO; the defaults are plain GRPO."""
+
+    policy_loss: str = "ppo"  # ppo (clipped, GRPO) | dual_clip (Ye et al. 2020) | gspo (sequence ratio)
+    dual_clip_c: float = 3.0  # dual-clip: cap on the loss of negative-advantage tokens, c > 1
+    overlong: str = "none"  # none | mask (truncated completions leave the loss) | soft (DAPO length penalty)
+    overlong_cache_len: int = 16  # soft: the penalty ramps from 0 to -1 over the last N tokens
+    entropy_top_fraction: float = 1.0  # < 1: only the highest-entropy tokens train (Wang et al. 2025)
+    token_credit: bool = False  # DelTA-style weights: discriminative tokens up, shared ones down
+    token_credit_min: float = 0.1  # token credit: weight of a token equally frequent in good and bad
+    token_credit_max: float = 2.0  # token credit: weight of a token found on one side only
+    dynamic_sampling: bool = False  # DAPO: drop groups with equal rewards, draw more prompts
+    dynamic_sampling_max_tries: int = 3  # extra draws per step before training on a short batch
+    reward_weighting: str = "static"  # static | dynamic (POW3R: weight by within-group separation)
+    reward_weighting_floor: float = 0.0  # dynamic: least share a criterion keeps
+    self_certainty_weight: float = 0.0  # label-free: + weight x rank of self-certainty in the group
+
+
+@dataclass(frozen=True)
 class LogConfig:
     output_dir: str = "runs/demo"  # metrics, checkpoints, plots and the final adapter go here
     save_every: int = 1  # checkpoint every N steps (a kill loses at most N steps)
@@ -112,6 +131,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    variants: VariantsConfig = field(default_factory=VariantsConfig)
     rewards: tuple[RewardSpec, ...] = (
         RewardSpec("gsm8k_format", 1.0),
         RewardSpec("gsm8k_correctness", 1.0),
@@ -174,7 +194,7 @@ def _build(cls, values: dict, where: str):
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig,
-            "train": TrainConfig, "log": LogConfig}
+            "train": TrainConfig, "log": LogConfig, "variants": VariantsConfig}
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -279,6 +299,22 @@ def validate(c: Config) -> None:
     _require(lg.eval_batch_size >= 1, f"log.eval_batch_size={lg.eval_batch_size}: must be >= 1")
     _require(lg.save_every >= 1 and lg.keep_checkpoints >= 0,
              "log.save_every must be >= 1 and log.keep_checkpoints >= 0")
+    v = c.variants
+    _require(v.policy_loss in ("ppo", "dual_clip", "gspo"),
+             f"variants.policy_loss={v.policy_loss!r}: use ppo, dual_clip or gspo")
+    _require(v.dual_clip_c > 1, f"variants.dual_clip_c={v.dual_clip_c}: must be > 1")
+    _require(v.overlong in ("none", "mask", "soft"), f"variants.overlong={v.overlong!r}: use none, mask or soft")
+    _require(v.overlong != "soft" or 0 <= v.overlong_cache_len < r.max_new_tokens,
+             f"variants.overlong_cache_len={v.overlong_cache_len}: use [0, rollout.max_new_tokens)")
+    _require(0 < v.entropy_top_fraction <= 1,
+             f"variants.entropy_top_fraction={v.entropy_top_fraction}: use (0, 1]")
+    _require(0 < v.token_credit_min <= v.token_credit_max,
+             "variants.token_credit_min/max: need 0 < min <= max")
+    _require(v.dynamic_sampling_max_tries >= 0, "variants.dynamic_sampling_max_tries must be >= 0")
+    _require(v.reward_weighting in ("static", "dynamic"),
+             f"variants.reward_weighting={v.reward_weighting!r}: use static or dynamic")
+    _require(0 <= v.reward_weighting_floor < 1, "variants.reward_weighting_floor: use [0, 1)")
+    _require(v.self_certainty_weight >= 0, "variants.self_certainty_weight must be >= 0")
     for i, spec in enumerate(c.rewards):
         _require(math.isfinite(spec.weight), f"rewards[{i}].weight={spec.weight}: must be finite")
 

@@ -174,12 +174,3 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_rows: int =
         [torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(chunk_rows, dim=0)]
     )  # (B, T)
     return picked - norms
-
-
-def token_entropy(logits: torch.Tensor, chunk_rows: int = 8) -> torch.Tensor:
-    """Entropy of the next-token distribution, (B, T, V) -> (B, T) float32, chunked over rows."""
-    out = []
-    for chunk in logits.split(chunk_rows, dim=0):
-        logp = torch.log_softmax(chunk.float(), dim=-1)
-        out.append(-(logp.exp() * logp).sum(-1))
-    return torch.cat(out)

@@ -10,6 +10,7 @@ left-padded), T = padded completion length (completions are right-padded), V = v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,8 @@ class RolloutBatch:
     truncated: torch.Tensor  # (B,) bool: hit max_new_tokens without EOS or a stop string
     texts: list[str]  # B completion texts, cut before any stop string
     group_size: int
+    token_entropy: torch.Tensor  # (B, T) entropy of the sampling distribution at each token
+    token_certainty: torch.Tensor  # (B, T) self-certainty KL(U || p) of the raw next-token distribution
 
     @property
     def num_prompts(self) -> int:
@@ -57,7 +60,46 @@ class RolloutBatch:
             truncated=self.truncated[start * g : stop * g],
             texts=self.texts[start * g : stop * g],
             group_size=g,
+            token_entropy=self.token_entropy[start * g : stop * g, :width],
+            token_certainty=self.token_certainty[start * g : stop * g, :width],
         )
+
+    def select_groups(self, groups: list[int]) -> "RolloutBatch":
+        """The prompts with these indices (in this order) and their G completions each."""
+        g = self.group_size
+        rows = [i * g + j for i in groups for j in range(g)]
+        return RolloutBatch(
+            prompt_ids=self.prompt_ids[groups], prompt_mask=self.prompt_mask[groups],
+            completion_ids=self.completion_ids[rows], completion_mask=self.completion_mask[rows],
+            truncated=self.truncated[rows], texts=[self.texts[i] for i in rows], group_size=g,
+            token_entropy=self.token_entropy[rows], token_certainty=self.token_certainty[rows],
+        )
+
+
+def _pad_to(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+    extra = width - x.shape[1]
+    if extra == 0:
+        return x
+    pad = torch.full((x.shape[0], extra), value, dtype=x.dtype)
+    return torch.cat([pad, x] if left else [x, pad], dim=1)
+
+
+def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """One batch from several (prompts stay left-padded, completions right-padded)."""
+    p = max(b.prompt_ids.shape[1] for b in batches)
+    t = max(b.completion_ids.shape[1] for b in batches)
+    cat = lambda name, width, value, left: torch.cat(  # noqa: E731
+        [_pad_to(getattr(b, name), width, value, left) for b in batches]
+    )
+    return RolloutBatch(
+        prompt_ids=cat("prompt_ids", p, pad_id, True), prompt_mask=cat("prompt_mask", p, 0, True),
+        completion_ids=cat("completion_ids", t, pad_id, False),
+        completion_mask=cat("completion_mask", t, 0.0, False),
+        truncated=torch.cat([b.truncated for b in batches]),
+        texts=[x for b in batches for x in b.texts], group_size=batches[0].group_size,
+        token_entropy=cat("token_entropy", t, 0.0, False),
+        token_certainty=cat("token_certainty", t, 0.0, False),
+    )
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,6 +128,19 @@ def sample_tokens(
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def next_token_stats(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy of the sampling distribution and self-certainty of the raw one, (N, V) -> (N,), (N,).
+
+    Self-certainty (Kang et al. 2025) is KL(U || p) = logsumexp(z) - mean(z) - log V.
+    """
+    z = logits.float()
+    scaled = z / temperature if temperature > 0 else z
+    logp = torch.log_softmax(scaled, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    certainty = torch.logsumexp(z, -1) - z.mean(-1) - math.log(z.shape[-1])
+    return entropy, certainty
 
 
 def _ends_with_stop(tokenizer, tokens: list[int], stop_strings: tuple[str, ...], window: int) -> bool:
@@ -128,14 +183,20 @@ def generate(
     positions = prompt_mask.sum(1).repeat_interleave(group_size)  # (B,) next position
     active = torch.arange(num_rows, device=device)  # rows still decoding, in cache order
     tokens: list[list[int]] = [[] for _ in range(num_rows)]
+    entropies: list[list[float]] = [[] for _ in range(num_rows)]
+    certainties: list[list[float]] = [[] for _ in range(num_rows)]
     truncated = torch.ones(num_rows, dtype=torch.bool)
     window = max((len(s) for s in params.stop_strings), default=0) + 2
 
     for step in range(params.max_new_tokens):
         next_tokens = sample_tokens(logits, params.temperature, params.top_p, generator)  # (A,)
+        entropy, certainty = next_token_stats(logits, params.temperature)  # (A,), (A,)
         keep = torch.ones(len(active), dtype=torch.bool)
-        for slot, (row, token) in enumerate(zip(active.tolist(), next_tokens.tolist())):
+        step_stats = zip(active.tolist(), next_tokens.tolist(), entropy.tolist(), certainty.tolist())
+        for slot, (row, token, ent, cert) in enumerate(step_stats):
             tokens[row].append(token)
+            entropies[row].append(ent)
+            certainties[row].append(cert)
             if token in eos_ids or (
                 params.stop_strings and _ends_with_stop(tokenizer, tokens[row], params.stop_strings, window)
             ):
@@ -163,9 +224,13 @@ def generate(
     width = max(len(t) for t in tokens)
     completion_ids = torch.full((num_rows, width), tokenizer.pad_token_id, dtype=torch.long)
     completion_mask = torch.zeros((num_rows, width))
+    token_entropy = torch.zeros((num_rows, width))
+    token_certainty = torch.zeros((num_rows, width))
     for row, toks in enumerate(tokens):
         completion_ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
         completion_mask[row, : len(toks)] = 1.0
+        token_entropy[row, : len(toks)] = torch.tensor(entropies[row])
+        token_certainty[row, : len(toks)] = torch.tensor(certainties[row])
     texts = [
         cut_at_stop(tokenizer.decode(t, skip_special_tokens=True), params.stop_strings) for t in tokens
     ]
@@ -177,6 +242,8 @@ def generate(
         truncated=truncated,
         texts=texts,
         group_size=group_size,
+        token_entropy=token_entropy,
+        token_certainty=token_certainty,
     )
 
 
@@ -193,15 +260,8 @@ def _decoder_and_head(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def _chunk_logprobs(head, hidden, tokens, temperature, with_entropy):
-    logits = head(hidden) / temperature  # (b, T, V)
-    logp = token_logprobs(logits, tokens, chunk_rows=hidden.shape[0])
-    if not with_entropy:
-        return logp, None
-    with torch.no_grad():
-        lsm = torch.log_softmax(logits.detach().float(), dim=-1)
-        entropy = -(lsm.exp() * lsm).sum(-1)
-    return logp, entropy
+def _chunk_logprobs(head, hidden, tokens, temperature):
+    return token_logprobs(head(hidden) / temperature, tokens, chunk_rows=hidden.shape[0])  # (b, T)
 
 
 def completion_logprobs(
@@ -209,10 +269,9 @@ def completion_logprobs(
     batch: RolloutBatch,
     temperature: float = 1.0,
     shared_prefix: bool = True,
-    with_entropy: bool = False,
     chunk_rows: int = 4,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (B, T) of the sampled completion tokens (and entropies (B, T) if asked).
+) -> torch.Tensor:
+    """Log-probs (B, T) of the sampled completion tokens.
 
     shared_prefix=True runs each prompt through the model once and repeats its KV cache for
     the G completions (gradients flow back through the one prompt pass); False runs the
@@ -267,16 +326,11 @@ def completion_logprobs(
         p = prompt_ids.shape[1]
         hidden = out.last_hidden_state[:, p - 1 : p - 1 + width]  # (B, T, H): predicts each completion token
 
-    logps, entropies = [], []
+    logps = []
     for h, t in zip(hidden.split(chunk_rows), completion_ids.split(chunk_rows)):
         if torch.is_grad_enabled():
-            lp, ent = torch.utils.checkpoint.checkpoint(
-                _chunk_logprobs, head, h, t, temperature, with_entropy, use_reentrant=False
-            )
+            logps.append(torch.utils.checkpoint.checkpoint(
+                _chunk_logprobs, head, h, t, temperature, use_reentrant=False))
         else:
-            lp, ent = _chunk_logprobs(head, h, t, temperature, with_entropy)
-        logps.append(lp)
-        entropies.append(ent)
-    logp = torch.cat(logps)
-    entropy = torch.cat(entropies) if with_entropy else None
-    return logp, entropy
+            logps.append(_chunk_logprobs(head, h, t, temperature))
+    return torch.cat(logps)

@@ -17,6 +17,7 @@ import torch
 
 from grpo.loss import aggregate_loss, clip_fraction, grpo_per_token_loss, kl_k3
 from grpo.rollout import RolloutBatch, completion_logprobs
+from grpo.variants import dual_clip_surrogate, gspo_surrogate
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,21 @@ class LossSettings:
     prompts_per_micro_batch: int
     max_grad_norm: float
     shared_prefix: bool = True
+    policy_loss: str = "ppo"  # ppo | dual_clip | gspo
+    dual_clip_c: float = 3.0
+
+
+def per_token_policy_loss(s: LossSettings, logp, old_logp, ref_logp, advantages, mask) -> torch.Tensor:
+    """The selected surrogate plus beta * k3 KL, per token (B, T)."""
+    if s.policy_loss == "ppo":
+        return grpo_per_token_loss(logp, old_logp, ref_logp, advantages, s.beta, s.eps_low, s.eps_high)
+    if s.policy_loss == "dual_clip":
+        loss = dual_clip_surrogate(logp, old_logp, advantages, s.eps_low, s.eps_high, s.dual_clip_c)
+    elif s.policy_loss == "gspo":
+        loss = gspo_surrogate(logp, old_logp, advantages, mask, s.eps_low, s.eps_high)
+    else:
+        raise ValueError(f"unknown policy loss {s.policy_loss!r}; valid: ppo, dual_clip, gspo")
+    return loss + s.beta * kl_k3(logp, ref_logp) if s.beta != 0 else loss
 
 
 def micro_batches(batch: RolloutBatch, prompts_per_micro_batch: int):
@@ -48,7 +64,7 @@ def frozen_logprobs(model, batch: RolloutBatch, s: LossSettings, reference_model
     context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
     with context:
         for row, part in micro_batches(batch, s.prompts_per_micro_batch):
-            logp, _ = completion_logprobs(scorer, part, s.temperature, s.shared_prefix)
+            logp = completion_logprobs(scorer, part, s.temperature, s.shared_prefix)
             out[row : row + logp.shape[0], : logp.shape[1]] = logp.float().cpu()
     return out
 
@@ -61,25 +77,32 @@ def policy_update(
     advantages: torch.Tensor,
     old_logp: torch.Tensor | None,
     ref_logp: torch.Tensor | None,
+    loss_mask: torch.Tensor,
+    token_weights: torch.Tensor | None,
     s: LossSettings,
     params: list[torch.nn.Parameter],
     collect_stats: bool,
 ) -> dict:
-    """One optimizer step over all micro-batches of the rollout; returns logging stats."""
+    """One optimizer step over all micro-batches of the rollout; returns logging stats.
+
+    advantages (B,); old_logp, ref_logp, loss_mask, token_weights (B, T) or None: the tokens
+    that train (loss_mask) and per-token coefficients on their loss (token_weights).
+    """
     device = next(model.parameters()).device
     parts = list(micro_batches(batch, s.prompts_per_micro_batch))
-    totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}
+    totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
     token_count = 0.0
     for row, part in parts:
         rows = slice(row, row + part.completion_ids.shape[0])
         width = part.completion_ids.shape[1]
-        mask = part.completion_mask.to(device)
-        logp, entropy = completion_logprobs(model, part, s.temperature, s.shared_prefix,
-                                            with_entropy=collect_stats)
+        mask = loss_mask[rows, :width].to(device)
+        logp = completion_logprobs(model, part, s.temperature, s.shared_prefix)
         old = logp.detach() if old_logp is None else old_logp[rows, :width].to(device)
         ref = None if ref_logp is None else ref_logp[rows, :width].to(device)
         adv = advantages[rows].to(device)
-        per_token = grpo_per_token_loss(logp, old, ref, adv, s.beta, s.eps_low, s.eps_high)
+        per_token = per_token_policy_loss(s, logp, old, ref, adv, mask)
+        if token_weights is not None:
+            per_token = per_token * token_weights[rows, :width].to(device)
         loss = aggregate_loss(per_token, mask, s.aggregation, s.max_tokens) / len(parts)
         loss.backward()
         totals["loss"] += loss.item()
@@ -90,7 +113,6 @@ def policy_update(
                 if ref is not None:
                     totals["kl"] += (kl_k3(logp, ref) * mask).sum().item()
                 totals["clip_frac"] += clip_fraction(logp, old, adv, mask, s.eps_low, s.eps_high).item() * n
-                totals["entropy"] += (entropy * mask).sum().item()
     grad_norm = torch.nn.utils.clip_grad_norm_(
         params, s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
     )
@@ -101,7 +123,7 @@ def policy_update(
     stats = {"loss": totals["loss"], "grad_norm": grad_norm.item(), "lr": lr}
     if collect_stats:
         denom = max(token_count, 1.0)
-        stats.update({k: totals[k] / denom for k in ("kl", "clip_frac", "entropy")})
+        stats.update({k: totals[k] / denom for k in ("kl", "clip_frac")})
         if ref_logp is None:
             stats["kl"] = float("nan")
     return stats

@@ -8,13 +8,15 @@ What lives here:
 - `dual_clip_surrogate`: PPO clip (with clip-higher) plus dual-clip for negative advantages.
 - `gspo_surrogate`: GSPO's sequence-level ratio, in its token form with the right gradient.
 - `overlong_mask`, `soft_overlong_penalty`: DAPO's two ways to handle truncated completions.
-- `high_entropy_token_mask`, `token_entropy_from_logits`: train on the forking tokens only.
+- `high_entropy_token_mask`: train on the forking tokens only (entropies come from the rollout).
 - `groups_with_signal`: DAPO dynamic-sampling filter (the refill loop belongs to the trainer).
 """
 
 import math
 
 import torch
+
+from grpo.loss import clipped_surrogate
 
 
 def _check_logp_pair(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor) -> None:
@@ -46,8 +48,7 @@ def dual_clip_surrogate(
     _check_logp_pair(logp, old_logp, advantages)
     assert clip_ratio_c > 1.0, f"clip_ratio_c must be > 1 for dual-clip, got {clip_ratio_c}"
     adv = advantages.unsqueeze(-1)  # (B, 1)
-    ratio = torch.exp(logp - old_logp)  # (B, T)
-    ppo_loss = torch.maximum(-ratio * adv, -torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)  # (B, T)
+    ppo_loss = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)  # (B, T)
     capped = torch.minimum(ppo_loss, -clip_ratio_c * adv)  # (B, T)
     return torch.where(adv < 0, capped, ppo_loss)
 
@@ -116,19 +117,6 @@ def soft_overlong_penalty(lengths: torch.Tensor, max_len: int, cache_len: int) -
         )
     over = lengths.to(torch.float32) - (max_len - cache_len)  # (B,)
     return -(over / cache_len).clamp(min=0.0, max=1.0)
-
-
-def token_entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position, in nats.
-
-    logits: (B, T, V). Returns (B, T): H = logsumexp(z) - sum_v softmax(z)_v * z_v.
-    Works on any slice of positions, so a caller short on memory can feed (B, T_chunk, V) chunks
-    and concatenate. Computed in float32 whatever the logits' dtype.
-    """
-    assert logits.dim() == 3, f"logits must be (B, T, V), got {tuple(logits.shape)}"
-    z = logits.float()  # (B, T, V)
-    lse = torch.logsumexp(z, dim=-1)  # (B, T)
-    return lse - (torch.softmax(z, dim=-1) * z).sum(dim=-1)
 
 
 def high_entropy_token_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float) -> torch.Tensor:

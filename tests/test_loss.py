@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grpo import aggregate_loss, clipped_surrogate, group_advantages, kl_k3
-from grpo.loss import clip_fraction, grpo_per_token_loss, token_entropy, token_logprobs
+from grpo.loss import clip_fraction, grpo_per_token_loss, token_logprobs
 
 
 def test_group_advantages_group_scale_by_hand():
@@ -151,12 +151,8 @@ def test_total_loss_adds_beta_times_kl_and_skips_it_at_beta_zero():
     assert grpo_per_token_loss(logp, logp, None, adv, beta=0.0).item() == pytest.approx(-1.0)
 
 
-def test_token_logprobs_and_entropy_by_hand():
+def test_token_logprobs_by_hand():
     # logits 0, log 3 -> softmax .25, .75; picking token 1 gives log .75
-    # entropy: -(.25 log .25 + .75 log .75) = .562335
     logits = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0]]])
     lp = token_logprobs(logits, torch.tensor([[1, 0]]), chunk_rows=1)
     torch.testing.assert_close(lp, torch.tensor([[math.log(0.75), math.log(0.5)]]))
-    ent = token_entropy(logits)
-    expected = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
-    torch.testing.assert_close(ent, torch.tensor([[expected, math.log(2)]]))

@@ -10,7 +10,6 @@ from grpo.variants import (
     high_entropy_token_mask,
     overlong_mask,
     soft_overlong_penalty,
-    token_entropy_from_logits,
 )
 
 
@@ -126,13 +125,6 @@ def test_soft_overlong_penalty_rejects_bad_cache(cache_len):
 
 
 # ---------------------------------------------------------------- entropy selection
-
-def test_token_entropy_from_logits_hand_values():
-    # Uniform over 4 -> ln 4 = 1.386294. p = (0.5, 0.25, 0.25) -> 0.5 ln2 + 2 * 0.25 ln4 = 1.5 ln2.
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [math.log(0.5), math.log(0.25), math.log(0.25), -1e9]]])
-    out = token_entropy_from_logits(logits)
-    torch.testing.assert_close(out, torch.tensor([[math.log(4), 1.5 * math.log(2)]]))
-
 
 def test_high_entropy_mask_keeps_top_fraction_over_whole_batch():
     entropy = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.9, 0.2, 0.3, 9.0]])
