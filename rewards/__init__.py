@@ -4,7 +4,7 @@ Every reward has TRL's signature `fn(completions, **columns) -> list[float | Non
 (see `rewards.registry`); `None` marks a row the reward does not apply to.
 """
 
-from rewards import code_execution, gsm8k, keywords, math_answer
+from rewards import code_execution, gsm8k, keywords, majority_vote, math_answer
 from rewards.code_execution import code_execution_reward
 from rewards.gsm8k import correctness_reward, format_reward
 from rewards.keywords import keywords_reward
@@ -20,6 +20,7 @@ __all__ = [
     "gsm8k",
     "keywords",
     "keywords_reward",
+    "majority_vote",
     "math_answer",
     "math_verify_reward",
     "names",
