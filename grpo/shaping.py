@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from grpo.config import VariantsConfig
-from grpo.label_free import self_certainty_from_stats, within_group_rank
+from grpo.label_free import within_group_rank
 from grpo.reward_weighting import combine_rewards, criterion_weights
 from grpo.rollout import RolloutBatch
 from grpo.token_credit import discriminative_token_weights

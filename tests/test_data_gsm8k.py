@@ -1,22 +1,13 @@
 """GSM8K parsing: final-answer normalization, calculator annotations, every row of the local copy."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from data import ANSWER_PREFIX, BadRowError, load_gsm8k_file, normalize_number, parse_gsm8k_row
 from data import strip_calculator_annotations
 
-REPO = Path(__file__).resolve().parents[1]
-# CI has shared/ beside the clone; elsewhere point GSM8K_DIR at a copy.
-GSM8K_DIR = next(
-    (d for d in (Path(os.environ.get("GSM8K_DIR", REPO / "missing")), REPO.parent / "shared/data/gsm8k")
-     if (d / "train.jsonl").is_file()),
-    None,
-)
-needs_gsm8k = pytest.mark.skipif(GSM8K_DIR is None, reason="no local GSM8K copy: set GSM8K_DIR")
+from tests.helpers.gsm8k import GSM8K_DIR, needs_gsm8k
 
 
 @pytest.mark.parametrize(

@@ -1,24 +1,14 @@
 """Prompt construction: exemplars come from the train split only, shot counts are exact."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 from data import ANSWER_PREFIX, EXEMPLARS, SHOT_COUNTS, STOP_STRINGS, build_prompt, chat_messages
 from data.exemplars import GSM8K_EXEMPLARS
 
-REPO = Path(__file__).resolve().parents[1]
-GSM8K_DIR = next(
-    (d for d in (Path(os.environ.get("GSM8K_DIR", REPO / "missing")), REPO.parent / "shared/data/gsm8k")
-     if (d / "train.jsonl").is_file()),
-    None,
-)
-needs_gsm8k = pytest.mark.skipif(GSM8K_DIR is None, reason="no local GSM8K copy: set GSM8K_DIR")
-DEMO_MODEL = Path(os.environ.get("DEMO_MODEL", "/tmp/smolhf"))
-needs_demo_tokenizer = pytest.mark.skipif(not DEMO_MODEL.is_dir(), reason=f"no demo model at {DEMO_MODEL}")
+from tests.helpers.gsm8k import GSM8K_DIR, needs_gsm8k
+from tests.tiny_model import byte_level_tokenizer
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 
@@ -65,10 +55,9 @@ def test_chat_messages_alternate_exemplar_turns(n_shot):
     assert messages[-1]["content"] == QUESTION
 
 
-@needs_demo_tokenizer
 @pytest.mark.parametrize("n_shot", [0, 2, 8])
 def test_chat_prompt_renders_with_the_models_template(n_shot):
-    tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL)
+    tokenizer = byte_level_tokenizer()  # the ChatML template SmolLM2 and Qwen use
     prompt = build_prompt(QUESTION, n_shot, "chat", tokenizer)
     assert prompt.count("<|im_start|>user") == n_shot + 1
     assert prompt.count("<|im_start|>assistant") == n_shot + 1  # n answers + the generation prompt

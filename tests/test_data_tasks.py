@@ -1,9 +1,7 @@
 """load_task and friends: the seeded split, the three task sources, JSONL round trips, HumanEval."""
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -20,13 +18,7 @@ from data import (
 )
 from data.prepare import main as prepare_main
 
-REPO = Path(__file__).resolve().parents[1]
-GSM8K_DIR = next(
-    (d for d in (Path(os.environ.get("GSM8K_DIR", REPO / "missing")), REPO.parent / "shared/data/gsm8k")
-     if (d / "train.jsonl").is_file()),
-    None,
-)
-needs_gsm8k = pytest.mark.skipif(GSM8K_DIR is None, reason="no local GSM8K copy: set GSM8K_DIR")
+from tests.helpers.gsm8k import GSM8K_DIR, needs_gsm8k
 
 
 def numbered_rows(n):
