@@ -332,23 +332,24 @@ def completion_logprobs(
             use_cache=True,
         )
         first = out.last_hidden_state[:, -1:].repeat_interleave(g, dim=0)  # (B, 1, H)
-        hidden = first
-        if width > 1:
-            cache = out.past_key_values
-            cache.batch_repeat_interleave(g)
-            attention = None
-            if padded:
-                rep = prompt_mask.repeat_interleave(g, dim=0)
-                attention = torch.cat([rep, rep.new_ones(num_rows, width - 1)], dim=1)
-            positions = prompt_len.unsqueeze(1) + torch.arange(width - 1, device=device)
-            rest = decoder(
-                input_ids=completion_ids[:, :-1],
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state  # (B, T-1, H)
-            hidden = torch.cat([first, rest], dim=1)  # (B, T, H)
+        # With T == 1 the completion pass still runs, on a token whose output is dropped: under
+        # ZeRO-3 every rank must make the same module calls (each one gathers parameters).
+        rest_ids = completion_ids[:, :-1] if width > 1 else completion_ids  # (B, max(T-1, 1))
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(g)
+        attention = None
+        if padded:
+            rep = prompt_mask.repeat_interleave(g, dim=0)
+            attention = torch.cat([rep, rep.new_ones(rest_ids.shape)], dim=1)
+        positions = prompt_len.unsqueeze(1) + torch.arange(rest_ids.shape[1], device=device)
+        rest = decoder(
+            input_ids=rest_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state  # (B, max(T-1, 1), H)
+        hidden = torch.cat([first, rest], dim=1)[:, :width]  # (B, T, H)
     else:
         rep_ids = prompt_ids.repeat_interleave(g, dim=0)
         rep_mask = prompt_mask.repeat_interleave(g, dim=0)

@@ -109,6 +109,14 @@ def test_shared_prefix_logprobs_equal_full_sequence_logprobs(tiny):
     torch.testing.assert_close(shared[0, :n], naive[:n], atol=1e-5, rtol=1e-5)
 
 
+def test_shared_prefix_logprobs_of_one_token_completions(tiny):
+    model, tokenizer = tiny
+    batch = generate(model, tokenizer, [[65, 66, 67], [68]], 2, SamplingParams(max_new_tokens=1), seeds=[0, 1])
+    assert batch.completion_ids.shape == (4, 1)
+    shared = completion_logprobs(model, batch)
+    torch.testing.assert_close(shared, completion_logprobs(model, batch, shared_prefix=False), atol=1e-5, rtol=1e-5)
+
+
 def test_gradients_flow_through_the_shared_prompt_pass(tiny_model_dir):
     model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
     model = attach_lora(model, 4, 8, 0.0, ("q_proj", "v_proj"))
