@@ -3,6 +3,11 @@
 Layout: OUTPUT/checkpoints/step-000012/{adapter/, trainer_state.pt}. A checkpoint is written
 to a temporary folder and renamed into place, so a run killed while saving leaves the
 previous checkpoint intact and resuming never reads a half-written one.
+
+Under ZeRO-3 (grpo/distributed.py) the same folder holds the adapter gathered and written once
+by rank 0, trainer_state.pt (step, schedule) from rank 0, `rng/rank-NNNNN.pt` per rank, and
+`deepspeed/`: DeepSpeed's own per-rank optimizer partitions (engine.save_checkpoint). Resuming
+it needs the same number of ranks; across nodes, the output dir must be a shared filesystem.
 """
 
 from __future__ import annotations
@@ -45,55 +50,85 @@ def save_weights(model, directory: Path) -> None:
     model.save_pretrained(directory, safe_serialization=True)
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "sampler": generator.get_state(),
-    }
+def rng_state() -> dict:
+    """Global RNGs (LoRA dropout, rewards); rollout sampling is seeded per prompt and keeps no state."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
 
 
-def restore_rng(state: dict, generator: torch.Generator) -> None:
+def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    generator.set_state(state["sampler"])
 
 
-def save_checkpoint(
-    output_dir: str | Path,
-    step: int,
-    model,
-    optimizer,
-    scheduler,
-    generator: torch.Generator,
-    keep: int,
-    extra: dict | None = None,
-) -> Path:
-    """Write checkpoint `step` atomically, then prune to the newest `keep` (0 keeps all)."""
+def _paths(output_dir: str | Path, step: int) -> tuple[Path, Path]:
+    """(folder being written, published folder) of checkpoint `step`."""
     root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    partial = root / f".partial-step-{step:06d}"
+    return root / f".partial-step-{step:06d}", root / f"step-{step:06d}"
+
+
+def _fresh(partial: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    partial.mkdir(parents=True)
+
+
+def _publish(output_dir: str | Path, partial: Path, final: Path, keep: int) -> None:
+    """Rename the finished checkpoint into place, then prune to the newest `keep` (0 keeps all)."""
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    if keep > 0:
+        for _, old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, keep: int,
+                    extra: dict | None = None) -> Path:
+    """Write checkpoint `step` atomically, then prune to the newest `keep` (0 keeps all)."""
+    partial, final = _paths(output_dir, step)
+    _fresh(partial)
     save_weights(model, partial / "adapter")
     torch.save(
         {
             "step": step,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": rng_state(generator),
+            "rng": rng_state(),
             "extra": extra or {},
         },
         partial / "trainer_state.pt",
     )
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    if keep > 0:
-        for _, old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    _publish(output_dir, partial, final, keep)
+    return final
+
+
+def save_gathered_weights(model, directory: Path, world) -> None:
+    """ZeRO-3: gather the trainable weights (all ranks), rank 0 writes them as `save_weights` does."""
+    from deepspeed.runtime.zero import GatheredParameters
+
+    with GatheredParameters([p for p in model.parameters() if p.requires_grad]):
+        if world.is_main:
+            save_weights(model, directory)
+
+
+def save_sharded_checkpoint(output_dir: str | Path, step: int, engine, model, scheduler, world, keep: int) -> Path:
+    """The ZeRO-3 checkpoint of `step`, written by all ranks into one folder, published by rank 0."""
+    from grpo.distributed import barrier
+
+    partial, final = _paths(output_dir, step)
+    if world.is_main:
+        _fresh(partial)
+    barrier(world)
+    engine.save_checkpoint(str(partial / "deepspeed"), tag="state", exclude_frozen_parameters=True)
+    (partial / "rng").mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(), partial / "rng" / f"rank-{world.rank:05d}.pt")
+    save_gathered_weights(model, partial / "adapter", world)
+    if world.is_main:
+        torch.save({"step": step, "scheduler": scheduler.state_dict(), "world_size": world.size},
+                   partial / "trainer_state.pt")
+    barrier(world)  # every rank's files are written before rank 0 publishes the folder
+    if world.is_main:
+        _publish(output_dir, partial, final, keep)
+    barrier(world)
     return final
 
 
@@ -119,11 +154,31 @@ def load_trainable_weights(model, adapter_dir: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator) -> dict:
+def _trainer_state(path: Path) -> dict:
+    return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG from `path`; returns the saved state dict."""
+    state = _trainer_state(path)
+    if "world_size" in state:
+        raise ValueError(f"checkpoint {path} was written by {state['world_size']} ZeRO-3 ranks; resume it "
+                         "with as many ranks, or start fresh (--no-resume) from its adapter/")
     load_trainable_weights(model, path / "adapter")
-    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    restore_rng(state["rng"], generator)
+    restore_rng(state["rng"])
+    return state
+
+
+def load_sharded_checkpoint(path: Path, engine, scheduler, world) -> dict:
+    """Restore a ZeRO-3 checkpoint: weights and optimizer partitions, schedule, this rank's RNG."""
+    state = _trainer_state(path)
+    if state.get("world_size") != world.size:
+        raise ValueError(f"checkpoint {path} was written by {state.get('world_size', 1)} rank(s), this run has "
+                         f"{world.size}; resume with as many, or start fresh (--no-resume) from its adapter/")
+    engine.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False,
+                           load_lr_scheduler_states=False)
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(torch.load(path / "rng" / f"rank-{world.rank:05d}.pt", weights_only=False))
     return state

@@ -283,6 +283,7 @@ def validate(c: Config) -> None:
     _require(t.grad_accum_steps >= 1, f"train.grad_accum_steps={t.grad_accum_steps}: must be >= 1")
     _require(t.num_iterations >= 1, f"train.num_iterations={t.num_iterations}: must be >= 1")
     _require(t.max_steps > 0 or t.epochs > 0, "set train.max_steps > 0 or train.epochs > 0")
+    _require(t.seed >= 0, f"train.seed={t.seed}: must be >= 0")
     _require(t.learning_rate > 0 and math.isfinite(t.learning_rate),
              f"train.learning_rate={t.learning_rate}: must be a finite number > 0")
     _require(0 <= t.warmup_ratio < 1, f"train.warmup_ratio={t.warmup_ratio}: use [0, 1)")

@@ -28,7 +28,7 @@ def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[i
         matrices.append(scoring.score(reward_fns, batch.texts, columns))
         texts.extend(batch.texts)
     model.train(was_training)
-    matrix = torch.cat(matrices)  # (N, K)
+    matrix = torch.cat(matrices) if matrices else torch.empty(0, len(reward_fns))  # (N, K); a rank may get no rows
     weights = torch.tensor([r.weight for r in reward_fns])
     total = scoring.weighted_total(matrix, weights)
     out = {"eval/reward_mean": total.mean().item()}

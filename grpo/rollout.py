@@ -11,6 +11,7 @@ left-padded), T = padded completion length (completions are right-padded), V = v
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +131,18 @@ def sample_tokens(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def sample_by_prompt(logits: torch.Tensor, prompt_of_row: torch.Tensor, params: SamplingParams,
+                     generators: list[torch.Generator] | None) -> torch.Tensor:
+    """Next tokens (A,) from (A, V) logits; the rows of prompt i draw from generators[i]."""
+    if generators is None:
+        return sample_tokens(logits, params.temperature, params.top_p, None)
+    tokens = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    for prompt in prompt_of_row.unique().tolist():
+        rows = (prompt_of_row == prompt).nonzero().squeeze(1)
+        tokens[rows] = sample_tokens(logits[rows], params.temperature, params.top_p, generators[prompt])
+    return tokens
+
+
 def next_token_stats(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy of the sampling distribution and self-certainty of the raw one, (N, V) -> (N,), (N,).
 
@@ -160,10 +173,16 @@ def generate(
     prompt_token_lists: list[list[int]],
     group_size: int,
     params: SamplingParams,
-    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> RolloutBatch:
-    """Sample `group_size` completions for each prompt with a KV cache shared within the group."""
+    """Sample `group_size` completions for each prompt with a KV cache shared within the group.
+
+    seeds: one per prompt (None = torch's global RNG). Each prompt's rows draw from their own
+    generator, so a prompt's completions do not depend on which prompts share its batch: a step
+    split across ranks samples what one process would.
+    """
     device = next(model.parameters()).device
+    generators = None if seeds is None else [torch.Generator(device).manual_seed(s) for s in seeds]
     eos_ids = _eos_ids(tokenizer, model)
     prompt_ids, prompt_mask = left_pad(prompt_token_lists, tokenizer.pad_token_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
@@ -189,7 +208,7 @@ def generate(
     window = max((len(s) for s in params.stop_strings), default=0) + 2
 
     for step in range(params.max_new_tokens):
-        next_tokens = sample_tokens(logits, params.temperature, params.top_p, generator)  # (A,)
+        next_tokens = sample_by_prompt(logits, active // group_size, params, generators)  # (A,)
         entropy, certainty = next_token_stats(logits, params.temperature)  # (A,), (A,)
         keep = torch.ones(len(active), dtype=torch.bool)
         step_stats = zip(active.tolist(), next_tokens.tolist(), entropy.tolist(), certainty.tolist())
@@ -264,6 +283,21 @@ def _chunk_logprobs(head, hidden, tokens, temperature):
     return token_logprobs(head(hidden) / temperature, tokens, chunk_rows=hidden.shape[0])  # (b, T)
 
 
+class CompletionScorer(torch.nn.Module):
+    """`completion_logprobs` of a policy as a module's forward.
+
+    DeepSpeed wraps this module: ZeRO-3 does its per-pass bookkeeping (gradient accumulation,
+    backward prologue, parameter trace) only for forwards that go through its engine.
+    """
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: RolloutBatch, temperature: float, shared_prefix: bool) -> torch.Tensor:
+        return completion_logprobs(self.policy, batch, temperature, shared_prefix)
+
+
 def completion_logprobs(
     model,
     batch: RolloutBatch,
@@ -277,7 +311,9 @@ def completion_logprobs(
     the G completions (gradients flow back through the one prompt pass); False runs the
     concatenated prompt+completion rows, the textbook way (used to test the first).
     The vocabulary projection runs `chunk_rows` rows at a time, re-computed in the backward
-    pass, so (B, T, V) logits never exist at once.
+    pass, so (B, T, V) logits never exist at once. The re-computation is reentrant: ZeRO-3
+    frees the head's weight after each forward and fetches it again only through module hooks,
+    which a non-reentrant re-computation (run inside the backward of the head) comes too late for.
     """
     decoder, head = _decoder_and_head(model)
     device = next(model.parameters()).device
@@ -296,23 +332,24 @@ def completion_logprobs(
             use_cache=True,
         )
         first = out.last_hidden_state[:, -1:].repeat_interleave(g, dim=0)  # (B, 1, H)
-        hidden = first
-        if width > 1:
-            cache = out.past_key_values
-            cache.batch_repeat_interleave(g)
-            attention = None
-            if padded:
-                rep = prompt_mask.repeat_interleave(g, dim=0)
-                attention = torch.cat([rep, rep.new_ones(num_rows, width - 1)], dim=1)
-            positions = prompt_len.unsqueeze(1) + torch.arange(width - 1, device=device)
-            rest = decoder(
-                input_ids=completion_ids[:, :-1],
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state  # (B, T-1, H)
-            hidden = torch.cat([first, rest], dim=1)  # (B, T, H)
+        # With T == 1 the completion pass still runs, on a token whose output is dropped: under
+        # ZeRO-3 every rank must make the same module calls (each one gathers parameters).
+        rest_ids = completion_ids[:, :-1] if width > 1 else completion_ids  # (B, max(T-1, 1))
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(g)
+        attention = None
+        if padded:
+            rep = prompt_mask.repeat_interleave(g, dim=0)
+            attention = torch.cat([rep, rep.new_ones(rest_ids.shape)], dim=1)
+        positions = prompt_len.unsqueeze(1) + torch.arange(rest_ids.shape[1], device=device)
+        rest = decoder(
+            input_ids=rest_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state  # (B, max(T-1, 1), H)
+        hidden = torch.cat([first, rest], dim=1)[:, :width]  # (B, T, H)
     else:
         rep_ids = prompt_ids.repeat_interleave(g, dim=0)
         rep_mask = prompt_mask.repeat_interleave(g, dim=0)
@@ -330,7 +367,7 @@ def completion_logprobs(
     for h, t in zip(hidden.split(chunk_rows), completion_ids.split(chunk_rows)):
         if torch.is_grad_enabled():
             logps.append(torch.utils.checkpoint.checkpoint(
-                _chunk_logprobs, head, h, t, temperature, use_reentrant=False))
+                _chunk_logprobs, head, h, t, temperature, use_reentrant=True))
         else:
             logps.append(_chunk_logprobs(head, h, t, temperature))
     return torch.cat(logps)

@@ -10,13 +10,12 @@ exactly 1 and old == current, detached).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from grpo.loss import aggregate_loss, clip_fraction, grpo_per_token_loss, kl_k3
-from grpo.rollout import RolloutBatch, completion_logprobs
+from grpo.rollout import RolloutBatch
 from grpo.variants import dual_clip_surrogate, gspo_surrogate
 
 
@@ -29,7 +28,6 @@ class LossSettings:
     max_tokens: int  # the completion cap, for Dr. GRPO's constant normalizer
     temperature: float
     prompts_per_micro_batch: int
-    max_grad_norm: float
     shared_prefix: bool = True
     policy_loss: str = "ppo"  # ppo | dual_clip | gspo
     dual_clip_c: float = 3.0
@@ -54,25 +52,66 @@ def micro_batches(batch: RolloutBatch, prompts_per_micro_batch: int):
         yield start * batch.group_size, batch.prompts_slice(start, stop)
 
 
+class LocalOptimizerStep:
+    """One process: gradients accumulate in .grad; then clip, step, advance the schedule, zero."""
+
+    def __init__(self, optimizer, scheduler, params: list[torch.nn.Parameter], max_grad_norm: float):
+        self.optimizer, self.scheduler, self.params, self.max_grad_norm = optimizer, scheduler, params, max_grad_norm
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> dict:
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        )
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step used
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": grad_norm.item(), "lr": lr}
+
+
+class DeepSpeedOptimizerStep:
+    """ZeRO-3: each micro-batch's gradients are reduce-scattered as they are made; the engine
+    averages them over ranks, clips (gradient_clipping) and steps on the gradient_accumulation_steps-th
+    micro-batch. The schedule is the recipe's, advanced here as in the local step."""
+
+    def __init__(self, engine, scheduler):
+        self.engine, self.scheduler = engine, scheduler
+        self.steps_taken = engine.global_steps
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loss is already divided by the micro-batch count
+        self.engine.step()  # a no-op until the accumulation boundary
+
+    def step(self) -> dict:
+        if self.engine.global_steps != self.steps_taken + 1:
+            raise RuntimeError(f"DeepSpeed took {self.engine.global_steps - self.steps_taken} steps for one "
+                               "rollout: this rank's micro-batches differ from gradient_accumulation_steps")
+        self.steps_taken = self.engine.global_steps
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        return {"grad_norm": float(self.engine.get_global_grad_norm()), "lr": lr}
+
+
 @torch.no_grad()
-def frozen_logprobs(model, batch: RolloutBatch, s: LossSettings, reference_model=None,
-                    disable_adapter: bool = False) -> torch.Tensor:
-    """Log-probs (B, T) under frozen weights: the reference (adapter disabled, or a separate
-    copy for full fine-tuning) or the pre-update policy (old log-probs)."""
+def frozen_logprobs(score, batch: RolloutBatch, s: LossSettings) -> torch.Tensor:
+    """Log-probs (B, T) under frozen weights: the reference (the caller disables the adapter, or
+    passes the frozen copy's scorer) or the pre-update policy (old log-probs).
+
+    score: a CompletionScorer, or the DeepSpeed engine wrapping one.
+    """
     out = torch.zeros(batch.completion_ids.shape)
-    scorer = reference_model if reference_model is not None else model
-    context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
-    with context:
-        for row, part in micro_batches(batch, s.prompts_per_micro_batch):
-            logp = completion_logprobs(scorer, part, s.temperature, s.shared_prefix)
-            out[row : row + logp.shape[0], : logp.shape[1]] = logp.float().cpu()
+    for row, part in micro_batches(batch, s.prompts_per_micro_batch):
+        logp = score(part, s.temperature, s.shared_prefix)
+        out[row : row + logp.shape[0], : logp.shape[1]] = logp.float().cpu()
     return out
 
 
 def policy_update(
-    model,
-    optimizer,
-    scheduler,
+    score,
+    optimizer_step: LocalOptimizerStep | DeepSpeedOptimizerStep,
     batch: RolloutBatch,
     advantages: torch.Tensor,
     old_logp: torch.Tensor | None,
@@ -80,15 +119,14 @@ def policy_update(
     loss_mask: torch.Tensor,
     token_weights: torch.Tensor | None,
     s: LossSettings,
-    params: list[torch.nn.Parameter],
     collect_stats: bool,
 ) -> dict:
     """One optimizer step over all micro-batches of the rollout; returns logging stats.
 
-    advantages (B,); old_logp, ref_logp, loss_mask, token_weights (B, T) or None: the tokens
+    score: a CompletionScorer, or the DeepSpeed engine wrapping one. advantages (B,); old_logp, ref_logp, loss_mask, token_weights (B, T) or None: the tokens
     that train (loss_mask) and per-token coefficients on their loss (token_weights).
     """
-    device = next(model.parameters()).device
+    device = next(score.parameters()).device
     parts = list(micro_batches(batch, s.prompts_per_micro_batch))
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
     token_count = 0.0
@@ -96,7 +134,7 @@ def policy_update(
         rows = slice(row, row + part.completion_ids.shape[0])
         width = part.completion_ids.shape[1]
         mask = loss_mask[rows, :width].to(device)
-        logp = completion_logprobs(model, part, s.temperature, s.shared_prefix)
+        logp = score(part, s.temperature, s.shared_prefix)
         old = logp.detach() if old_logp is None else old_logp[rows, :width].to(device)
         ref = None if ref_logp is None else ref_logp[rows, :width].to(device)
         adv = advantages[rows].to(device)
@@ -104,7 +142,7 @@ def policy_update(
         if token_weights is not None:
             per_token = per_token * token_weights[rows, :width].to(device)
         loss = aggregate_loss(per_token, mask, s.aggregation, s.max_tokens) / len(parts)
-        loss.backward()
+        optimizer_step.backward(loss)
         totals["loss"] += loss.item()
         if collect_stats:
             n = mask.sum().item()
@@ -113,14 +151,7 @@ def policy_update(
                 if ref is not None:
                     totals["kl"] += (kl_k3(logp, ref) * mask).sum().item()
                 totals["clip_frac"] += clip_fraction(logp, old, adv, mask, s.eps_low, s.eps_high).item() * n
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        params, s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
-    )
-    lr = scheduler.get_last_lr()[0]  # the rate this step used
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    stats = {"loss": totals["loss"], "grad_norm": grad_norm.item(), "lr": lr}
+    stats = {"loss": totals["loss"], **optimizer_step.step()}
     if collect_stats:
         denom = max(token_count, 1.0)
         stats.update({k: totals[k] / denom for k in ("kl", "clip_frac")})

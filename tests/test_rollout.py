@@ -47,11 +47,22 @@ def test_sampling_is_reproducible_and_rows_differ(tiny):
     model, tokenizer = tiny
     prompts = [tokenizer("abc")["input_ids"]]
     params = SamplingParams(temperature=1.0, max_new_tokens=8)
-    a = generate(model, tokenizer, prompts, 4, params, torch.Generator().manual_seed(1))
-    b = generate(model, tokenizer, prompts, 4, params, torch.Generator().manual_seed(1))
+    a = generate(model, tokenizer, prompts, 4, params, seeds=[1])
+    b = generate(model, tokenizer, prompts, 4, params, seeds=[1])
     assert torch.equal(a.completion_ids, b.completion_ids)
     assert len({tuple(r) for r in a.completion_ids.tolist()}) > 1
     assert a.truncated.all()  # a random tiny model never says EOS in 8 tokens (prob ~ 8/259)
+
+
+def test_a_prompts_completions_do_not_depend_on_the_other_prompts_in_the_batch(tiny):
+    # what lets a step split across ranks sample exactly what one process samples
+    model, tokenizer = tiny
+    prompts = [tokenizer("abc")["input_ids"], tokenizer("Question: 3+4?")["input_ids"]]
+    params = SamplingParams(temperature=1.0, max_new_tokens=8)
+    both = generate(model, tokenizer, prompts, 3, params, seeds=[11, 22])
+    alone = generate(model, tokenizer, prompts[1:], 3, params, seeds=[22])
+    assert both.texts[3:] == alone.texts
+    assert both.texts[:3] != alone.texts
 
 
 def test_top_p_keeps_only_the_nucleus():
@@ -84,8 +95,7 @@ def test_eos_ends_a_completion_and_stop_strings_cut_text(tiny):
 def test_shared_prefix_logprobs_equal_full_sequence_logprobs(tiny):
     model, tokenizer = tiny
     prompts = [tokenizer("Question: 2+2?")["input_ids"], tokenizer("Q")["input_ids"]]
-    batch = generate(model, tokenizer, prompts, 3, SamplingParams(max_new_tokens=7),
-                     torch.Generator().manual_seed(0))
+    batch = generate(model, tokenizer, prompts, 3, SamplingParams(max_new_tokens=7), seeds=[0, 1])
     shared = completion_logprobs(model, batch)
     full = completion_logprobs(model, batch, shared_prefix=False)
     mask = batch.completion_mask.bool()
@@ -99,14 +109,21 @@ def test_shared_prefix_logprobs_equal_full_sequence_logprobs(tiny):
     torch.testing.assert_close(shared[0, :n], naive[:n], atol=1e-5, rtol=1e-5)
 
 
+def test_shared_prefix_logprobs_of_one_token_completions(tiny):
+    model, tokenizer = tiny
+    batch = generate(model, tokenizer, [[65, 66, 67], [68]], 2, SamplingParams(max_new_tokens=1), seeds=[0, 1])
+    assert batch.completion_ids.shape == (4, 1)
+    shared = completion_logprobs(model, batch)
+    torch.testing.assert_close(shared, completion_logprobs(model, batch, shared_prefix=False), atol=1e-5, rtol=1e-5)
+
+
 def test_gradients_flow_through_the_shared_prompt_pass(tiny_model_dir):
     model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
     model = attach_lora(model, 4, 8, 0.0, ("q_proj", "v_proj"))
     for name, p in model.named_parameters():  # LoRA B starts at 0; make it non-zero
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
-    batch = generate(model, tokenizer, [[70, 71, 72, 73]], 2, SamplingParams(max_new_tokens=4),
-                     torch.Generator().manual_seed(0))
+    batch = generate(model, tokenizer, [[70, 71, 72, 73]], 2, SamplingParams(max_new_tokens=4), seeds=[0])
     grads = []
     for shared in (True, False):
         model.zero_grad()
@@ -119,8 +136,7 @@ def test_gradients_flow_through_the_shared_prompt_pass(tiny_model_dir):
 
 def test_prompts_slice_trims_padding(tiny):
     model, tokenizer = tiny
-    batch = generate(model, tokenizer, [[65, 66, 67, 68], [65]], 2,
-                     SamplingParams(max_new_tokens=3), torch.Generator().manual_seed(0))
+    batch = generate(model, tokenizer, [[65, 66, 67, 68], [65]], 2, SamplingParams(max_new_tokens=3), seeds=[0, 1])
     part = batch.prompts_slice(1, 2)
     assert part.prompt_ids.tolist() == [[65]] and part.completion_ids.shape[0] == 2
     assert part.texts == batch.texts[2:]
@@ -128,8 +144,7 @@ def test_prompts_slice_trims_padding(tiny):
 
 def test_rollout_records_sampling_entropy_and_self_certainty(tiny):
     model, tokenizer = tiny
-    batch = generate(model, tokenizer, [[65, 66, 67]], 2, SamplingParams(max_new_tokens=3),
-                     torch.Generator().manual_seed(0))
+    batch = generate(model, tokenizer, [[65, 66, 67]], 2, SamplingParams(max_new_tokens=3), seeds=[0])
     # the first token of both rows is drawn from the same distribution: recompute it by hand
     logits = model(input_ids=torch.tensor([[65, 66, 67]])).logits[0, -1]
     logp = logits.log_softmax(-1)
@@ -142,8 +157,8 @@ def test_rollout_records_sampling_entropy_and_self_certainty(tiny):
 def test_select_and_concat_batches_keep_groups_together(tiny):
     model, tokenizer = tiny
     params = SamplingParams(max_new_tokens=3)
-    a = generate(model, tokenizer, [[65, 66, 67], [68]], 2, params, torch.Generator().manual_seed(0))
-    b = generate(model, tokenizer, [[69, 70]], 2, params, torch.Generator().manual_seed(1))
+    a = generate(model, tokenizer, [[65, 66, 67], [68]], 2, params, seeds=[0, 1])
+    b = generate(model, tokenizer, [[69, 70]], 2, params, seeds=[2])
     both = concat_batches([a.select_groups([1]), b], tokenizer.pad_token_id)
     assert both.prompt_ids.tolist() == [[257, 257, 68], [257, 69, 70]]  # 257 = pad, on the left
     assert both.texts == a.texts[2:] + b.texts

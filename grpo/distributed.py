@@ -1,0 +1,220 @@
+"""Training across processes: ranks, DeepSpeed ZeRO-3 setup, and the few collectives the loop needs.
+
+One process per device, started by `torchrun` or `deepspeed`. Each rank rolls out its own share
+of the step's prompts (a prompt's G completions stay on one rank, so groups are scored and
+normalized whole); ZeRO-3 shards parameters, gradients and optimizer state across the ranks.
+Metrics are reduced across ranks and only rank 0 writes. A plain `python train.py` is one rank
+and never imports DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from grpo.config import Config, ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0  # device index on this node
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_from_env(env=os.environ) -> World:
+    """The rank layout torchrun and the deepspeed launcher export (one process when unset)."""
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def check_recipe(cfg: Config) -> None:
+    """Recipe settings that ZeRO-3 cannot honour here, refused before anything loads."""
+    if cfg.model.load_in_4bit:
+        raise ConfigError("model.load_in_4bit=true (QLoRA) does not run under DeepSpeed ZeRO-3 here; "
+                          "set it to false or train with one process without --deepspeed")
+    if cfg.variants.dynamic_sampling:
+        raise ConfigError("variants.dynamic_sampling=true keeps a varying number of groups per rank, but "
+                          "ZeRO-3 needs every rank to run the same passes; set it to false or train with "
+                          "one process without --deepspeed")
+    if cfg.log.merge_final:
+        raise ConfigError("log.merge_final=true needs the whole model in one process; set it to false "
+                          "and merge final/adapter afterwards (peft merge_and_unload)")
+
+
+def start(world: World) -> None:
+    """Join the process group: NCCL on GPUs, gloo on CPU (DS_ACCELERATOR=cpu, without oneCCL)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if world.size == 1:  # `python train.py --deepspeed ...`: a one-process group on this machine
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+            os.environ.setdefault(key, value)
+    accelerator = get_accelerator()
+    if accelerator.device_name() != "cpu":
+        accelerator.set_device(world.local_rank)
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+
+
+def rank_share(count: int, world: World) -> range:
+    """This rank's contiguous share of `count` items (count divides evenly, or earlier ranks get one more)."""
+    base, extra = divmod(count, world.size)
+    start = world.rank * base + min(world.rank, extra)
+    return range(start, start + base + (world.rank < extra))
+
+
+# ---- the DeepSpeed config: "auto" fields come from the recipe ------------------------------------
+
+
+def recipe_ds_values(cfg: Config, world_size: int) -> dict[str, tuple[object, str]]:
+    """ds_config keys the recipe decides, as {dotted key: (value, where the recipe sets it)}."""
+    t, dtype = cfg.train, cfg.model.dtype
+    return {
+        "train_micro_batch_size_per_gpu": (t.batch_size, "train.batch_size"),
+        "gradient_accumulation_steps": (t.grad_accum_steps, "train.grad_accum_steps"),
+        "train_batch_size": (t.batch_size * t.grad_accum_steps * world_size,
+                             f"train.batch_size x train.grad_accum_steps x {world_size} ranks"),
+        "gradient_clipping": (t.max_grad_norm, "train.max_grad_norm"),
+        "bf16.enabled": (dtype == "bfloat16", f"model.dtype={dtype}"),
+        "fp16.enabled": (dtype == "float16", f"model.dtype={dtype}"),
+    }
+
+
+def resolve_ds_config(raw: dict, cfg: Config, world_size: int, hidden_size: int, source: str) -> dict:
+    """A copy of `raw` with "auto" (or missing) recipe fields filled in; a contradiction is an error.
+
+    ZeRO-3 bucket sizes left "auto" follow the Hugging Face integration: reduce = h^2,
+    prefetch = 0.9 h^2, parameters under 10 h elements stay whole on every rank.
+    """
+    resolved = json.loads(json.dumps(raw))
+    zero = resolved.setdefault("zero_optimization", {})
+    if zero.get("stage") != 3:
+        raise ConfigError(f"{source}: zero_optimization.stage={zero.get('stage')!r}; train.py runs "
+                          "ZeRO stage 3 only, set it to 3")
+    for section in ("optimizer", "scheduler"):
+        if section in resolved:
+            raise ConfigError(f"{source}: remove the {section!r} section; AdamW and its cosine schedule "
+                              "come from the recipe (train.learning_rate, adam_betas, warmup_ratio)")
+    for key, (value, origin) in recipe_ds_values(cfg, world_size).items():
+        *parents, leaf = key.split(".")
+        node = resolved
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        found = node.get(leaf, "auto")
+        if found != "auto" and found != value:
+            raise ConfigError(f"{source}: {key}={found!r} contradicts the recipe ({origin} gives {value!r}); "
+                              f'set it to "auto" in {source} or change the recipe')
+        node[leaf] = value
+    buckets = {"reduce_bucket_size": hidden_size**2, "stage3_prefetch_bucket_size": int(0.9 * hidden_size**2),
+               "stage3_param_persistence_threshold": 10 * hidden_size}
+    for key, value in buckets.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
+    return resolved
+
+
+def load_ds_config(path: str | Path, cfg: Config, world_size: int, hidden_size: int) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--deepspeed {str(path)!r}: no such file; the repository ships ds_config.json")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--deepspeed {str(path)!r} is not valid JSON: {err}") from None
+    return resolve_ds_config(raw, cfg, world_size, hidden_size, str(path))
+
+
+def deepspeed_engine(model, optimizer, ds_config: dict):
+    """Shard `model` with ZeRO-3 around the recipe's own optimizer (no DeepSpeed C++ op to compile)."""
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine
+
+
+@contextlib.contextmanager
+def full_weights_for_generation(engine):
+    """Gather the sharded weights once and take ZeRO-3's hooks off for the rollout.
+
+    With the hooks on, every decoded token all-gathers every layer again (~8x slower, as measured
+    by an earlier attempt on this project).
+    This mirrors DeepSpeed's own `deepspeed.runtime.zero.unwrap_model_for_generation` and TRL's
+    version of it (which also clears `ds_active_sub_modules`). Decoding must call the policy,
+    not the engine's root module (the CompletionScorer): the root keeps a start-of-forward hook
+    that can run a collective, which would hang ranks that decode different numbers of tokens.
+    """
+    from deepspeed.runtime.zero import GatheredParameters
+
+    offload = engine.optimizer.parameter_offload
+    with GatheredParameters(list(engine.module.parameters())):
+        for param in engine.module.parameters():
+            param.ds_active_sub_modules.clear()
+        for handle in offload.forward_hooks + offload.backward_hooks:
+            handle.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            offload._register_deepspeed_module(offload.module)
+
+
+# ---- collectives for metrics --------------------------------------------------------------------
+
+
+def gather_rows(tensors: dict[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:
+    """Every rank's rows of each tensor, in rank order; dim 1 is right-padded with 0 to the widest."""
+    if world.size == 1:
+        return tensors
+    parts = [None] * world.size
+    torch.distributed.all_gather_object(parts, {k: v.cpu() for k, v in tensors.items()})
+    out = {}
+    for key in tensors:
+        pieces = [p[key] for p in parts]
+        if pieces[0].dim() == 2:
+            width = max(x.shape[1] for x in pieces)
+            pieces = [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in pieces]
+        out[key] = torch.cat(pieces)
+    return out
+
+
+def weighted_mean(values: dict[str, float], world: World, weight: float = 1.0) -> dict[str, float]:
+    """sum_r(weight_r * value_r) / sum_r(weight_r) per key, across ranks (identity for one process)."""
+    if world.size == 1:
+        return dict(values)
+    keys = sorted(values)
+    # a rank without rows (weight 0) may hold NaN means; it must add nothing
+    sums = torch.tensor([weight * values[k] if weight else 0.0 for k in keys] + [weight], dtype=torch.float64)
+    torch.distributed.all_reduce(sums)
+    return {k: (sums[i] / sums[-1]).item() for i, k in enumerate(keys)}
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        torch.distributed.barrier()
+
+
+def finish() -> None:
+    """Wait for every rank, then leave the process group (a rank exiting inside it can abort)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def shard_sizes(model) -> dict:
+    """Parameters and bytes this rank stores (its ZeRO-3 partitions) against the full model."""
+    params = list(model.parameters())
+    return {
+        "full_numel": sum(p.ds_numel for p in params),
+        "full_bytes": sum(p.ds_numel * p.element_size() for p in params),
+        "rank_numel": sum(p.ds_tensor.numel() for p in params),
+        "rank_bytes": sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in params),
+    }
