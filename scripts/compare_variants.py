@@ -69,7 +69,7 @@ def evaluate_adapter(adapter_dir: Path, extra: list[str]) -> dict:
     """Held-out evaluation of a saved adapter with the demo recipe's model, rows and rewards."""
     cfg = load_config(RECIPE, extra)
     reward_fns = scoring.build_rewards(cfg.rewards)
-    model, tokenizer, _ = train.build_policy(cfg)
+    model, tokenizer, _ = train.build_policy(cfg, None)
     checkpoint.load_trainable_weights(model, adapter_dir)
     _, eval_rows = train.load_rows(cfg, tokenizer)
     max_prompt = cfg.train.max_seq_length - cfg.rollout.max_new_tokens
