@@ -67,9 +67,9 @@ class Timers:
         self.backward = self.optimizer = 0.0
 
 
-def run(workload: str, steps: int, warmup: int, dtype: str = "float32") -> dict:
+def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads: int = 2) -> dict:
     w, s = WORKLOADS[workload], Shared()
-    torch.set_num_threads(s.threads)
+    torch.set_num_threads(threads)
     cfg = bench_config(w, s, steps + warmup, dtype)
     t, r = cfg.train, cfg.rollout
     generator = train.seed_everything(t.seed)
@@ -123,9 +123,10 @@ def main(argv=None):
     parser.add_argument("workload", choices=sorted(WORKLOADS))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=Shared().threads)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.workload, args.steps, args.warmup, args.dtype)))
+    print(json.dumps(run(args.workload, args.steps, args.warmup, args.dtype, threads=args.threads)))
 
 
 if __name__ == "__main__":

@@ -31,9 +31,10 @@ from bench.workloads import WORKLOADS, Shared, describe
 CHILDREN = {"ours": "bench.ours", "trl": "bench.trl_side"}
 
 
-def run_child(side: str, workload: str, steps: int, warmup: int, log_path: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(Shared().threads), "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", CHILDREN[side], workload, "--steps", str(steps), "--warmup", str(warmup)]
+def run_child(side: str, workload: str, steps: int, warmup: int, threads: int, log_path: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", CHILDREN[side], workload, "--steps", str(steps), "--warmup", str(warmup),
+               "--threads", str(threads)]
     load_before = os.getloadavg()
     started = time.perf_counter()
     with log_path.open("w") as log:
@@ -125,14 +126,16 @@ def main(argv=None):
     parser.add_argument("--sides", nargs="+", default=["ours", "trl"], choices=sorted(CHILDREN))
     parser.add_argument("--steps", type=int, default=3, help="measured steps per side")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up steps per side, not measured")
+    parser.add_argument("--threads", type=int, default=Shared().threads,
+                        help="torch threads on both sides (and for the GEMM peak); the workloads are defined at 2")
     parser.add_argument("--out", help="JSON results path (default bench-results/<timestamp>.json)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(Shared().threads)
+    torch.set_num_threads(args.threads)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out or f"bench-results/{stamp}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"started_utc": stamp, "host_cpus": os.cpu_count(), "torch": torch.__version__,
-              "steps": args.steps, "warmup": args.warmup, "workloads": {}}
+              "steps": args.steps, "warmup": args.warmup, "threads": args.threads, "workloads": {}}
     for name in args.workload:
         w = WORKLOADS[name]
         entry = {**describe(w, Shared()), "sides": {}}
@@ -141,7 +144,7 @@ def main(argv=None):
             gemm = gemm_peak_gflops()
             print(f"[{name}] {side}: starting (GEMM {gemm['best_gflops']:.1f} GFLOP/s, "
                   f"load {os.getloadavg()[0]:.2f})", flush=True)
-            res = run_child(side, name, args.steps, args.warmup, out.with_name(f"{out.stem}-{name}-{side}.log"))
+            res = run_child(side, name, args.steps, args.warmup, args.threads, out.with_name(f"{out.stem}-{name}-{side}.log"))
             res["gemm"] = gemm
             res["summary"] = summarize(res, w.group_size) if "error" not in res else {}
             entry["sides"][side] = res

@@ -23,7 +23,7 @@ import torch
 from bench.workloads import WORKLOADS, Shared, load_rows
 
 
-def run(workload: str, steps: int, warmup: int) -> dict:
+def run(workload: str, steps: int, warmup: int, threads: int = 2) -> dict:
     import peft
     import transformers
     import trl
@@ -36,7 +36,7 @@ def run(workload: str, steps: int, warmup: int) -> dict:
     from grpo.model import demo_model_dir, load_tokenizer
 
     w, s = WORKLOADS[workload], Shared()
-    torch.set_num_threads(s.threads)
+    torch.set_num_threads(threads)
     folder = str(demo_model_dir())
     tokenizer = load_tokenizer(folder)
     rows = load_rows(w, tokenizer)
@@ -109,8 +109,9 @@ def main(argv=None):
     parser.add_argument("workload", choices=sorted(WORKLOADS))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=Shared().threads)
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.workload, args.steps, args.warmup)))
+    print(json.dumps(run(args.workload, args.steps, args.warmup, threads=args.threads)))
 
 
 if __name__ == "__main__":
