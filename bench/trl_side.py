@@ -40,7 +40,7 @@ def run(workload: str, steps: int, warmup: int, threads: int = 2) -> dict:
     folder = str(demo_model_dir())
     tokenizer = load_tokenizer(folder)
     rows = load_rows(w, tokenizer)
-    # Every step sees the same prompts, as on our side; the sampler reshuffles them per epoch.
+    # Every step sees the same prompts, as on our side (unshuffled: rows 0..N-1, then again).
     dataset = Dataset.from_list(rows * (steps + warmup))
     micro = w.micro_batch_prompts * w.group_size
     args = GRPOConfig(
@@ -52,6 +52,7 @@ def run(workload: str, steps: int, warmup: int, threads: int = 2) -> dict:
         max_steps=steps + warmup, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
         logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
         log_completions=False, seed=s.seed, dataloader_num_workers=0,
+        shuffle_dataset=False,  # each step gets exactly the workload's prompts, as on our side
     )
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
