@@ -31,10 +31,11 @@ from bench.workloads import WORKLOADS, Shared, describe
 CHILDREN = {"ours": "bench.ours", "trl": "bench.trl_side"}
 
 
-def run_child(side: str, workload: str, steps: int, warmup: int, threads: int, log_path: Path) -> dict:
+def run_child(side: str, workload: str, steps: int, warmup: int, threads: int, log_path: Path,
+              extra: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", CHILDREN[side], workload, "--steps", str(steps), "--warmup", str(warmup),
-               "--threads", str(threads)]
+               "--threads", str(threads), *extra]
     load_before = os.getloadavg()
     started = time.perf_counter()
     with log_path.open("w") as log:
@@ -113,6 +114,8 @@ def print_workload(name: str, entry: dict) -> None:
               f"tokens, peak RSS {summ['peak_rss_mib']:.0f} MiB, load {res['load_avg_before'][0]:.2f}->"
               f"{res['load_avg_after'][0]:.2f}, GEMM {res['gemm']['best_gflops']:.1f} GFLOP/s")
         print("       phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in summ["phases_s_mean"].items()))
+        if res.get("gradient_checkpointing"):
+            print("       (TRL with gradient checkpointing)")
     if "speedup" in entry:
         print(f"  speedup (TRL step time / ours): {entry['speedup']:.2f}x")
     for k, v in entry.get("ours_flops", {}).items():
@@ -128,6 +131,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="warm-up steps per side, not measured")
     parser.add_argument("--threads", type=int, default=Shared().threads,
                         help="torch threads on both sides (and for the GEMM peak); the workloads are defined at 2")
+    parser.add_argument("--trl-gradient-checkpointing", action="store_true",
+                        help="TRL with gradient checkpointing (its default); ours never uses it")
     parser.add_argument("--out", help="JSON results path (default bench-results/<timestamp>.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -144,7 +149,8 @@ def main(argv=None):
             gemm = gemm_peak_gflops()
             print(f"[{name}] {side}: starting (GEMM {gemm['best_gflops']:.1f} GFLOP/s, "
                   f"load {os.getloadavg()[0]:.2f})", flush=True)
-            res = run_child(side, name, args.steps, args.warmup, args.threads, out.with_name(f"{out.stem}-{name}-{side}.log"))
+            res = run_child(side, name, args.steps, args.warmup, args.threads, out.with_name(f"{out.stem}-{name}-{side}.log"),
+                            ("--gradient-checkpointing",) if side == "trl" and args.trl_gradient_checkpointing else ())
             res["gemm"] = gemm
             res["summary"] = summarize(res, w.group_size) if "error" not in res else {}
             entry["sides"][side] = res

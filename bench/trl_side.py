@@ -23,7 +23,7 @@ import torch
 from bench.workloads import WORKLOADS, Shared, load_rows
 
 
-def run(workload: str, steps: int, warmup: int, threads: int = 2) -> dict:
+def run(workload: str, steps: int, warmup: int, threads: int = 2, gradient_checkpointing: bool = False) -> dict:
     import peft
     import transformers
     import trl
@@ -49,7 +49,7 @@ def run(workload: str, steps: int, warmup: int, threads: int = 2) -> dict:
         max_completion_length=w.max_new_tokens, beta=s.beta, num_iterations=1, loss_type="grpo",
         temperature=s.temperature, top_p=s.top_p, learning_rate=s.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=s.max_grad_norm,
-        max_steps=steps + warmup, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        max_steps=steps + warmup, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=gradient_checkpointing,
         logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
         log_completions=False, seed=s.seed, dataloader_num_workers=0,
         shuffle_dataset=False,  # each step gets exactly the workload's prompts, as on our side
@@ -83,7 +83,7 @@ def run(workload: str, steps: int, warmup: int, threads: int = 2) -> dict:
         record["completion_lens"] = lens
     return {"side": "trl", "workload": workload, "steps": records,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing,
             "versions": {"torch": torch.__version__, "trl": trl.__version__,
                          "transformers": transformers.__version__, "peft": peft.__version__}}
 
@@ -111,8 +111,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=Shared().threads)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="TRL's own default; needed where its activations do not fit in memory")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.workload, args.steps, args.warmup, threads=args.threads)))
+    print(json.dumps(run(args.workload, args.steps, args.warmup, threads=args.threads,
+                         gradient_checkpointing=args.gradient_checkpointing)))
 
 
 if __name__ == "__main__":
