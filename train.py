@@ -201,6 +201,18 @@ def make_optimizer(params, t, total_updates: int):
     return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total_updates)
 
 
+def loss_settings(cfg: Config) -> LossSettings:
+    """The update's settings from the recipe (also used by bench/ours.py, so both run the same step)."""
+    t, r = cfg.train, cfg.rollout
+    return LossSettings(
+        beta=t.beta, eps_low=t.eps_low, eps_high=t.eps_high, aggregation=t.loss_aggregation,
+        max_tokens=r.max_new_tokens, temperature=r.temperature,
+        prompts_per_micro_batch=t.batch_size // r.group_size,
+        shared_prefix=not cfg.model.gradient_checkpointing,  # HF drops the KV cache under checkpointing
+        policy_loss=cfg.variants.policy_loss, dual_clip_c=cfg.variants.dual_clip_c,
+    )
+
+
 def run_eval(cfg, model, engine, tokenizer, eval_rows, eval_tokens, reward_fns, step, tracker, tag,
              world: World):
     """Greedy held-out evaluation; each rank decodes its share of the rows, the means are combined."""
@@ -276,12 +288,7 @@ def main(argv=None) -> dict:
                  distributed.shard_sizes(model))
     reference_score = None if reference is None else CompletionScorer(reference.to(next(score.parameters()).device))
     sampling = SamplingParams(r.temperature, r.top_p, r.max_new_tokens, tuple(r.stop_strings))
-    settings = LossSettings(
-        beta=t.beta, eps_low=t.eps_low, eps_high=t.eps_high, aggregation=t.loss_aggregation,
-        max_tokens=r.max_new_tokens, temperature=r.temperature, prompts_per_micro_batch=prompts_per_micro,
-        shared_prefix=not cfg.model.gradient_checkpointing,  # HF drops the KV cache under checkpointing
-        policy_loss=cfg.variants.policy_loss, dual_clip_c=cfg.variants.dual_clip_c,
-    )
+    settings = loss_settings(cfg)
     log.info("%d train prompts, %d eval prompts, %d trainable parameters, %d steps of %d prompts x %d",
              len(train_rows), len(eval_rows), sum(p.numel() for p in params), total_steps,
              prompts_per_step, r.group_size)

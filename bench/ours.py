@@ -1,0 +1,137 @@
+"""This project's GRPO step on a benchmark workload, in its own process: `python -m bench.ours a`.
+
+The step is train.py's loop body, stage by stage, with the same functions (generate, the
+reward scoring, group_advantages, frozen_logprobs, policy_update) and a Config built the way
+a recipe is. Around them only timers: the update is split into backward (time inside
+`Tensor.backward`, which includes the recomputed LM-head chunks), optimizer (AdamW step,
+timed by optimizer hooks) and forward (the rest: forward passes, loss math, grad clipping).
+Prints one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+import train
+from bench.workloads import WORKLOADS, Shared, load_rows
+from grpo import scoring, shaping
+from grpo.config import config_from_dict
+from grpo.loss import group_advantages
+from grpo.model import trainable_parameters
+from grpo.rollout import CompletionScorer, SamplingParams, generate
+from grpo.update import LocalOptimizerStep, frozen_logprobs, policy_update
+
+
+def bench_config(w, s: Shared, steps: int, dtype: str = "float32"):
+    return config_from_dict({
+        "model": {"name": "smollm2-135m-demo", "dtype": dtype, "use_lora": True, "lora_r": s.lora_r,
+                  "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
+                  "lora_target_modules": list(s.lora_modules)},
+        "data": {"task": w.task, "n_shot": w.n_shot, "prompt_style": "chat"},
+        "rollout": {"group_size": w.group_size, "temperature": s.temperature, "top_p": s.top_p,
+                    "max_new_tokens": w.max_new_tokens, "stop_strings": []},
+        "train": {"batch_size": w.micro_batch_prompts * w.group_size,
+                  "grad_accum_steps": w.num_prompts // w.micro_batch_prompts, "max_steps": steps,
+                  "learning_rate": s.learning_rate, "warmup_ratio": 0.0, "beta": s.beta,
+                  "max_grad_norm": s.max_grad_norm, "seed": s.seed},
+        "rewards": [{"name": "gsm8k_format"}, {"name": "gsm8k_correctness"}],
+    })
+
+
+class Timers:
+    """Seconds spent in Tensor.backward and in optimizer.step, accumulated until reset."""
+
+    def __init__(self, optimizer):
+        self.backward = self.optimizer = 0.0
+        self._opt_start = 0.0
+        original = torch.Tensor.backward
+
+        def timed_backward(tensor, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(tensor, *args, **kwargs)
+            finally:
+                self.backward += time.perf_counter() - started
+
+        torch.Tensor.backward = timed_backward
+        optimizer.register_step_pre_hook(lambda *_: setattr(self, "_opt_start", time.perf_counter()))
+        optimizer.register_step_post_hook(
+            lambda *_: setattr(self, "optimizer", self.optimizer + time.perf_counter() - self._opt_start))
+
+    def reset(self):
+        self.backward = self.optimizer = 0.0
+
+
+def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads: int = 2) -> dict:
+    w, s = WORKLOADS[workload], Shared()
+    torch.set_num_threads(threads)
+    cfg = bench_config(w, s, steps + warmup, dtype)
+    t, r = cfg.train, cfg.rollout
+    train.seed_everything(t.seed)
+    reward_fns = scoring.build_rewards(cfg.rewards)
+    weights = torch.tensor([rf.weight for rf in reward_fns])
+    model, tokenizer, _ = train.build_policy(cfg, None)
+    params = trainable_parameters(model)
+    rows = load_rows(w, tokenizer)
+    tokens = train.tokenize_prompts(rows, tokenizer, "chat", t.max_seq_length - r.max_new_tokens, "bench")
+    optimizer, scheduler = train.make_optimizer(params, t, steps + warmup)
+    settings = train.loss_settings(cfg)
+    score = CompletionScorer(model)
+    optimizer_step = LocalOptimizerStep(optimizer, scheduler, params, t.max_grad_norm)
+    sampling = SamplingParams(r.temperature, r.top_p, r.max_new_tokens, tuple(r.stop_strings))
+    timers = Timers(optimizer)
+
+    records = []
+    for step in range(1, steps + warmup + 1):
+        timers.reset()
+        t0 = time.perf_counter()
+        indices = train.prompt_indices(len(rows), step, w.num_prompts, t.seed)
+        seeds = [train.sampling_seed(t.seed, step, k) for k in range(len(indices))]
+        batch = generate(model, tokenizer, [tokens[i] for i in indices], r.group_size, sampling, seeds)
+        t1 = time.perf_counter()
+        matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns([rows[i] for i in indices],
+                                                                                 r.group_size))
+        total, _ = shaping.shape_rewards(matrix, weights, batch, cfg.variants, r.max_new_tokens)
+        advantages = group_advantages(total, r.group_size, t.advantage_scale)
+        loss_mask, token_weights = shaping.loss_mask_and_weights(batch, total, cfg.variants)
+        t2 = time.perf_counter()
+        with model.disable_adapter():
+            ref_logp = frozen_logprobs(score, batch, settings)
+        t3 = time.perf_counter()
+        stats = policy_update(score, optimizer_step, batch, advantages, None, ref_logp,
+                              loss_mask, token_weights, settings, collect_stats=True)
+        t4 = time.perf_counter()
+        update = t4 - t3
+        records.append({
+            "step": step, "warmup": step <= warmup, "step_s": t4 - t0,
+            "phases_s": {"generate": t1 - t0, "reward_advantage": t2 - t1, "ref_logprobs": t3 - t2,
+                         "update_forward_other": update - timers.backward - timers.optimizer,
+                         "update_backward": timers.backward, "update_optimizer": timers.optimizer},
+            "prompt_lens": [len(tokens[i]) for i in indices],
+            "completion_lens": batch.completion_mask.sum(1).int().tolist(),
+            "loss": stats["loss"], "kl": stats["kl"], "reward_mean": total.mean().item(),
+        })
+        print(f"ours step {step}: {t4 - t0:.2f} s {json.dumps(records[-1]['phases_s'])}", flush=True)
+    return {"side": "ours", "workload": workload, "dtype": dtype, "steps": records,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "torch_threads": torch.get_num_threads(), "versions": {"torch": torch.__version__}}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=Shared().threads)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.workload, args.steps, args.warmup, args.dtype, threads=args.threads)))
+
+
+if __name__ == "__main__":
+    main()
