@@ -10,7 +10,6 @@ Prints one JSON object on the last line of stdout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import time
@@ -18,7 +17,7 @@ import time
 import torch
 
 import train
-from bench.workloads import WORKLOADS, Shared, load_rows
+from bench.workloads import WORKLOADS, Shared, child_parser, load_rows
 from grpo import scoring, shaping
 from grpo.config import config_from_dict
 from grpo.loss import group_advantages
@@ -123,11 +122,7 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("workload", choices=sorted(WORKLOADS))
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=Shared().threads)
+    parser = child_parser(__doc__)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
     print(json.dumps(run(args.workload, args.steps, args.warmup, args.dtype, threads=args.threads)))

@@ -13,14 +13,13 @@ Prints one JSON object on the last line of stdout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import time
 
 import torch
 
-from bench.workloads import WORKLOADS, Shared, load_rows
+from bench.workloads import WORKLOADS, Shared, child_parser, load_rows
 
 
 def run(workload: str, steps: int, warmup: int, threads: int = 2, gradient_checkpointing: bool = False) -> dict:
@@ -106,11 +105,7 @@ def _instrument_generate(trainer):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("workload", choices=sorted(WORKLOADS))
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=Shared().threads)
+    parser = child_parser(__doc__)
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="TRL's own default; needed where its activations do not fit in memory")
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ sides stop for the same reason.
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,3 +80,13 @@ def load_rows(w: Workload, tokenizer) -> list[dict]:
 
 def describe(w: Workload, s: Shared) -> dict:
     return {"workload": asdict(w), "shared": asdict(s)}
+
+
+def child_parser(description: str) -> argparse.ArgumentParser:
+    """The options every side's child process takes (bench/run.py starts them)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=Shared().threads)
+    return parser
