@@ -311,10 +311,20 @@ def confine(job: dict) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     workdir = job["workdir"]
     if job["mount_tmpfs"]:
+        # A Python installed under a directory about to be masked (e.g. a venv in /tmp) is
+        # held open now and bound back at its own path inside the fresh tmpfs.
+        masked = [d for d in WORLD_WRITABLE_DIRS if os.path.isdir(d)]
+        keep = {root: os.open(root, os.O_PATH) for root in {sys.base_prefix, sys.prefix}
+                if any(_moved(root, d, "") != root for d in masked)}
         options = f"size={job['tmpfs_mb']}m,mode=1777".encode()
-        for target in WORLD_WRITABLE_DIRS:
-            if os.path.isdir(target) and libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options):
+        for target in masked:
+            if libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options):
                 raise OSError(ctypes.get_errno(), f"mount tmpfs on {target}")
+        for root, fd in keep.items():
+            os.makedirs(root, 0o755)
+            if libc.mount(f"/proc/self/fd/{fd}".encode(), root.encode(), None, MS_BIND | MS_REC, None):
+                raise OSError(ctypes.get_errno(), f"bind {root} back after masking")
+            os.close(fd)
         workdir = "/tmp/sandbox"
         os.mkdir(workdir, 0o700)
     if job["uid"] is not None:
