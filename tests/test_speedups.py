@@ -26,7 +26,7 @@ def plain_logprobs(model, prompt: list[int], completion: list[int]) -> torch.Ten
 
 def plain_step(model, optimizer, prompts, completions, advantages) -> float:
     """GRPO with mu = 1 (ratio = 1, detached old log-probs), k3 KL, seq-mean-token-mean per prompt
-    group, groups averaged (one micro-batch per prompt), clip to norm 1, AdamW."""
+    group, groups averaged (one micro-batch per prompt), clip to norm 1, SGD."""
     total = 0.0
     for i, prompt in enumerate(prompts):
         row_losses = []
@@ -52,8 +52,10 @@ def test_fast_update_matches_plain_per_sequence_update(tiny_model_dir):
     torch.manual_seed(0)
     fast = attach_lora(base, 4, 8, 0.0, ("q_proj", "v_proj", "up_proj", "down_proj")).train()
     plain = copy.deepcopy(fast)
-    opt_fast = torch.optim.AdamW(trainable_parameters(fast), lr=LR)
-    opt_plain = torch.optim.AdamW(trainable_parameters(plain), lr=LR)
+    # SGD, not AdamW: Adam's first step is lr * sign(grad), so float noise in a near-zero
+    # gradient would flip a weight by a whole lr; SGD keeps the comparison linear in the gradient.
+    opt_fast = torch.optim.SGD(trainable_parameters(fast), lr=LR)
+    opt_plain = torch.optim.SGD(trainable_parameters(plain), lr=LR)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt_fast, lambda _: 1.0)
     settings = LossSettings(beta=BETA, eps_low=0.2, eps_high=0.2, aggregation="seq-mean-token-mean",
                             max_tokens=10, temperature=1.0, prompts_per_micro_batch=1)
