@@ -123,7 +123,6 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
 
 def main(argv=None):
     parser = child_parser(__doc__)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
     print(json.dumps(run(args.workload, args.steps, args.warmup, args.dtype, threads=args.threads)))
 

@@ -133,6 +133,8 @@ def main(argv=None):
                         help="torch threads on both sides (and for the GEMM peak); the workloads are defined at 2")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL with gradient checkpointing (its default); ours never uses it")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="model weights on both sides (LoRA adapters stay float32), and the GEMM peak's dtype")
     parser.add_argument("--out", help="JSON results path (default bench-results/<timestamp>.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -140,17 +142,19 @@ def main(argv=None):
     out = Path(args.out or f"bench-results/{stamp}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"started_utc": stamp, "host_cpus": os.cpu_count(), "torch": torch.__version__,
-              "steps": args.steps, "warmup": args.warmup, "threads": args.threads, "workloads": {}}
+              "steps": args.steps, "warmup": args.warmup, "threads": args.threads, "dtype": args.dtype,
+              "workloads": {}}
     for name in args.workload:
         w = WORKLOADS[name]
         entry = {**describe(w, Shared()), "sides": {}}
         report["workloads"][name] = entry
         for side in args.sides:
-            gemm = gemm_peak_gflops()
+            gemm = gemm_peak_gflops(dtype=getattr(torch, args.dtype))
             print(f"[{name}] {side}: starting (GEMM {gemm['best_gflops']:.1f} GFLOP/s, "
                   f"load {os.getloadavg()[0]:.2f})", flush=True)
             res = run_child(side, name, args.steps, args.warmup, args.threads, out.with_name(f"{out.stem}-{name}-{side}.log"),
-                            ("--gradient-checkpointing",) if side == "trl" and args.trl_gradient_checkpointing else ())
+                            ("--dtype", args.dtype,
+                             *(("--gradient-checkpointing",) if side == "trl" and args.trl_gradient_checkpointing else ())))
             res["gemm"] = gemm
             res["summary"] = summarize(res, w.group_size) if "error" not in res else {}
             entry["sides"][side] = res

@@ -22,7 +22,8 @@ import torch
 from bench.workloads import WORKLOADS, Shared, child_parser, load_rows
 
 
-def run(workload: str, steps: int, warmup: int, threads: int = 2, gradient_checkpointing: bool = False) -> dict:
+def run(workload: str, steps: int, warmup: int, threads: int = 2, gradient_checkpointing: bool = False,
+        dtype: str = "float32") -> dict:
     import peft
     import transformers
     import trl
@@ -53,7 +54,8 @@ def run(workload: str, steps: int, warmup: int, threads: int = 2, gradient_check
         log_completions=False, seed=s.seed, dataloader_num_workers=0,
         shuffle_dataset=False,  # each step gets exactly the workload's prompts, as on our side
     )
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # Weights in `dtype` as on our side; peft keeps the LoRA adapters in float32 on both.
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
     lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
                       target_modules=list(s.lora_modules), task_type="CAUSAL_LM")
 
@@ -80,7 +82,7 @@ def run(workload: str, steps: int, warmup: int, threads: int = 2, gradient_check
         record["phases_s"] = {"generate": gen}
     for record, lens in zip(records, completion_lens):
         record["completion_lens"] = lens
-    return {"side": "trl", "workload": workload, "steps": records,
+    return {"side": "trl", "workload": workload, "dtype": dtype, "steps": records,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "torch_threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing,
             "versions": {"torch": torch.__version__, "trl": trl.__version__,
@@ -110,7 +112,7 @@ def main(argv=None):
                         help="TRL's own default; needed where its activations do not fit in memory")
     args = parser.parse_args(argv)
     print(json.dumps(run(args.workload, args.steps, args.warmup, threads=args.threads,
-                         gradient_checkpointing=args.gradient_checkpointing)))
+                         gradient_checkpointing=args.gradient_checkpointing, dtype=args.dtype)))
 
 
 if __name__ == "__main__":

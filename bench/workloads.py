@@ -89,4 +89,6 @@ def child_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=Shared().threads)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="model weights (the LoRA adapters stay float32)")
     return parser

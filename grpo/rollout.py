@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
+from grpo.kv_cache import grow_in_place
 from grpo.loss import token_logprobs
 
 
@@ -196,6 +197,7 @@ def generate(
     )
     cache = out.past_key_values
     cache.batch_repeat_interleave(group_size)
+    cache = grow_in_place(cache, params.max_new_tokens)  # decode steps write in place, no per-token copy
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (B, V)
     num_rows = logits.shape[0]
     attention = prompt_mask.repeat_interleave(group_size, dim=0) if padded else None  # (B, P)

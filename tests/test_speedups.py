@@ -81,3 +81,40 @@ def test_fast_update_matches_plain_per_sequence_update(tiny_model_dir):
         for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
             if a.requires_grad:
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=f"step {step}: {name}")
+
+
+def test_bfloat16_weights_give_the_float32_update_up_to_rounding(tiny_model_dir):
+    """`model.dtype: bfloat16` (the fast setting on CPUs with bf16 matrix units): base weights in
+    bf16, LoRA adapters kept in float32 by peft; one update step points where the float32 one does."""
+    modules = ("q_proj", "v_proj", "up_proj", "down_proj")
+    models = {}
+    for dtype in ("float32", "bfloat16"):
+        base, tokenizer = load_model_and_tokenizer(tiny_model_dir, dtype=dtype)
+        models[dtype] = attach_lora(base, 4, 8, 0.0, modules).train()
+        generator = torch.Generator().manual_seed(0)
+        for p in trainable_parameters(models[dtype]):  # the same nonzero adapter on both
+            p.data.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    assert all(p.dtype == torch.float32 for p in trainable_parameters(models["bfloat16"]))
+    assert next(models["bfloat16"].get_base_model().parameters()).dtype == torch.bfloat16
+
+    settings = LossSettings(beta=BETA, eps_low=0.2, eps_high=0.2, aggregation="seq-mean-token-mean",
+                            max_tokens=10, temperature=1.0, prompts_per_micro_batch=1)
+    prompts = [tokenizer("Question: 12+7?")["input_ids"], tokenizer("Hi")["input_ids"]]
+    batch = generate(models["float32"], tokenizer, prompts, G, SamplingParams(1.0, 1.0, 10), seeds=[0, 1])
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, 0.0, -1.0, -1.0])
+    losses, deltas = {}, {}
+    for dtype, model in models.items():
+        params = trainable_parameters(model)
+        before = [p.detach().clone() for p in params]
+        optimizer = torch.optim.SGD(params, lr=1.0)
+        step = LocalOptimizerStep(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), params, 0.0)
+        score = CompletionScorer(model)
+        with model.disable_adapter():
+            ref = frozen_logprobs(score, batch, settings)
+        losses[dtype] = policy_update(score, step, batch, advantages, None, ref, batch.completion_mask, None,
+                                      settings, True)["loss"]
+        deltas[dtype] = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)])
+    assert deltas["float32"].norm() > 0
+    cosine = torch.nn.functional.cosine_similarity(deltas["float32"], deltas["bfloat16"], dim=0)
+    assert cosine > 0.99, cosine
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], abs=2e-2)
