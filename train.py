@@ -150,7 +150,7 @@ def generation_mode(model, engine):
     mode) and, under ZeRO-3, the sharded weights gathered once for the whole decode."""
     model.eval()
     try:
-        with distributed.full_weights_for_generation(engine) if engine else contextlib.nullcontext():
+        with distributed.full_weights_for_generation(engine) if engine is not None else contextlib.nullcontext():
             yield
     finally:
         model.train()
@@ -346,7 +346,8 @@ def main(argv=None) -> dict:
                 first_stats = stats
         finished = time.perf_counter()
 
-        # 6. log: rows of all ranks, per-rank scalars averaged; rank 0 writes
+        # 6. log: rows of all ranks, per-rank scalars averaged; rank 0 writes. kl and clip_frac are
+        # token means per rank, so their plain average over ranks can differ a little from one process's.
         step_time = finished - started
         step_times.append(step_time)
         rows = distributed.gather_rows({

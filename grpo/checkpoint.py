@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grpo.config import ConfigError
+
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -162,8 +164,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG from `path`; returns the saved state dict."""
     state = _trainer_state(path)
     if "world_size" in state:
-        raise ValueError(f"checkpoint {path} was written by {state['world_size']} ZeRO-3 ranks; resume it "
-                         "with as many ranks, or start fresh (--no-resume) from its adapter/")
+        raise ConfigError(f"checkpoint {path} was written under DeepSpeed ZeRO-3 by {state['world_size']} "
+                          "rank(s): resume it with --deepspeed and as many ranks, or start fresh with --no-resume")
     load_trainable_weights(model, path / "adapter")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -174,11 +176,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 def load_sharded_checkpoint(path: Path, engine, scheduler, world) -> dict:
     """Restore a ZeRO-3 checkpoint: weights and optimizer partitions, schedule, this rank's RNG."""
     state = _trainer_state(path)
-    if state.get("world_size") != world.size:
-        raise ValueError(f"checkpoint {path} was written by {state.get('world_size', 1)} rank(s), this run has "
-                         f"{world.size}; resume with as many, or start fresh (--no-resume) from its adapter/")
-    engine.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False,
-                           load_lr_scheduler_states=False)
+    if "world_size" not in state:
+        raise ConfigError(f"checkpoint {path} was written without DeepSpeed: resume it without --deepspeed, "
+                          "or start fresh with --no-resume")
+    if state["world_size"] != world.size:
+        raise ConfigError(f"checkpoint {path} was written by {state['world_size']} ZeRO-3 rank(s), this run has "
+                          f"{world.size}: resume with as many ranks, or start fresh with --no-resume")
+    loaded, _ = engine.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False,
+                                       load_lr_scheduler_states=False)
+    if loaded is None:  # DeepSpeed returns (None, None) for missing files instead of raising
+        raise FileNotFoundError(f"checkpoint {path}: DeepSpeed found no saved state under {path / 'deepspeed'}")
     scheduler.load_state_dict(state["scheduler"])
     restore_rng(torch.load(path / "rng" / f"rank-{world.rank:05d}.pt", weights_only=False))
     return state

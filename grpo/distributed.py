@@ -45,6 +45,10 @@ def check_recipe(cfg: Config) -> None:
         raise ConfigError("variants.dynamic_sampling=true keeps a varying number of groups per rank, but "
                           "ZeRO-3 needs every rank to run the same passes; set it to false or train with "
                           "one process without --deepspeed")
+    if not cfg.model.use_lora:
+        raise ConfigError("model.use_lora=false under ZeRO-3: the reference model would be a full unsharded "
+                          "copy on every rank and checkpoints would gather the whole model on each; "
+                          "train a LoRA adapter (model.use_lora=true) or use one process without --deepspeed")
     if cfg.log.merge_final:
         raise ConfigError("log.merge_final=true needs the whole model in one process; set it to false "
                           "and merge final/adapter afterwards (peft merge_and_unload)")
@@ -190,11 +194,14 @@ def weighted_mean(values: dict[str, float], world: World, weight: float = 1.0) -
     """sum_r(weight_r * value_r) / sum_r(weight_r) per key, across ranks (identity for one process)."""
     if world.size == 1:
         return dict(values)
-    keys = sorted(values)
+    # An object collective, not a tensor all_reduce: NCCL refuses CPU tensors, and these are a few floats.
+    shares = [None] * world.size
+    torch.distributed.all_gather_object(shares, (weight, dict(values)))
+    total = sum(w for w, _ in shares)
+    if total == 0:
+        return {k: float("nan") for k in values}
     # a rank without rows (weight 0) may hold NaN means; it must add nothing
-    sums = torch.tensor([weight * values[k] if weight else 0.0 for k in keys] + [weight], dtype=torch.float64)
-    torch.distributed.all_reduce(sums)
-    return {k: (sums[i] / sums[-1]).item() for i, k in enumerate(keys)}
+    return {k: sum(w * v[k] for w, v in shares if w) / total for k in values}
 
 
 def barrier(world: World) -> None:

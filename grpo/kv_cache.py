@@ -81,3 +81,15 @@ def grow_in_place(cache, extra_tokens: int):
         if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
             layers[i] = InPlaceLayer(layer.keys, layer.values, layer.keys.shape[-2] + extra_tokens)
     return cache
+
+
+def empty_in_place_cache(like, rows: int, capacity: int):
+    """A new cache of `like`'s class with one empty in-place layer per layer of `like` (same
+    heads, head size, dtype, device), `rows` rows and room for `capacity` positions."""
+    fresh = type(like)()
+    fresh.layers = [
+        InPlaceLayer(layer.keys.new_empty(rows, layer.keys.shape[1], 0, layer.keys.shape[3]),
+                     layer.values.new_empty(rows, layer.values.shape[1], 0, layer.values.shape[3]), capacity)
+        for layer in like.layers
+    ]
+    return fresh

@@ -10,6 +10,7 @@ left-padded), T = padded completion length (completions are right-padded), V = v
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
-from grpo.kv_cache import grow_in_place
+from grpo.kv_cache import empty_in_place_cache, grow_in_place
 from grpo.loss import token_logprobs
+from grpo.prefix_attention import SharedPrefix, decode_with_shared_prefix, supports_shared_prefix
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,12 @@ def generate(
     group_size: int,
     params: SamplingParams,
     seeds: Sequence[int] | None = None,
+    share_prompt_kv: bool = True,
 ) -> RolloutBatch:
     """Sample `group_size` completions for each prompt with a KV cache shared within the group.
+
+    share_prompt_kv: decode with the prompt's keys/values held once per group
+    (grpo/prefix_attention.py) where the model allows; False repeats them for every row.
 
     seeds: one per prompt (None = torch's global RNG). Each prompt's rows draw from their own
     generator, so a prompt's completions do not depend on which prompts share its batch: a step
@@ -195,52 +201,63 @@ def generate(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(group_size)
-    cache = grow_in_place(cache, params.max_new_tokens)  # decode steps write in place, no per-token copy
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (B, V)
     num_rows = logits.shape[0]
-    attention = prompt_mask.repeat_interleave(group_size, dim=0) if padded else None  # (B, P)
-    positions = prompt_mask.sum(1).repeat_interleave(group_size)  # (B,) next position
     active = torch.arange(num_rows, device=device)  # rows still decoding, in cache order
+    cache, prefix = out.past_key_values, None
+    if share_prompt_kv and group_size > 1 and supports_shared_prefix(model, cache):
+        # The prompts' keys/values stay once per prompt; the cache holds generated tokens only.
+        prefix = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+                              prompt_mask.bool(), group_size, active)
+        cache = empty_in_place_cache(cache, num_rows, params.max_new_tokens)
+        attention = None  # generated tokens have no padding; the prompt mask is in `prefix`
+    else:
+        cache.batch_repeat_interleave(group_size)
+        cache = grow_in_place(cache, params.max_new_tokens)  # decode steps write in place, no per-token copy
+        attention = prompt_mask.repeat_interleave(group_size, dim=0) if padded else None  # (B, P)
+    positions = prompt_mask.sum(1).repeat_interleave(group_size)  # (B,) next position
     tokens: list[list[int]] = [[] for _ in range(num_rows)]
     entropies: list[list[float]] = [[] for _ in range(num_rows)]
     certainties: list[list[float]] = [[] for _ in range(num_rows)]
     truncated = torch.ones(num_rows, dtype=torch.bool)
     window = max((len(s) for s in params.stop_strings), default=0) + 2
 
-    for step in range(params.max_new_tokens):
-        next_tokens = sample_by_prompt(logits, active // group_size, params, generators)  # (A,)
-        entropy, certainty = next_token_stats(logits, params.temperature)  # (A,), (A,)
-        keep = torch.ones(len(active), dtype=torch.bool)
-        step_stats = zip(active.tolist(), next_tokens.tolist(), entropy.tolist(), certainty.tolist())
-        for slot, (row, token, ent, cert) in enumerate(step_stats):
-            tokens[row].append(token)
-            entropies[row].append(ent)
-            certainties[row].append(cert)
-            if token in eos_ids or (
-                params.stop_strings and _ends_with_stop(tokenizer, tokens[row], params.stop_strings, window)
-            ):
-                keep[slot] = False
-                truncated[row] = False
-        if not keep.any() or step == params.max_new_tokens - 1:
-            break
-        if not keep.all():  # finished rows leave the batch: no wasted decode work
-            index = keep.nonzero().squeeze(1).to(device)
-            cache.batch_select_indices(index)
-            active, next_tokens, positions = active[index], next_tokens[index], positions[index]
-            attention = attention[index] if attention is not None else None
-        if attention is not None:
-            attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
-        out = model(
-            input_ids=next_tokens.unsqueeze(1),
-            attention_mask=attention,
-            position_ids=positions.unsqueeze(1),
-            past_key_values=cache,
-            use_cache=True,
-        )
-        positions = positions + 1
-        logits = out.logits[:, -1]
+    with decode_with_shared_prefix(model) if prefix else contextlib.nullcontext():
+        for step in range(params.max_new_tokens):
+            next_tokens = sample_by_prompt(logits, active // group_size, params, generators)  # (A,)
+            entropy, certainty = next_token_stats(logits, params.temperature)  # (A,), (A,)
+            keep = torch.ones(len(active), dtype=torch.bool)
+            step_stats = zip(active.tolist(), next_tokens.tolist(), entropy.tolist(), certainty.tolist())
+            for slot, (row, token, ent, cert) in enumerate(step_stats):
+                tokens[row].append(token)
+                entropies[row].append(ent)
+                certainties[row].append(cert)
+                if token in eos_ids or (
+                    params.stop_strings and _ends_with_stop(tokenizer, tokens[row], params.stop_strings, window)
+                ):
+                    keep[slot] = False
+                    truncated[row] = False
+            if not keep.any() or step == params.max_new_tokens - 1:
+                break
+            if not keep.all():  # finished rows leave the batch: no wasted decode work
+                index = keep.nonzero().squeeze(1).to(device)
+                cache.batch_select_indices(index)
+                active, next_tokens, positions = active[index], next_tokens[index], positions[index]
+                attention = attention[index] if attention is not None else None
+            if attention is not None:
+                attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
+            if prefix is not None:
+                prefix.rows = active
+            out = model(
+                input_ids=next_tokens.unsqueeze(1),
+                attention_mask=attention,
+                position_ids=positions.unsqueeze(1),
+                past_key_values=cache,
+                use_cache=True,
+                **({"grpo_shared_prefix": prefix} if prefix is not None else {}),
+            )
+            positions = positions + 1
+            logits = out.logits[:, -1]
 
     width = max(len(t) for t in tokens)
     completion_ids = torch.full((num_rows, width), tokenizer.pad_token_id, dtype=torch.long)

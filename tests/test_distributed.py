@@ -9,6 +9,7 @@ sample the same completions and take the same optimizer step.
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 
 import train
 from grpo.config import ConfigError, load_config
-from grpo.distributed import World, rank_share, resolve_ds_config
+from grpo.distributed import World, check_recipe, rank_share, resolve_ds_config
 from tests.test_train import adapter_weights, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +43,16 @@ def run_two_ranks(model_dir, out_dir, steps, *extra):
                           *extra)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
            "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "grpo" / "torch_extensions")}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Own session: on a timeout the whole tree goes (killing torchrun alone orphans its workers).
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("two-rank run took over 240 s: " + stderr[-3000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
 
 
 def step_records(out_dir):
@@ -101,6 +110,16 @@ def test_two_ranks_resume_to_the_same_weights(tiny_model_dir, two_rank_run, tmp_
 def recipe(*overrides):
     return load_config(None, ["train.batch_size=8", "rollout.group_size=4", "train.grad_accum_steps=2",
                               *overrides])
+
+
+@pytest.mark.parametrize("override, named", [
+    ("model.load_in_4bit=true", "load_in_4bit"), ("variants.dynamic_sampling=true", "dynamic_sampling"),
+    ("model.use_lora=false", "use_lora"), ("log.merge_final=true", "merge_final"),
+])
+def test_zero3_refuses_what_it_cannot_honour_naming_the_setting(override, named):
+    check_recipe(recipe())  # the defaults pass
+    with pytest.raises(ConfigError, match=named):
+        check_recipe(recipe(override))
 
 
 def test_ds_config_auto_fields_come_from_the_recipe():
