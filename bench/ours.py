@@ -91,7 +91,8 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
         t0 = time.perf_counter()
         indices = train.prompt_indices(len(rows), step, w.num_prompts, t.seed)
         seeds = [train.sampling_seed(t.seed, step, k) for k in range(len(indices))]
-        batch = generate(model, tokenizer, [tokens[i] for i in indices], r.group_size, sampling, seeds)
+        with train.generation_mode(model, None):
+            batch = generate(model, tokenizer, [tokens[i] for i in indices], r.group_size, sampling, seeds)
         t1 = time.perf_counter()
         matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns([rows[i] for i in indices],
                                                                                  r.group_size))
