@@ -1,8 +1,10 @@
 """Rollout: sample G completions per prompt, and score tokens under a policy.
 
-Both the sampler and the log-prob pass encode each prompt once and share its KV cache
-across the prompt's G completions (`batch_repeat_interleave`): few-shot prompts are long
-and identical within a group. Finished completions leave the decode batch at once.
+Both the sampler and the log-prob pass encode each prompt once for its G completions:
+few-shot prompts are long and identical within a group. While sampling, the prompt's keys and
+values are also read once per group at each decode step (grpo/prefix_attention.py); the
+log-prob pass repeats its KV cache for the G rows (`batch_repeat_interleave`), since it runs
+all completion tokens at once. Finished completions leave the decode batch at once.
 
 Shapes: N = prompts, G = group size, B = N * G rows, P = padded prompt length (prompts are
 left-padded), T = padded completion length (completions are right-padded), V = vocab, H = hidden.
