@@ -70,15 +70,21 @@ if DynamicLayer is not None:
             raise NotImplementedError("InPlaceLayer is for sampling only")
 
 
+def is_plain_filled_layer(layer) -> bool:
+    """A filled transformers DynamicLayer of (B, H, T, D) keys (not sliding-window, quantized, ...)."""
+    return (DynamicLayer is not None and type(layer) is DynamicLayer and layer.is_initialized
+            and layer.keys.dim() == 4)
+
+
 def grow_in_place(cache, extra_tokens: int):
     """Swap the plain DynamicLayers of a filled cache for in-place ones with room for
     `extra_tokens` more positions. Other layer kinds (sliding window, quantized) and caches
     without a `layers` list are left as they are. Returns the cache."""
     layers = getattr(cache, "layers", None)
-    if DynamicLayer is None or not isinstance(layers, list):
+    if not isinstance(layers, list):
         return cache
     for i, layer in enumerate(layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
+        if is_plain_filled_layer(layer):
             layers[i] = InPlaceLayer(layer.keys, layer.values, layer.keys.shape[-2] + extra_tokens)
     return cache
 

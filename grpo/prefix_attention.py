@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from grpo.kv_cache import is_plain_filled_layer
+
 NAME = "grpo_shared_prefix"
 
 
@@ -78,15 +80,12 @@ except ImportError:  # older transformers: decode with the repeated cache
 
 def supports_shared_prefix(model, cache) -> bool:
     """Whether `model`'s decode steps can use shared_prefix_attention after this prompt pass."""
-    from grpo.kv_cache import DynamicLayer
-
     config = _config(model)
     layers = getattr(cache, "layers", None)
-    return (AVAILABLE and DynamicLayer is not None and config is not None
+    return (AVAILABLE and config is not None
             and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
             and isinstance(layers, list) and len(layers) > 0
-            and all(type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4
-                    for layer in layers))
+            and all(is_plain_filled_layer(layer) for layer in layers))
 
 
 @contextlib.contextmanager
