@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
+from grpo.head_logprobs import can_fuse_head, frozen_head_logprobs
 from grpo.kv_cache import empty_in_place_cache, grow_in_place
 from grpo.loss import token_logprobs
 from grpo.prefix_attention import SharedPrefix, decode_with_shared_prefix, supports_shared_prefix
@@ -133,7 +134,17 @@ def sample_tokens(
         drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw_by_inverse_cdf(probs, generator)
+
+
+def draw_by_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of (N, V) non-negative weights: the first token whose cumulative weight
+    exceeds a uniform draw in [0, total). One random number per row: torch.multinomial races V
+    exponential draws per row, 5.8 ms against 0.16 ms for 8 x 49,152 on 2 CPU cores."""
+    cdf = probs.cumsum(-1)  # (N, V)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    # A zero-weight token never has cdf > u where its predecessor has not; clamp guards rounding.
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def sample_by_prompt(logits: torch.Tensor, prompt_of_row: torch.Tensor, params: SamplingParams,
@@ -153,11 +164,13 @@ def next_token_stats(logits: torch.Tensor, temperature: float) -> tuple[torch.Te
 
     Self-certainty (Kang et al. 2025) is KL(U || p) = logsumexp(z) - mean(z) - log V.
     """
-    z = logits.float()
-    scaled = z / temperature if temperature > 0 else z
+    z = logits.float()  # (N, V)
+    scaled = z / temperature if temperature not in (0.0, 1.0) else z
     logp = torch.log_softmax(scaled, dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    certainty = torch.logsumexp(z, -1) - z.mean(-1) - math.log(z.shape[-1])
+    entropy = -torch.linalg.vecdot(torch.softmax(scaled, dim=-1), logp)
+    # logsumexp(z) = z_0 - log_softmax(z)_0: fused kernels, no (N, V) temporaries (this runs per token).
+    raw_logp = logp if scaled is z else torch.log_softmax(z, dim=-1)
+    certainty = (z[:, 0] - raw_logp[:, 0]) - z.mean(-1) - math.log(z.shape[-1])
     return entropy, certainty
 
 
@@ -331,8 +344,10 @@ def completion_logprobs(
     shared_prefix=True runs each prompt through the model once and repeats its KV cache for
     the G completions (gradients flow back through the one prompt pass); False runs the
     concatenated prompt+completion rows, the textbook way (used to test the first).
-    The vocabulary projection runs `chunk_rows` rows at a time, re-computed in the backward
-    pass, so (B, T, V) logits never exist at once. The re-computation is reentrant: ZeRO-3
+    (B, T, V) logits never exist at once. A frozen head (LoRA) runs 512 tokens at a time and
+    makes each token's gradient in its forward pass (grpo/head_logprobs.py). Another head (full
+    fine-tuning, or a ZeRO-3 shard) runs `chunk_rows` rows at a time and is re-computed in the
+    backward pass. The re-computation is reentrant: ZeRO-3
     frees the head's weight after each forward and fetches it again only through module hooks,
     which a non-reentrant re-computation (run inside the backward of the head) comes too late for.
     """
@@ -384,6 +399,8 @@ def completion_logprobs(
         p = prompt_ids.shape[1]
         hidden = out.last_hidden_state[:, p - 1 : p - 1 + width]  # (B, T, H): predicts each completion token
 
+    if can_fuse_head(head):
+        return frozen_head_logprobs(hidden, head.weight, completion_ids, temperature)
     logps = []
     for h, t in zip(hidden.split(chunk_rows), completion_ids.split(chunk_rows)):
         if torch.is_grad_enabled():

@@ -7,7 +7,8 @@ import torch
 
 from grpo.model import attach_lora, load_model_and_tokenizer
 from grpo.rollout import (
-    SamplingParams, completion_logprobs, concat_batches, cut_at_stop, generate, left_pad, sample_tokens,
+    SamplingParams, completion_logprobs, concat_batches, cut_at_stop, draw_by_inverse_cdf, generate, left_pad,
+    next_token_stats, sample_tokens,
 )
 
 
@@ -73,6 +74,20 @@ def test_top_p_keeps_only_the_nucleus():
     # top_p .7 keeps two tokens (mass before the 3rd is .9 >= .7)
     tokens = sample_tokens(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
     assert set(tokens.tolist()) == {0, 1}
+
+
+def test_inverse_cdf_draws_follow_the_weights_and_never_pick_a_zero_weight_token():
+    # Unnormalized weights 1 : 0 : 6 : 3 -> probabilities .1, 0, .6, .3.
+    weights = torch.tensor([[1.0, 0.0, 6.0, 3.0]]).repeat(20_000, 1)
+    counts = torch.bincount(draw_by_inverse_cdf(weights, torch.Generator().manual_seed(0)), minlength=4)
+    assert counts[1] == 0
+    # Binomial sd for n = 20,000: sqrt(n p (1 - p)) = 42 (p .1), 69 (p .6), 65 (p .3); allow 4 sd.
+    for token, p, sd in [(0, 0.1, 42), (2, 0.6, 69), (3, 0.3, 65)]:
+        assert abs(counts[token].item() - 20_000 * p) < 4 * sd
+    # Zero weight at both ends and a one-hot row.
+    edges = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]).repeat(500, 1)
+    drawn = draw_by_inverse_cdf(edges, torch.Generator().manual_seed(1)).view(500, 2)
+    assert set(drawn[:, 0].tolist()) == {1, 2} and drawn[:, 1].eq(3).all()
 
 
 def test_eos_ends_a_completion_and_stop_strings_cut_text(tiny):
@@ -152,6 +167,21 @@ def test_rollout_records_sampling_entropy_and_self_certainty(tiny):
     certainty = -logp.mean() - math.log(logits.shape[-1])  # KL(U || p) = -log V - mean log p
     torch.testing.assert_close(batch.token_entropy[:, 0], entropy.repeat(2), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batch.token_certainty[:, 0], certainty.repeat(2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature, expected_entropy", [
+    # logits ln [1, 2, 3]: p = [1, 2, 3] / 6; entropy = -sum p ln p = 1.011404.
+    (1.0, 1.011404),
+    # T = 0.5 squares the odds: p = [1, 4, 9] / 14; entropy = 0.830472.
+    (0.5, 0.830472),
+    (0.0, 1.011404),  # greedy: the entropy of the raw distribution
+])
+def test_next_token_stats_by_hand(temperature, expected_entropy):
+    logits = torch.log(torch.tensor([[1.0, 2.0, 3.0]]))
+    entropy, certainty = next_token_stats(logits, temperature)
+    assert entropy.item() == pytest.approx(expected_entropy, abs=1e-5)
+    # Self-certainty uses the raw logits at any temperature: -ln 3 - mean ln([1, 2, 3] / 6) = 0.095894.
+    assert certainty.item() == pytest.approx(0.095894, abs=1e-5)
 
 
 def test_select_and_concat_batches_keep_groups_together(tiny):
