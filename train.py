@@ -35,8 +35,8 @@ from grpo.config import Config, ConfigError, load_config, to_dict
 from grpo.distributed import World
 from grpo.evaluation import evaluate_rows
 from grpo.loss import group_advantages
-from grpo.model import (attach_lora, load_model_and_tokenizer, resolve_source, save_merged,
-                        trainable_parameters)
+from grpo.model import (attach_lora, load_model_and_tokenizer, lora_folded_for_sampling, resolve_source,
+                        save_merged, trainable_parameters)
 from grpo.rollout import CompletionScorer, SamplingParams, concat_batches, generate
 from grpo.tracking import RunTracker, plot_rewards
 from grpo.update import (DeepSpeedOptimizerStep, LocalOptimizerStep, LossSettings, frozen_logprobs,
@@ -147,11 +147,16 @@ def rank_prompts(num_rows: int, step: int, per_step: int, seed: int, world: Worl
 @contextlib.contextmanager
 def generation_mode(model, engine):
     """Eval mode while decoding (under gradient checkpointing HF turns the KV cache off in train
-    mode) and, under ZeRO-3, the sharded weights gathered once for the whole decode."""
+    mode) and, under ZeRO-3, the sharded weights gathered once for the whole decode; in one
+    process, float32 LoRA adapters folded into their weights (grpo/model.py)."""
     model.eval()
     try:
-        with distributed.full_weights_for_generation(engine) if engine is not None else contextlib.nullcontext():
-            yield
+        if engine is not None:
+            with distributed.full_weights_for_generation(engine):
+                yield
+        else:
+            with lora_folded_for_sampling(model):
+                yield
     finally:
         model.train()
 

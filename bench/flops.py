@@ -6,8 +6,10 @@ FLOPs are counted for the real tokens only (padding excluded), from the model's 
   head     2 x hidden x vocab per token whose logits are computed
 Forward passes cost linear + attention (+ head where logits are taken). Backward with LoRA
 needs only activation gradients for the frozen weights (1x their forward), attention
-backward (2x its forward), LoRA weight gradients (2 x LoRA weights per token), and the
-LM-head chunks are run again in backward (checkpointed), so the head counts 2x there.
+backward (2x its forward) and LoRA weight gradients (2 x LoRA weights per token). The frozen
+LM head makes each token's gradient in the update's forward pass (softmax @ W, a second
+head-sized product: grpo/head_logprobs.py), so the head counts 2x in the update forward and 0x
+in its backward.
 The prompt counts once per group wherever our step shares it (generation, both log-prob passes).
 """
 
@@ -78,8 +80,8 @@ def step_flops(shape: Shape, prompt_lens: list[int], completion_lens: list[int],
     head_fwd = comp_tokens * head
     forward = lin_fwd + att_fwd + head_fwd
     generate = forward + len(prompt_lens) * head  # + the prompt's last-token logits
-    backward = (prompt_tokens + comp_tokens) * (2 * frozen + 2 * lora) + 2 * att_fwd + 2 * head_fwd \
+    backward = (prompt_tokens + comp_tokens) * (2 * frozen + 2 * lora) + 2 * att_fwd \
         + (prompt_tokens + comp_tokens) * 2 * lora  # activation grads + LoRA weight grads
-    return {"generate": generate, "ref_logprobs": forward, "update_forward": forward,
-            "update_backward": backward, "total": generate + 2 * forward + backward,
+    return {"generate": generate, "ref_logprobs": forward, "update_forward": forward + head_fwd,
+            "update_backward": backward, "total": generate + 2 * forward + head_fwd + backward,
             "prompt_tokens_once": prompt_tokens, "completion_tokens": comp_tokens}
