@@ -75,10 +75,13 @@ class _FrozenHeadLogprobs(torch.autograd.Function):
 
 
 def frozen_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
-                         temperature: float = 1.0, chunk_tokens: int = 512) -> torch.Tensor:
+                         temperature: float = 1.0, chunk_tokens: int = 512,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
     """log softmax(hidden @ weight.T / temperature)[tokens], float32, differentiable in hidden.
 
-    hidden (B, T, H); weight (V, H), frozen; tokens (B, T) int. Returns (B, T).
+    hidden (B, T, H); weight (V, H), frozen; tokens (B, T) int; mask (B, T), optional: only
+    its nonzero positions are computed (completion padding is skipped), the others are 0 with
+    no gradient. Returns (B, T).
     Peak extra memory: two (chunk_tokens, V) float32 blocks. The gradient is only made when
     autograd will ask for it (grad enabled and hidden requires it).
     """
@@ -87,8 +90,16 @@ def frozen_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: tor
     if weight.requires_grad:
         raise ValueError("frozen_head_logprobs gives no gradient to the head's weight; it must be frozen")
     flat_hidden, flat_tokens = hidden.reshape(-1, hidden.shape[-1]), tokens.reshape(-1)  # (N, H), (N,)
+    if mask is not None:
+        assert mask.shape == tokens.shape, (mask.shape, tokens.shape)
+        kept = mask.reshape(-1).nonzero().squeeze(1)  # (n,)
+        flat_hidden, flat_tokens = flat_hidden.index_select(0, kept), flat_tokens.index_select(0, kept)
+    if flat_tokens.numel() == 0:  # nothing to score: zeros that still lead back to hidden for backward()
+        return hidden.float().sum(-1) * 0
     if torch.is_grad_enabled() and hidden.requires_grad:
         logps = _FrozenHeadLogprobs.apply(flat_hidden, weight, flat_tokens, temperature, chunk_tokens)
     else:
         logps, _ = _head_pass(flat_hidden, weight, flat_tokens, temperature, chunk_tokens, with_grad=False)
+    if mask is not None:
+        logps = logps.new_zeros(tokens.numel()).scatter(0, kept, logps)
     return logps.view(tokens.shape)

@@ -339,7 +339,8 @@ def completion_logprobs(
     shared_prefix: bool = True,
     chunk_rows: int = 4,
 ) -> torch.Tensor:
-    """Log-probs (B, T) of the sampled completion tokens.
+    """Log-probs (B, T) of the sampled completion tokens (with a frozen head: 0 on the padding
+    after a finished completion, which every loss masks out).
 
     shared_prefix=True runs each prompt through the model once and repeats its KV cache for
     the G completions (gradients flow back through the one prompt pass); False runs the
@@ -400,7 +401,9 @@ def completion_logprobs(
         hidden = out.last_hidden_state[:, p - 1 : p - 1 + width]  # (B, T, H): predicts each completion token
 
     if can_fuse_head(head):
-        return frozen_head_logprobs(hidden, head.weight, completion_ids, temperature)
+        # Padding after a finished completion gets no logits (0 there, as the loss masks it anyway).
+        mask = batch.completion_mask.to(device)
+        return frozen_head_logprobs(hidden, head.weight, completion_ids, temperature, mask=mask)
     logps = []
     for h, t in zip(hidden.split(chunk_rows), completion_ids.split(chunk_rows)):
         if torch.is_grad_enabled():

@@ -66,3 +66,25 @@ def test_refuses_a_trainable_head_and_says_which_heads_fuse():
     assert not can_fuse_head(torch.nn.Linear(3, 4, bias=True).requires_grad_(False))
     head.weight.ds_id = 7  # a ZeRO-3 shard: gathered only inside module calls
     assert not can_fuse_head(head)
+
+
+def test_masked_positions_are_skipped_zero_and_get_no_gradient():
+    torch.manual_seed(1)
+    weight, tokens = torch.randn(30, 8), torch.randint(0, 30, (3, 4))
+    hidden = torch.randn(3, 4, 8)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]])  # full, ragged, all padding
+    full_h, masked_h = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    full = frozen_head_logprobs(full_h, weight, tokens)
+    masked = frozen_head_logprobs(masked_h, weight, tokens, mask=mask)
+    (full * mask).sum().backward()
+    masked.sum().backward()
+    assert masked[mask == 0].eq(0).all()
+    torch.testing.assert_close(masked[mask == 1], full[mask == 1])
+    torch.testing.assert_close(masked_h.grad, full_h.grad)  # both 0 on padding
+    assert masked_h.grad[2].eq(0).all()
+
+    nothing = torch.zeros(3, 4, dtype=torch.long)
+    empty_h = hidden.clone().requires_grad_()
+    out = frozen_head_logprobs(empty_h, weight, tokens, mask=nothing)
+    out.sum().backward()  # still a graph, so a micro-batch of padding does not break backward()
+    assert out.eq(0).all() and empty_h.grad.eq(0).all()
