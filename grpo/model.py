@@ -135,11 +135,8 @@ def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: tuple
 
 
 def _foldable(layer) -> bool:
-    """A plain LoRA layer over a whole float32 nn.Linear (not quantized, not a ZeRO-3 shard, no DoRA)."""
-    from peft.tuners.lora import LoraLayer
-
-    if not isinstance(layer, LoraLayer):
-        return False
+    """Whether a peft LoraLayer is plain LoRA over a whole float32 nn.Linear (not quantized,
+    not a ZeRO-3 shard, no DoRA)."""
     base, active = layer.base_layer, layer.active_adapters
     return (type(base) is torch.nn.Linear and base.weight.dtype == torch.float32
             and not hasattr(base.weight, "ds_id") and not layer.merged and len(active) == 1
