@@ -74,7 +74,7 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
     train.seed_everything(t.seed)
     reward_fns = scoring.build_rewards(cfg.rewards)
     weights = torch.tensor([rf.weight for rf in reward_fns])
-    model, tokenizer, _ = train.build_policy(cfg, None)
+    model, tokenizer, _ = train.build_policy(cfg, torch.device("cpu"))
     params = trainable_parameters(model)
     rows = load_rows(w, tokenizer)
     tokens = train.tokenize_prompts(rows, tokenizer, "chat", t.max_seq_length - r.max_new_tokens, "bench")

@@ -3,10 +3,10 @@
     python -m bench.run --workload a b [--steps 3] [--warmup 1] [--sides ours trl] [--out PATH]
 
 For each workload, each side runs in its own child process (bench.ours, bench.trl_side), one
-after the other, so their peak RSS are separate and they never share the CPUs. The float32
-2048^2 GEMM peak is measured in this process right before each child, and the load average
-(other processes on the machine) is recorded around each child: on a shared machine timings
-are noisy, so compare the ratio within one run, never figures from different runs.
+after the other, so their peak RSS are separate and they never share the CPUs. The 2048^2 GEMM
+peak (the best of torch.mm and oneDNN, in the run's dtype) is measured in this process right
+before each child, and the load average (other processes on the machine) is recorded around
+each child: on a shared machine timings are noisy, so compare the ratio within one run, never figures from different runs.
 Results go to --out (default bench-results/<timestamp>.json); each child's stderr to a
 .log beside it.
 """
@@ -99,6 +99,11 @@ def flops_report(result: dict, gemm: dict, group_size: int) -> dict:
                 "fraction_of_gemm_peak": totals[k] / times[k] / peak} for k in totals}
 
 
+def _gemm_text(gemm: dict) -> str:
+    return f"{gemm['best_gflops']:.1f} GFLOP/s (" + ", ".join(
+        f"{k} {v['best_gflops']:.1f}" for k, v in gemm.get("backends", {}).items()) + ")"
+
+
 def print_workload(name: str, entry: dict) -> None:
     ours, trl = entry["sides"].get("ours", {}), entry["sides"].get("trl", {})
     so, st = ours.get("summary", {}), trl.get("summary", {})
@@ -112,7 +117,7 @@ def print_workload(name: str, entry: dict) -> None:
         print(f"  {side:4s} step {summ['step_s_mean']:.2f} s (steps {', '.join(f'{x:.2f}' for x in summ['step_s'])}), "
               f"{summ['completions_per_s']:.2f} completions/s, mean completion {summ['completion_tokens_mean']:.1f} "
               f"tokens, peak RSS {summ['peak_rss_mib']:.0f} MiB, load {res['load_avg_before'][0]:.2f}->"
-              f"{res['load_avg_after'][0]:.2f}, GEMM {res['gemm']['best_gflops']:.1f} GFLOP/s")
+              f"{res['load_avg_after'][0]:.2f}, GEMM {_gemm_text(res['gemm'])}")
         print("       phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in summ["phases_s_mean"].items()))
         if res.get("gradient_checkpointing"):
             print("       (TRL with gradient checkpointing)")
@@ -150,7 +155,7 @@ def main(argv=None):
         report["workloads"][name] = entry
         for side in args.sides:
             gemm = gemm_peak_gflops(dtype=getattr(torch, args.dtype))
-            print(f"[{name}] {side}: starting (GEMM {gemm['best_gflops']:.1f} GFLOP/s, "
+            print(f"[{name}] {side}: starting (GEMM {_gemm_text(gemm)}, "
                   f"load {os.getloadavg()[0]:.2f})", flush=True)
             res = run_child(side, name, args.steps, args.warmup, args.threads, out.with_name(f"{out.stem}-{name}-{side}.log"),
                             ("--dtype", args.dtype,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from grpo.onednn_linear import is_plain_linear
+
 log = logging.getLogger(__name__)
 
 DEMO_ALIAS = "smollm2-135m-demo"
@@ -138,7 +140,7 @@ def _foldable(layer) -> bool:
     """Whether a peft LoraLayer is plain LoRA over a whole float32 nn.Linear (not quantized,
     not a ZeRO-3 shard, no DoRA)."""
     base, active = layer.base_layer, layer.active_adapters
-    return (type(base) is torch.nn.Linear and base.weight.dtype == torch.float32
+    return (is_plain_linear(base) and base.weight.dtype == torch.float32
             and not hasattr(base.weight, "ds_id") and not layer.merged and len(active) == 1
             and active[0] in layer.lora_A and active[0] not in layer.lora_variant)
 

@@ -345,7 +345,7 @@ def completion_logprobs(
     shared_prefix=True runs each prompt through the model once and repeats its KV cache for
     the G completions (gradients flow back through the one prompt pass); False runs the
     concatenated prompt+completion rows, the textbook way (used to test the first).
-    (B, T, V) logits never exist at once. A frozen head (LoRA) runs 512 tokens at a time and
+    (B, T, V) logits never exist at once. A frozen head (LoRA) runs 128 tokens at a time and
     makes each token's gradient in its forward pass (grpo/head_logprobs.py). Another head (full
     fine-tuning, or a ZeRO-3 shard) runs `chunk_rows` rows at a time and is re-computed in the
     backward pass. The re-computation is reentrant: ZeRO-3
