@@ -253,6 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_evaluation(args: argparse.Namespace) -> dict:
     from grpo.model import load_model_and_tokenizer
+    from grpo.onednn_linear import use_onednn_linears
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = ("bfloat16" if device.startswith("cuda") else "float32") if args.dtype == "auto" else args.dtype
@@ -260,6 +261,8 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     model.eval()
+    if device == "cpu":
+        use_onednn_linears(model)  # float32 products on AVX-512 (grpo/onednn_linear.py)
     torch.manual_seed(args.seed)
     runs = []
     if not args.skip_base:
