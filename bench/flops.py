@@ -42,7 +42,8 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> d
             product()
             times.append(time.perf_counter() - started)
         times.sort()
-        per_backend[name] = {"best_gflops": flops / times[0] / 1e9, "median_gflops": flops / times[len(times) // 2] / 1e9}
+        per_backend[name] = {"best_gflops": flops / times[0] / 1e9,
+                             "median_gflops": flops / times[len(times) // 2] / 1e9}
     best = max(per_backend, key=lambda k: per_backend[k]["best_gflops"])
     return {"n": n, "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
             "backend": best, **per_backend[best], "backends": per_backend}

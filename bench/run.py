@@ -6,7 +6,8 @@ For each workload, each side runs in its own child process (bench.ours, bench.tr
 after the other, so their peak RSS are separate and they never share the CPUs. The 2048^2 GEMM
 peak (the best of torch.mm and oneDNN, in the run's dtype) is measured in this process right
 before each child, and the load average (other processes on the machine) is recorded around
-each child: on a shared machine timings are noisy, so compare the ratio within one run, never figures from different runs.
+each child: on a shared machine timings are noisy, so compare the ratio within one run, never
+figures from different runs.
 Results go to --out (default bench-results/<timestamp>.json); each child's stderr to a
 .log beside it.
 """

@@ -9,15 +9,21 @@ the SmolLM2-135M shapes (4,000 x 576 -> 1,536 and back) 200 against 455-468; the
 order). On Intel CPUs the two are about equal, and on GPUs none of this applies.
 
 `OneDnnLinear` is an nn.Linear whose forward and backward use oneDNN when its input and weight
-are float32 on the CPU (anything else runs nn.Linear's own forward). `use_onednn_linears`
-turns a model's plain nn.Linear modules into it in place: same parameters, same state_dict.
+are float32 on the CPU (anything else runs nn.Linear's own forward). `OneDnnLoraLinear` is
+peft's LoRA Linear with the same products, and the adapter's output added into the layer's by
+one accumulating product (peft writes B(A(x)), scales it and adds it: two more passes over the
+layer's output, and their gradients). `use_onednn_linears` turns a model's modules into these
+in place: same parameters, same state_dict, same peft behaviour otherwise.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
+@functools.cache
 def onednn_available() -> bool:
     """Whether this PyTorch build has oneDNN and the linear op used here."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -30,7 +36,8 @@ def _onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 def _runs_on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and x.layout == torch.strided and x.numel() > 0)
+            and weight.dtype == torch.float32 and x.layout == torch.strided and x.dim() >= 2
+            and x.numel() > 0)
 
 
 class _OneDnnLinearFunction(torch.autograd.Function):
@@ -74,16 +81,95 @@ class OneDnnLinear(torch.nn.Linear):
         return onednn_linear(x, self.weight, self.bias)
 
 
+def _lora_forward(x, weight, bias, lora_a, lora_b, scaling):
+    """y = x W^T + b + s (x A^T) B^T -> (y, a = x A^T): B's product accumulates into y."""
+    a = _onednn_mm(x, lora_a)  # (..., r)
+    y = _onednn_mm(x, weight, bias)  # (..., N), contiguous
+    y.view(-1, y.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), lora_b.t(), alpha=scaling)
+    return y, a
+
+
+class _OneDnnLoraFunction(torch.autograd.Function):
+    """LoRA over a frozen weight W (N, K): y = x W^T + b + s (x A^T) B^T, A (r, K), B (N, r).
+
+    Backward, with g = dL/dy and gB = g B (M, r):
+      dL/dx = g W + s gB A,   dL/dA = s gB^T x,   dL/dB = s g^T (x A^T)
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
+        y, a = _lora_forward(x, weight, bias, lora_a, lora_b, scaling)
+        ctx.save_for_backward(x, a, weight, lora_a, lora_b)
+        ctx.scaling = scaling
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, a, weight, lora_a, lora_b = ctx.saved_tensors
+        s = ctx.scaling
+        g = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
+        g_b = g @ lora_b  # (M, r)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_mm(grad_y, weight.t())  # (..., K), contiguous
+            grad_x.view(-1, grad_x.shape[-1]).addmm_(g_b, lora_a, alpha=s)
+        grad_a = (g_b.t() @ x.reshape(-1, x.shape[-1])).mul_(s)  # (r, K)
+        grad_b = (g.t() @ a.reshape(-1, a.shape[-1])).mul_(s)  # (N, r)
+        return grad_x, None, None, grad_a, grad_b, None
+
+
+@functools.cache
+def _lora_linear_class():
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+    class OneDnnLoraLinear(PeftLoraLinear):
+        """peft's LoRA Linear; plain LoRA over a frozen float32 CPU layer runs `_OneDnnLoraFunction`,
+        anything else (adapter disabled or merged, dropout, DoRA, several adapters) runs peft's forward."""
+
+        def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            adapter = self._fused_adapter(x, args, kwargs)
+            if adapter is None:
+                return super().forward(x, *args, **kwargs)
+            base = self.base_layer
+            lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+            scaling = self.scaling[adapter]
+            if torch.is_grad_enabled() and (x.requires_grad or lora_a.requires_grad or lora_b.requires_grad):
+                return _OneDnnLoraFunction.apply(x, base.weight, base.bias, lora_a, lora_b, scaling)
+            return _lora_forward(x, base.weight, base.bias, lora_a, lora_b, scaling)[0]
+
+        def _fused_adapter(self, x, args, kwargs) -> str | None:
+            if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+                return None
+            adapter = self.active_adapters[0]
+            base = self.base_layer
+            if (adapter not in self.lora_A or adapter in self.lora_variant or not is_plain_linear(base)
+                    or not isinstance(self.lora_dropout[adapter], torch.nn.Identity)
+                    or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)):
+                return None
+            lora_a, lora_b = self.lora_A[adapter], self.lora_B[adapter]
+            if (lora_a.weight.dtype != torch.float32 or lora_b.weight.dtype != torch.float32
+                    or lora_b.bias is not None or not _runs_on_onednn(x, base.weight)):
+                return None
+            return adapter
+
+    return PeftLoraLinear, OneDnnLoraLinear
+
+
 def use_onednn_linears(model: torch.nn.Module) -> int:
-    """Turn the model's plain float32 CPU nn.Linear modules into OneDnnLinear, in place; returns
-    how many. Subclasses of nn.Linear (quantized layers, peft's wrappers) are left as they are."""
+    """Turn the model's plain float32 CPU nn.Linear modules into OneDnnLinear and peft's LoRA
+    Linear layers into OneDnnLoraLinear, in place; returns how many modules changed. Other
+    subclasses of nn.Linear (quantized layers) are left as they are."""
     if not onednn_available():
         return 0
+    peft_lora, onednn_lora = _lora_linear_class()
     count = 0
     for module in model.modules():
         if (type(module) is torch.nn.Linear and module.weight.dtype == torch.float32
                 and module.weight.device.type == "cpu"):
             module.__class__ = OneDnnLinear
+            count += 1
+        elif type(module) is peft_lora:
+            module.__class__ = onednn_lora
             count += 1
     return count
 

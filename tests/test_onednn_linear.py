@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from grpo.model import attach_lora, load_model_and_tokenizer, lora_folded_for_sampling
-from grpo.onednn_linear import OneDnnLinear, is_plain_linear, onednn_available, onednn_linear, use_onednn_linears
+from grpo.onednn_linear import (OneDnnLinear, is_plain_linear, onednn_available, onednn_linear,
+                                use_onednn_linears)
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
 
@@ -78,13 +79,18 @@ def test_swapped_lora_model_matches_and_still_folds(tiny_model_dir):
     model.zero_grad()
 
     assert use_onednn_linears(model) > 0
-    assert type(model.base_model.model.model.layers[0].self_attn.q_proj.base_layer) is OneDnnLinear
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == "OneDnnLoraLinear" and type(q_proj.base_layer) is OneDnnLinear
     logits = model(input_ids=ids).logits
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     logits.float().pow(2).mean().backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, want_grads[name], rtol=1e-3, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+        with model.disable_adapter():
+            assert (model(input_ids=ids).logits - expected).abs().max() > 1e-2  # the adapter is off
     with torch.no_grad(), lora_folded_for_sampling(model):  # folding still applies to the swapped layers
         assert model.base_model.model.model.layers[0].self_attn.q_proj.disable_adapters
         torch.testing.assert_close(model(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
