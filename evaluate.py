@@ -271,6 +271,8 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(args.adapter)).eval()
+        if device == "cpu":
+            use_onednn_linears(model)  # the adapter's layers too
         runs += [evaluate_setting(model, tokenizer, rows, "trained", n_shot, args) for n_shot in args.shots]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "compare"}
     return {**settings, "device": device, "dtype": dtype, "stop_strings": list(STOP_STRINGS),
