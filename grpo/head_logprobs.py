@@ -32,17 +32,18 @@ def can_fuse_head(head: torch.nn.Module) -> bool:
             and not hasattr(head.weight, "ds_id"))
 
 
-def _head_pass(hidden, weight, tokens, temperature, chunk_tokens, with_grad):
+def _head_pass(hidden, weight, tokens, temperature, chunk_tokens, with_grad, onednn=False):
     """hidden (N, H), tokens (N,) -> log-probs (N,) float32 and, if with_grad, d logp / d hidden (N, H).
 
     A chunk's (log-)softmax goes into a reused float32 buffer written with out=: fresh (chunk, V)
     tensors, as torch.logsumexp makes inside, cost page faults on every chunk (a 1,024 x 49,152
-    logsumexp: 72 ms, against 13 ms for a log_softmax into a buffer). The products run on
-    oneDNN in float32 on CPU (grpo/onednn_linear.py), whose logits are a fresh tensor: chunks of
+    logsumexp: 72 ms, against 13 ms for a log_softmax into a buffer). With onednn the float32
+    CPU products run on oneDNN (grpo/onednn_linear.py), whose logits are a fresh tensor: chunks of
     128 tokens (25 MB) are reused by malloc, where 512-token ones are mapped and faulted in anew
     (3,700 tokens: 0.66 s against 0.78 s without the gradient, 1.29 s against 1.39 s with it).
     """
     n, vocab = tokens.shape[0], weight.shape[0]
+    product = onednn_linear if onednn else torch.nn.functional.linear
     logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
     grads = torch.empty_like(hidden) if with_grad else None
     softmax_buffer = torch.empty(min(chunk_tokens, n), vocab, dtype=torch.float32, device=hidden.device)
@@ -50,21 +51,21 @@ def _head_pass(hidden, weight, tokens, temperature, chunk_tokens, with_grad):
         h, y = hidden[start : start + chunk_tokens], tokens[start : start + chunk_tokens]  # (c, H), (c,)
         rows = slice(start, start + h.shape[0])
         out = softmax_buffer[: h.shape[0]]  # (c, V)
-        logits = onednn_linear(h, weight).float()  # (c, V)
+        logits = product(h, weight).float()  # (c, V)
         if temperature != 1.0:
             logits.div_(temperature)
         torch.log_softmax(logits, dim=-1, out=out)
         logps[rows] = out.gather(-1, y.unsqueeze(-1)).squeeze(-1)
         if with_grad:
             probs = torch.softmax(logits, dim=-1, out=out).to(weight.dtype)
-            grads[rows] = (weight[y] - onednn_linear(probs, weight.t())) / temperature  # (c, V) @ (V, H)
+            grads[rows] = (weight[y] - product(probs, weight.t())) / temperature  # (c, V) @ (V, H)
     return logps, grads
 
 
 class _FrozenHeadLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, tokens, temperature, chunk_tokens):
-        logps, grads = _head_pass(hidden, weight, tokens, temperature, chunk_tokens, with_grad=True)
+    def forward(ctx, hidden, weight, tokens, temperature, chunk_tokens, onednn):
+        logps, grads = _head_pass(hidden, weight, tokens, temperature, chunk_tokens, True, onednn)
         ctx.save_for_backward(grads)
         return logps
 
@@ -72,17 +73,18 @@ class _FrozenHeadLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logp):
         (grad_per_token,) = ctx.saved_tensors  # (N, H)
         grad_hidden = grad_per_token * grad_logp.unsqueeze(-1).to(grad_per_token.dtype)
-        return grad_hidden, None, None, None, None
+        return grad_hidden, None, None, None, None, None
 
 
 def frozen_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
                          temperature: float = 1.0, chunk_tokens: int = 128,
-                         mask: torch.Tensor | None = None) -> torch.Tensor:
+                         mask: torch.Tensor | None = None, onednn: bool = False) -> torch.Tensor:
     """log softmax(hidden @ weight.T / temperature)[tokens], float32, differentiable in hidden.
 
     hidden (B, T, H); weight (V, H), frozen; tokens (B, T) int; mask (B, T), optional: only
     its nonzero positions are computed (completion padding is skipped), the others are 0 with
     no gradient. Returns (B, T).
+    onednn: float32 CPU products on oneDNN (grpo/onednn_linear.py), as the head's own layer does.
     Peak extra memory: two (chunk_tokens, V) float32 blocks. The gradient is only made when
     autograd will ask for it (grad enabled and hidden requires it).
     """
@@ -98,9 +100,9 @@ def frozen_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: tor
     if flat_tokens.numel() == 0:  # nothing to score: zeros that still lead back to hidden for backward()
         return hidden.float().sum(-1) * 0
     if torch.is_grad_enabled() and hidden.requires_grad:
-        logps = _FrozenHeadLogprobs.apply(flat_hidden, weight, flat_tokens, temperature, chunk_tokens)
+        logps = _FrozenHeadLogprobs.apply(flat_hidden, weight, flat_tokens, temperature, chunk_tokens, onednn)
     else:
-        logps, _ = _head_pass(flat_hidden, weight, flat_tokens, temperature, chunk_tokens, with_grad=False)
+        logps, _ = _head_pass(flat_hidden, weight, flat_tokens, temperature, chunk_tokens, False, onednn)
     if mask is not None:
         logps = logps.new_zeros(tokens.numel()).scatter(0, kept, logps)
     return logps.view(tokens.shape)

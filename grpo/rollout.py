@@ -23,6 +23,7 @@ import torch.utils.checkpoint
 from grpo.head_logprobs import can_fuse_head, frozen_head_logprobs
 from grpo.kv_cache import empty_in_place_cache, grow_in_place
 from grpo.loss import token_logprobs
+from grpo.onednn_linear import OneDnnLinear
 from grpo.prefix_attention import SharedPrefix, decode_with_shared_prefix, supports_shared_prefix
 
 
@@ -403,7 +404,8 @@ def completion_logprobs(
     if can_fuse_head(head):
         # Padding after a finished completion gets no logits (0 there, as the loss masks it anyway).
         mask = batch.completion_mask.to(device)
-        return frozen_head_logprobs(hidden, head.weight, completion_ids, temperature, mask=mask)
+        return frozen_head_logprobs(hidden, head.weight, completion_ids, temperature, mask=mask,
+                                    onednn=isinstance(head, OneDnnLinear))
     logps = []
     for h, t in zip(hidden.split(chunk_rows), completion_ids.split(chunk_rows)):
         if torch.is_grad_enabled():

@@ -32,7 +32,8 @@ def textbook(hidden, weight, tokens, temperature):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("chunk_tokens", [1, 6, 64])  # 35 tokens: one per chunk, a ragged last chunk, one chunk
-def test_matches_autograd_through_a_full_log_softmax(dtype, tol, chunk_tokens):
+@pytest.mark.parametrize("onednn", [False, True])  # float32 products on oneDNN (bfloat16 runs F.linear either way)
+def test_matches_autograd_through_a_full_log_softmax(dtype, tol, chunk_tokens, onednn):
     torch.manual_seed(0)
     weight = torch.randn(50, 16).to(dtype)
     hidden = torch.randn(5, 7, 16).to(dtype)
@@ -40,7 +41,7 @@ def test_matches_autograd_through_a_full_log_softmax(dtype, tol, chunk_tokens):
     upstream = torch.randn(5, 7)  # a loss's gradient in the log-probs, ragged in sign and size
 
     fused_h = hidden.clone().requires_grad_()
-    fused = frozen_head_logprobs(fused_h, weight, tokens, 0.7, chunk_tokens)
+    fused = frozen_head_logprobs(fused_h, weight, tokens, 0.7, chunk_tokens, onednn=onednn)
     (fused * upstream).sum().backward()
     plain_h = hidden.clone().requires_grad_()
     plain = textbook(plain_h, weight, tokens, 0.7)
@@ -51,7 +52,8 @@ def test_matches_autograd_through_a_full_log_softmax(dtype, tol, chunk_tokens):
     assert fused_h.grad.dtype == dtype
     torch.testing.assert_close(fused_h.grad.float(), plain_h.grad.float(), atol=tol, rtol=tol)
     with torch.no_grad():  # the log-probs alone, no gradient made
-        torch.testing.assert_close(frozen_head_logprobs(hidden, weight, tokens, 0.7, chunk_tokens), fused)
+        torch.testing.assert_close(frozen_head_logprobs(hidden, weight, tokens, 0.7, chunk_tokens, onednn=onednn),
+                                   fused)
 
 
 def test_refuses_a_trainable_head_and_says_which_heads_fuse():
