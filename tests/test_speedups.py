@@ -1,5 +1,5 @@
 """The fast paths of the update (shared prompt prefix, chunked and checkpointed LM-head log-probs,
-micro-batches) leave training unchanged: three real steps of frozen_logprobs + policy_update are
+micro-batches, oneDNN linear and LoRA layers) leave training unchanged: three real steps of frozen_logprobs + policy_update are
 compared with the same steps written the plain way here: one sequence at a time, the full
 prompt + completion forward, a full-vocabulary log_softmax, and the GRPO loss spelled out.
 """
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from grpo.model import attach_lora, load_model_and_tokenizer, trainable_parameters
+from grpo.onednn_linear import onednn_available, use_onednn_linears
 from grpo.rollout import CompletionScorer, SamplingParams, generate
 from grpo.update import LocalOptimizerStep, LossSettings, frozen_logprobs, policy_update
 
@@ -47,11 +48,17 @@ def plain_step(model, optimizer, prompts, completions, advantages) -> float:
     return total
 
 
-def test_fast_update_matches_plain_per_sequence_update(tiny_model_dir):
+@pytest.mark.parametrize("onednn", [
+    False,
+    pytest.param(True, marks=pytest.mark.skipif(not onednn_available(), reason="no oneDNN in this PyTorch")),
+])
+def test_fast_update_matches_plain_per_sequence_update(tiny_model_dir, onednn):
     base, tokenizer = load_model_and_tokenizer(tiny_model_dir)
     torch.manual_seed(0)
     fast = attach_lora(base, 4, 8, 0.0, ("q_proj", "v_proj", "up_proj", "down_proj")).train()
     plain = copy.deepcopy(fast)
+    if onednn:  # the fast side's linear and LoRA layers on oneDNN (what train.py does on CPU)
+        assert use_onednn_linears(fast) > 0
     # SGD, not AdamW: Adam's first step is lr * sign(grad), so float noise in a near-zero
     # gradient would flip a weight by a whole lr; SGD keeps the comparison linear in the gradient.
     opt_fast = torch.optim.SGD(trainable_parameters(fast), lr=LR)
