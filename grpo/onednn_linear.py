@@ -108,12 +108,14 @@ class _OneDnnLoraFunction(torch.autograd.Function):
         x, a, weight, lora_a, lora_b = ctx.saved_tensors
         s = ctx.scaling
         g = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
-        g_b = g @ lora_b  # (M, r)
+        # The thin products on oneDNN where it was faster than MKL (g B: 0.16 vs 0.33 ms,
+        # gB^T x: 0.08-0.15 vs 0.13-0.41 ms at M = 1,008), g^T a on MKL (0.5 vs 1.1 ms).
+        g_b = _onednn_mm(g, lora_b.t())  # (M, r)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = _onednn_mm(grad_y, weight.t())  # (..., K), contiguous
             grad_x.view(-1, grad_x.shape[-1]).addmm_(g_b, lora_a, alpha=s)
-        grad_a = (g_b.t() @ x.reshape(-1, x.shape[-1])).mul_(s)  # (r, K)
+        grad_a = _onednn_mm(g_b.t(), x.reshape(-1, x.shape[-1]).t()).mul_(s)  # (r, M) @ (M, K)
         grad_b = (g.t() @ a.reshape(-1, a.shape[-1])).mul_(s)  # (N, r)
         return grad_x, None, None, grad_a, grad_b, None
 
