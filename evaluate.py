@@ -261,7 +261,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     model.eval()
-    if device == "cpu" and dtype == "float32":
+    if device == "cpu":
         use_onednn_linears(model)  # float32 products on AVX-512 (grpo/onednn_linear.py)
     torch.manual_seed(args.seed)
     runs = []
@@ -271,7 +271,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(args.adapter)).eval()
-        if device == "cpu" and dtype == "float32":
+        if device == "cpu":
             use_onednn_linears(model)  # the adapter's layers too
         runs += [evaluate_setting(model, tokenizer, rows, "trained", n_shot, args) for n_shot in args.shots]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "compare"}

@@ -86,7 +86,7 @@ def build_policy(cfg: Config, device: torch.device | None):
         model = attach_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
     elif cfg.train.beta > 0:  # full fine-tuning: the reference must be a separate frozen copy
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-    if m.cpu_matmul == "onednn" and m.dtype == "float32" and device is not None and device.type == "cpu":
+    if m.cpu_matmul == "onednn" and device is not None and device.type == "cpu":
         use_onednn_linears(model)  # float32 products on AVX-512 (grpo/onednn_linear.py)
         if reference is not None:
             use_onednn_linears(reference)
