@@ -225,6 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="auto = bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
+    parser.add_argument("--cpu-matmul", default="auto", choices=("auto", "onednn", "torch"),
+                        help="float32 products on CPU, as model.cpu_matmul in train.py")
     parser.add_argument("--pass-k", type=int, help="also report pass@k from --num-samples sampled completions")
     parser.add_argument("--num-samples", type=int, help="samples per problem for pass@k (default: k)")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature for pass@k")
@@ -253,7 +255,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_evaluation(args: argparse.Namespace) -> dict:
     from grpo.model import load_model_and_tokenizer
-    from grpo.onednn_linear import use_onednn_linears
+    from grpo.onednn_linear import onednn_plan, use_onednn_linears
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = ("bfloat16" if device.startswith("cuda") else "float32") if args.dtype == "auto" else args.dtype
@@ -261,8 +263,9 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     model.eval()
-    if device == "cpu":
-        use_onednn_linears(model)  # float32 products on AVX-512 (grpo/onednn_linear.py)
+    plan = onednn_plan(args.cpu_matmul) if device == "cpu" else None
+    if plan:
+        use_onednn_linears(model, plan)  # float32 products on oneDNN (grpo/onednn_linear.py)
     torch.manual_seed(args.seed)
     runs = []
     if not args.skip_base:
@@ -271,8 +274,8 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(args.adapter)).eval()
-        if device == "cpu":
-            use_onednn_linears(model)  # the adapter's layers too
+        if plan:
+            use_onednn_linears(model, plan)  # the adapter's layers too
         runs += [evaluate_setting(model, tokenizer, rows, "trained", n_shot, args) for n_shot in args.shots]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "compare"}
     return {**settings, "device": device, "dtype": dtype, "stop_strings": list(STOP_STRINGS),

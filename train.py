@@ -35,7 +35,7 @@ from grpo.config import Config, ConfigError, load_config, to_dict
 from grpo.distributed import World
 from grpo.evaluation import evaluate_rows
 from grpo.loss import group_advantages
-from grpo.onednn_linear import use_onednn_linears
+from grpo.onednn_linear import onednn_plan, use_onednn_linears
 from grpo.model import (attach_lora, load_model_and_tokenizer, lora_folded_for_sampling, resolve_source,
                         save_merged, trainable_parameters)
 from grpo.rollout import CompletionScorer, SamplingParams, concat_batches, generate
@@ -86,10 +86,11 @@ def build_policy(cfg: Config, device: torch.device | None):
         model = attach_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
     elif cfg.train.beta > 0:  # full fine-tuning: the reference must be a separate frozen copy
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-    if m.cpu_matmul == "onednn" and device is not None and device.type == "cpu":
-        use_onednn_linears(model)  # float32 products on AVX-512 (grpo/onednn_linear.py)
+    plan = onednn_plan(m.cpu_matmul)
+    if plan and device is not None and device.type == "cpu":
+        use_onednn_linears(model, plan)  # float32 products on oneDNN (grpo/onednn_linear.py)
         if reference is not None:
-            use_onednn_linears(reference)
+            use_onednn_linears(reference, plan)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -22,15 +22,16 @@ from grpo import scoring, shaping
 from grpo.config import config_from_dict
 from grpo.loss import group_advantages
 from grpo.model import trainable_parameters
+from grpo.onednn_linear import onednn_plan
 from grpo.rollout import CompletionScorer, SamplingParams, generate
 from grpo.update import LocalOptimizerStep, frozen_logprobs, policy_update
 
 
-def bench_config(w, s: Shared, steps: int, dtype: str = "float32"):
+def bench_config(w, s: Shared, steps: int, dtype: str = "float32", cpu_matmul: str = "auto"):
     return config_from_dict({
         "model": {"name": "smollm2-135m-demo", "dtype": dtype, "use_lora": True, "lora_r": s.lora_r,
                   "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
-                  "lora_target_modules": list(s.lora_modules)},
+                  "lora_target_modules": list(s.lora_modules), "cpu_matmul": cpu_matmul},
         "data": {"task": w.task, "n_shot": w.n_shot, "prompt_style": "chat"},
         "rollout": {"group_size": w.group_size, "temperature": s.temperature, "top_p": s.top_p,
                     "max_new_tokens": w.max_new_tokens, "stop_strings": []},
@@ -66,10 +67,11 @@ class Timers:
         self.backward = self.optimizer = 0.0
 
 
-def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads: int = 2) -> dict:
+def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads: int = 2,
+        cpu_matmul: str = "auto") -> dict:
     w, s = WORKLOADS[workload], Shared()
     torch.set_num_threads(threads)
-    cfg = bench_config(w, s, steps + warmup, dtype)
+    cfg = bench_config(w, s, steps + warmup, dtype, cpu_matmul)
     t, r = cfg.train, cfg.rollout
     train.seed_everything(t.seed)
     reward_fns = scoring.build_rewards(cfg.rewards)
@@ -118,14 +120,19 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
         })
         print(f"ours step {step}: {t4 - t0:.2f} s {json.dumps(records[-1]['phases_s'])}", flush=True)
     return {"side": "ours", "workload": workload, "dtype": dtype, "steps": records,
+            "cpu_matmul": cpu_matmul, "onednn_plan": onednn_plan(cpu_matmul),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "torch_threads": torch.get_num_threads(), "versions": {"torch": torch.__version__}}
 
 
 def main(argv=None):
     parser = child_parser(__doc__)
+    parser.add_argument("--cpu-matmul", default="auto", choices=["auto", "onednn", "torch"],
+                        help="model.cpu_matmul (grpo/onednn_linear.py)")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.workload, args.steps, args.warmup, args.dtype, threads=args.threads)))
+    print(json.dumps(run(args.workload, args.steps, args.warmup, args.dtype, threads=args.threads,
+                         cpu_matmul=args.cpu_matmul)))
 
 
 if __name__ == "__main__":

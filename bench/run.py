@@ -141,6 +141,8 @@ def main(argv=None):
                         help="TRL with gradient checkpointing (its default); ours never uses it")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="model weights on both sides (LoRA adapters stay float32), and the GEMM peak's dtype")
+    parser.add_argument("--cpu-matmul", default="auto", choices=["auto", "onednn", "torch"],
+                        help="our side's model.cpu_matmul (TRL runs PyTorch's default products)")
     parser.add_argument("--out", help="JSON results path (default bench-results/<timestamp>.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -149,6 +151,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"started_utc": stamp, "host_cpus": os.cpu_count(), "torch": torch.__version__,
               "steps": args.steps, "warmup": args.warmup, "threads": args.threads, "dtype": args.dtype,
+              "cpu_matmul": args.cpu_matmul, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "workloads": {}}
     for name in args.workload:
         w = WORKLOADS[name]
@@ -160,7 +163,8 @@ def main(argv=None):
                   f"load {os.getloadavg()[0]:.2f})", flush=True)
             res = run_child(side, name, args.steps, args.warmup, args.threads, out.with_name(f"{out.stem}-{name}-{side}.log"),
                             ("--dtype", args.dtype,
-                             *(("--gradient-checkpointing",) if side == "trl" and args.trl_gradient_checkpointing else ())))
+                             *(("--gradient-checkpointing",) if side == "trl" and args.trl_gradient_checkpointing else ()),
+                             *(("--cpu-matmul", args.cpu_matmul) if side == "ours" else ())))
             res["gemm"] = gemm
             res["summary"] = summarize(res, w.group_size) if "error" not in res else {}
             entry["sides"][side] = res

@@ -36,7 +36,9 @@ class ModelConfig:
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
     )
     gradient_checkpointing: bool = False  # trade compute for activation memory
-    cpu_matmul: str = "onednn"  # float32 products on CPU: onednn (AVX-512 on any CPU) | torch (MKL)
+    # float32 products on CPU: auto (oneDNN where the CPU has AVX-512, else the output head only:
+    # grpo/onednn_linear.py onednn_plan) | onednn (all of them) | torch (MKL)
+    cpu_matmul: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,8 @@ def validate(c: Config) -> None:
     m, d, r, t, lg = c.model, c.data, c.rollout, c.train, c.log
     _require(m.dtype in ("float32", "bfloat16", "float16"),
              f"model.dtype={m.dtype!r}: use float32, bfloat16 or float16")
-    _require(m.cpu_matmul in ("onednn", "torch"), f"model.cpu_matmul={m.cpu_matmul!r}: use onednn or torch")
+    _require(m.cpu_matmul in ("auto", "onednn", "torch"),
+             f"model.cpu_matmul={m.cpu_matmul!r}: use auto, onednn or torch")
     _require(not m.load_in_4bit or m.use_lora,
              "model.load_in_4bit=true needs model.use_lora=true (4-bit weights cannot be trained)")
     _require(m.lora_r > 0 and m.lora_alpha > 0, "model.lora_r and model.lora_alpha must be > 0")

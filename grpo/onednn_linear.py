@@ -6,7 +6,8 @@ inside PyTorch for bfloat16 products, runs AVX-512 on any CPU that has it. Measu
 AMD EPYC (Zen 5, AVX-512): a 2,048^3 product 205 GFLOP/s with MKL against 461 with oneDNN;
 the SmolLM2-135M shapes (4,000 x 576 -> 1,536 and back) 200 against 455-468; the LM head at
 64 rows 123 against 350. Results agree with MKL's to float32 rounding (different summation
-order). On Intel CPUs the two are about equal, and on GPUs none of this applies.
+order). Without AVX-512 MKL is the faster one except for the wide output head (`onednn_plan`);
+Intel CPUs were not measured; on GPUs none of this applies.
 
 `OneDnnLinear` is an nn.Linear whose forward and backward use oneDNN when its input and weight
 are float32 on the CPU (anything else runs nn.Linear's own forward). `OneDnnLoraLinear` is
@@ -157,13 +158,39 @@ def _lora_linear_class():
     return PeftLoraLinear, OneDnnLoraLinear
 
 
-def use_onednn_linears(model: torch.nn.Module) -> int:
+def onednn_plan(cpu_matmul: str) -> str | None:
+    """Which float32 CPU linears `cpu_matmul` (model.cpu_matmul) puts on oneDNN: "all", "head"
+    (the output head only) or None.
+
+    auto decides by the CPU. With AVX-512 all of them: 2.2x MKL on Zen 5, where MKL runs AVX2.
+    Without it MKL was faster for the layers' products (2-core AMD EPYC Zen 3, AVX2: 64 x 576
+    -> 1,536 at 73 GFLOP/s against 65, 4,000 rows 174 against 149) but oneDNN still won on the
+    wide output head (64 x 576 -> 49,152: 113 against 82; 128 rows: 137 against 100), so the
+    head alone moves there.
+    """
+    if cpu_matmul == "torch" or not onednn_available():
+        return None
+    if cpu_matmul == "onednn" or torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return "all"
+    return "head"
+
+
+def use_onednn_linears(model: torch.nn.Module, which: str = "all") -> int:
     """Turn the model's float32 CPU nn.Linear modules into OneDnnLinear and peft's LoRA Linear
     layers over float32 weights into OneDnnLoraLinear, in place; returns how many modules
-    changed. Other subclasses of nn.Linear (quantized layers) are left as they are, and so are
-    the float32 adapters of a LoRA layer over bfloat16 weights: those products already run on
-    oneDNN, and the adapters' thin products were slower this way (decoding 12% slower, measured)."""
+    changed. which="head": only the output head (model.get_output_embeddings()). Other
+    subclasses of nn.Linear (quantized layers) are left as they are, and so are the float32
+    adapters of a LoRA layer over bfloat16 weights: those products already run on oneDNN, and
+    the adapters' thin products were slower this way (decoding 12% slower, measured)."""
+    if which not in ("all", "head"):
+        raise ValueError(f"which={which!r}: use all or head")
     if not onednn_available():
+        return 0
+    if which == "head":
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if _swappable(head):
+            head.__class__ = OneDnnLinear
+            return 1
         return 0
     peft_lora, onednn_lora = _lora_linear_class()
     lora_layers = [m for m in model.modules() if type(m) is peft_lora]
@@ -171,8 +198,7 @@ def use_onednn_linears(model: torch.nn.Module) -> int:
             for adapter in (*layer.lora_A.values(), *layer.lora_B.values())}
     count = 0
     for module in model.modules():
-        if (type(module) is torch.nn.Linear and module.weight.dtype == torch.float32
-                and module.weight.device.type == "cpu" and id(module) not in keep):
+        if _swappable(module) and id(module) not in keep:
             module.__class__ = OneDnnLinear
             count += 1
     for layer in lora_layers:
@@ -180,6 +206,11 @@ def use_onednn_linears(model: torch.nn.Module) -> int:
             layer.__class__ = onednn_lora
             count += 1
     return count
+
+
+def _swappable(module) -> bool:
+    return (type(module) is torch.nn.Linear and module.weight.dtype == torch.float32
+            and module.weight.device.type == "cpu")
 
 
 def is_plain_linear(module: torch.nn.Module) -> bool:

@@ -41,7 +41,7 @@ def test_overrides_are_typed_and_yaml_parsed():
         ("rollout.group_size=1", "at least 2"),
         ("model.load_in_4bit=true", None),  # allowed: LoRA is on by default
         ("variants.policy_loss=ppo2", "use ppo, dual_clip or gspo"),
-        ("model.cpu_matmul=mkl", "use onednn or torch"),
+        ("model.cpu_matmul=mkl", "use auto, onednn or torch"),
         ("train.loss_aggregation=sum", "seq-mean-token-mean"),
         ("beta=0", "expected section.key=value"),
     ],

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from grpo.model import attach_lora, load_model_and_tokenizer, lora_folded_for_sampling
-from grpo.onednn_linear import (OneDnnLinear, is_plain_linear, onednn_available, onednn_linear,
+from grpo.onednn_linear import (OneDnnLinear, is_plain_linear, onednn_available, onednn_linear, onednn_plan,
                                 use_onednn_linears)
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
@@ -102,3 +102,31 @@ def test_bfloat16_lora_model_is_left_alone(tiny_model_dir):
     model = attach_lora(base, 4, 8, 0.0, ("q_proj", "v_proj"))
     assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.dtype == torch.float32
     assert use_onednn_linears(model) == 0
+
+
+def test_head_only_swaps_the_output_head_of_a_lora_model(tiny_model_dir):
+    base, _ = load_model_and_tokenizer(tiny_model_dir)
+    model = attach_lora(base, 4, 8, 0.0, ("q_proj", "v_proj"))
+    ids = torch.tensor([[65, 66, 67, 68, 69]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    assert use_onednn_linears(model, "head") == 1
+    assert type(model.get_output_embeddings()) is OneDnnLinear
+    assert not any(type(m) is OneDnnLinear for name, m in model.named_modules() if "lm_head" not in name)
+    assert use_onednn_linears(model, "head") == 0  # already swapped
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="use all or head"):
+        use_onednn_linears(model, "body")
+
+
+@pytest.mark.parametrize("setting, capability, plan", [
+    ("torch", "AVX512", None),
+    ("onednn", "AVX2", "all"),
+    ("auto", "AVX512", "all"),  # oneDNN runs AVX-512 where MKL may not (AMD)
+    ("auto", "AVX2", "head"),  # MKL won the layers' products there, oneDNN the wide head
+    ("auto", "DEFAULT", "head"),
+])
+def test_plan_follows_the_setting_and_the_cpu(monkeypatch, setting, capability, plan):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert onednn_plan(setting) == plan
