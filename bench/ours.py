@@ -67,6 +67,27 @@ class Timers:
         self.backward = self.optimizer = 0.0
 
 
+class PrefillTimer:
+    """Seconds of the model's first call after arm(): generate's prompt pass (the rest of
+    generate is its decode steps)."""
+
+    def __init__(self, model):
+        self.seconds, self._armed, self._start = 0.0, False, 0.0
+        model.register_forward_pre_hook(self._before)
+        model.register_forward_hook(self._after)
+
+    def arm(self):
+        self.seconds, self._armed = 0.0, True
+
+    def _before(self, *_):
+        if self._armed:
+            self._start = time.perf_counter()
+
+    def _after(self, *_):
+        if self._armed:
+            self.seconds, self._armed = time.perf_counter() - self._start, False
+
+
 def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads: int = 2,
         cpu_matmul: str = "auto") -> dict:
     w, s = WORKLOADS[workload], Shared()
@@ -86,6 +107,7 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
     optimizer_step = LocalOptimizerStep(optimizer, scheduler, params, t.max_grad_norm)
     sampling = SamplingParams(r.temperature, r.top_p, r.max_new_tokens, tuple(r.stop_strings))
     timers = Timers(optimizer)
+    prefill = PrefillTimer(model)
 
     records = []
     for step in range(1, steps + warmup + 1):
@@ -93,6 +115,7 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
         t0 = time.perf_counter()
         indices = train.prompt_indices(len(rows), step, w.num_prompts, t.seed)
         seeds = [train.sampling_seed(t.seed, step, k) for k in range(len(indices))]
+        prefill.arm()
         with train.generation_mode(model, None):
             batch = generate(model, tokenizer, [tokens[i] for i in indices], r.group_size, sampling, seeds)
         t1 = time.perf_counter()
@@ -114,6 +137,7 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
             "phases_s": {"generate": t1 - t0, "reward_advantage": t2 - t1, "ref_logprobs": t3 - t2,
                          "update_forward_other": update - timers.backward - timers.optimizer,
                          "update_backward": timers.backward, "update_optimizer": timers.optimizer},
+            "generate_prefill_s": prefill.seconds,
             "prompt_lens": [len(tokens[i]) for i in indices],
             "completion_lens": batch.completion_mask.sum(1).int().tolist(),
             "loss": stats["loss"], "kl": stats["kl"], "reward_mean": total.mean().item(),
