@@ -53,8 +53,8 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> d
 
 def decode_products_gflops(shape: "Shape", rows: int, repeats: int = 5, dtype=torch.float32) -> dict:
     """GFLOP/s of one decode step's weight products alone, at `rows` rows: every layer's q, k,
-    v, o, gate, up, down products and the LM head, each group through its faster backend
-    (torch.mm's or oneDNN's, as model.cpu_matmul=auto picks them), the best of `repeats` runs.
+    v, o, gate, up, down products and the LM head, each of the two groups through whichever
+    backend (torch.mm's or oneDNN's) runs it faster here, the best of `repeats` runs.
     Random weights of the model's shapes, all layers held at once, so they stream from memory
     as in real decoding. Nothing else of a decode step (attention, norms, sampling) is in it,
     and the LoRA adapters are folded while sampling, so this bounds what decoding at this batch
