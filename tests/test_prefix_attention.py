@@ -22,12 +22,16 @@ def reference_attention(q, k, v, key_mask):
     return (torch.softmax(scores, -1) @ v).transpose(1, 2)  # (A, 1, H, D)
 
 
-def test_split_softmax_equals_attention_over_the_whole_sequence():
+@pytest.mark.parametrize("active", [
+    [0, 2, 3, 5],  # rows 1 and 4 finished earlier; row // group = prompt
+    [0, 1, 2, 3, 4, 5],  # every row still decoding (stacking is a reshape)
+])
+def test_split_softmax_equals_attention_over_the_whole_sequence(active):
     g, gen = torch.Generator().manual_seed(0), 3
     prompts, group, heads, kv_heads, dim, plen = 2, 3, 4, 2, 8, 5
     pk, pv = torch.randn(prompts, kv_heads, plen, dim, generator=g), torch.randn(prompts, kv_heads, plen, dim, generator=g)
     pmask = torch.tensor([[True] * 5, [False, False, True, True, True]])  # prompt 1 is left-padded
-    rows = torch.tensor([0, 2, 3, 5])  # rows 1 and 4 finished earlier; row // group = prompt
+    rows = torch.tensor(active)
     q = torch.randn(len(rows), heads, 1, dim, generator=g)
     sk, sv = torch.randn(len(rows), kv_heads, gen, dim, generator=g), torch.randn(len(rows), kv_heads, gen, dim, generator=g)
     prefix = SharedPrefix([pk], [pv], pmask, group, rows)
