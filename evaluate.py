@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import rewards
 from data import SHOT_COUNTS, STOP_STRINGS, STYLES, gsm8k_files, load_task, with_prompts
+from grpo.config import CPU_MATMUL
 
 logger = logging.getLogger("evaluate")
 
@@ -225,7 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="auto = bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
-    parser.add_argument("--cpu-matmul", default="auto", choices=("auto", "onednn", "torch"),
+    parser.add_argument("--cpu-matmul", default="auto", choices=CPU_MATMUL,
                         help="float32 products on CPU, as model.cpu_matmul in train.py")
     parser.add_argument("--pass-k", type=int, help="also report pass@k from --num-samples sampled completions")
     parser.add_argument("--num-samples", type=int, help="samples per problem for pass@k (default: k)")

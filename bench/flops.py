@@ -23,6 +23,17 @@ from dataclasses import dataclass
 import torch
 
 
+def _sorted_seconds(run, repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of run(), after one warm-up call, fastest first."""
+    run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return sorted(times)
+
+
 def gemm_peak_gflops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> dict:
     """GFLOP/s of an n x n x n matmul at the current torch thread count, through each backend
     this machine has: torch.mm (MKL for float32) and oneDNN. The peak is the best of all: on
@@ -37,13 +48,7 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> d
     flops = 2 * n**3
     per_backend = {}
     for name, product in backends.items():
-        product()  # warm-up
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            product()
-            times.append(time.perf_counter() - started)
-        times.sort()
+        times = _sorted_seconds(product, repeats)
         per_backend[name] = {"best_gflops": flops / times[0] / 1e9,
                              "median_gflops": flops / times[len(times) // 2] / 1e9}
     best = max(per_backend, key=lambda k: per_backend[k]["best_gflops"])
@@ -71,15 +76,8 @@ def decode_products_gflops(shape: "Shape", rows: int, repeats: int = 5, dtype=to
     seconds, report = 0.0, {"rows": rows}
     for group, products in groups.items():
         flops = 2 * rows * sum(w.numel() for _, w in products)
-        times = {}
-        for name, product in backends.items():
-            runs = []
-            for _ in range(repeats + 1):  # the first is a warm-up
-                started = time.perf_counter()
-                for x, w in products:
-                    product(x, w)
-                runs.append(time.perf_counter() - started)
-            times[name] = min(runs[1:])
+        times = {name: _sorted_seconds(lambda: [product(x, w) for x, w in products], repeats)[0]
+                 for name, product in backends.items()}
         best = min(times, key=times.get)
         seconds += times[best]
         report[group] = {"gflop": flops / 1e9, "backend": best,

@@ -19,7 +19,7 @@ import torch
 import train
 from bench.workloads import WORKLOADS, Shared, child_parser, load_rows
 from grpo import scoring, shaping
-from grpo.config import config_from_dict
+from grpo.config import CPU_MATMUL, config_from_dict
 from grpo.loss import group_advantages
 from grpo.model import trainable_parameters
 from grpo.onednn_linear import onednn_plan
@@ -152,7 +152,7 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
 
 def main(argv=None):
     parser = child_parser(__doc__)
-    parser.add_argument("--cpu-matmul", default="auto", choices=["auto", "onednn", "torch"],
+    parser.add_argument("--cpu-matmul", default="auto", choices=CPU_MATMUL,
                         help="model.cpu_matmul (grpo/onednn_linear.py)")
     args = parser.parse_args(argv)
     print(json.dumps(run(args.workload, args.steps, args.warmup, args.dtype, threads=args.threads,

@@ -28,6 +28,7 @@ import torch
 
 from bench.flops import Shape, decode_products_gflops, gemm_peak_gflops, step_flops
 from bench.workloads import WORKLOADS, Shared, describe
+from grpo.config import CPU_MATMUL
 
 CHILDREN = {"ours": "bench.ours", "trl": "bench.trl_side"}
 
@@ -85,9 +86,8 @@ def demo_shape() -> Shape:
     return Shape.from_config(AutoConfig.from_pretrained(demo_model_dir()), Shared().lora_r)
 
 
-def flops_report(result: dict, gemm: dict, group_size: int) -> dict:
+def flops_report(result: dict, gemm: dict, group_size: int, shape: Shape) -> dict:
     """Achieved FLOP/s of our step and its phases, as a fraction of the measured GEMM peak."""
-    shape = demo_shape()
     peak = gemm["best_gflops"] * 1e9
     totals, times = {}, {}
     for s in (s for s in result["steps"] if not s["warmup"]):
@@ -154,7 +154,7 @@ def main(argv=None):
                         help="TRL with gradient checkpointing (its default); ours never uses it")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="model weights on both sides (LoRA adapters stay float32), and the GEMM peak's dtype")
-    parser.add_argument("--cpu-matmul", default="auto", choices=["auto", "onednn", "torch"],
+    parser.add_argument("--cpu-matmul", default="auto", choices=CPU_MATMUL,
                         help="our side's model.cpu_matmul (TRL runs PyTorch's default products)")
     parser.add_argument("--out", help="JSON results path (default bench-results/<timestamp>.json)")
     args = parser.parse_args(argv)
@@ -190,8 +190,9 @@ def main(argv=None):
         if so and st:
             entry["speedup"] = st["step_s_mean"] / so["step_s_mean"]
         if so:
-            entry["ours_flops"] = flops_report(entry["sides"]["ours"], entry["sides"]["ours"]["gemm"], w.group_size)
-            ceiling = decode_products_gflops(demo_shape(), w.num_prompts * w.group_size, dtype=getattr(torch, args.dtype))
+            shape = demo_shape()
+            entry["ours_flops"] = flops_report(entry["sides"]["ours"], entry["sides"]["ours"]["gemm"], w.group_size, shape)
+            ceiling = decode_products_gflops(shape, w.num_prompts * w.group_size, dtype=getattr(torch, args.dtype))
             peak = entry["sides"]["ours"]["gemm"]["best_gflops"]
             entry["decode_ceiling"] = {**ceiling, "fraction_of_gemm_peak": ceiling["best_gflops"] / peak}
         out.write_text(json.dumps(report, indent=1))

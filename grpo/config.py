@@ -22,6 +22,9 @@ class ConfigError(ValueError):
     """A recipe or override that cannot run; the message names the key and the fix."""
 
 
+CPU_MATMUL = ("auto", "onednn", "torch")  # model.cpu_matmul (grpo/onednn_linear.py onednn_plan)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "smollm2-135m-demo"  # HF hub id, local HF folder, a .gguf file, or the demo alias
@@ -260,8 +263,7 @@ def validate(c: Config) -> None:
     m, d, r, t, lg = c.model, c.data, c.rollout, c.train, c.log
     _require(m.dtype in ("float32", "bfloat16", "float16"),
              f"model.dtype={m.dtype!r}: use float32, bfloat16 or float16")
-    _require(m.cpu_matmul in ("auto", "onednn", "torch"),
-             f"model.cpu_matmul={m.cpu_matmul!r}: use auto, onednn or torch")
+    _require(m.cpu_matmul in CPU_MATMUL, f"model.cpu_matmul={m.cpu_matmul!r}: use auto, onednn or torch")
     _require(not m.load_in_4bit or m.use_lora,
              "model.load_in_4bit=true needs model.use_lora=true (4-bit weights cannot be trained)")
     _require(m.lora_r > 0 and m.lora_alpha > 0, "model.lora_r and model.lora_alpha must be > 0")
