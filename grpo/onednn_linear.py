@@ -10,11 +10,12 @@ order). Without AVX-512 MKL is the faster one except for the wide output head (`
 Intel CPUs were not measured; on GPUs none of this applies.
 
 `OneDnnLinear` is an nn.Linear whose forward and backward use oneDNN when its input and weight
-are float32 on the CPU (anything else runs nn.Linear's own forward). `OneDnnLoraLinear` is
-peft's LoRA Linear with the same products, and the adapter's output added into the layer's by
-one accumulating product (peft writes B(A(x)), scales it and adds it: two more passes over the
-layer's output, and their gradients). `use_onednn_linears` turns a model's modules into these
-in place: same parameters, same state_dict, same peft behaviour otherwise.
+are float32 on the CPU (anything else runs nn.Linear's own forward). `FusedLoraLinear` is
+peft's LoRA Linear with the adapter's output added into the layer's by one accumulating product
+(peft writes B(A(x)), scales it and adds it: two more passes over the layer's output, and their
+gradients); `OneDnnLoraLinear` is the same with oneDNN's products. `use_onednn_linears` turns a
+model's modules into these in place: same parameters, same state_dict, same peft behaviour
+otherwise.
 """
 
 from __future__ import annotations
@@ -82,26 +83,29 @@ class OneDnnLinear(torch.nn.Linear):
         return onednn_linear(x, self.weight, self.bias)
 
 
-def _lora_forward(x, weight, bias, lora_a, lora_b, scaling):
-    """y = x W^T + b + s (x A^T) B^T -> (y, a = x A^T): B's product accumulates into y."""
-    a = _onednn_mm(x, lora_a)  # (..., r)
-    y = _onednn_mm(x, weight, bias)  # (..., N), contiguous
+def _lora_forward(x, weight, bias, lora_a, lora_b, scaling, product):
+    """y = x W^T + b + s (x A^T) B^T -> (y, a = x A^T): B's product accumulates into y.
+    product(x, w, bias=None): _onednn_mm or F.linear."""
+    a = product(x, lora_a)  # (..., r)
+    y = product(x, weight, bias)  # (..., N), contiguous
     y.view(-1, y.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), lora_b.t(), alpha=scaling)
     return y, a
 
 
-class _OneDnnLoraFunction(torch.autograd.Function):
+class _FusedLoraFunction(torch.autograd.Function):
     """LoRA over a frozen weight W (N, K): y = x W^T + b + s (x A^T) B^T, A (r, K), B (N, r).
 
     Backward, with g = dL/dy and gB = g B (M, r):
       dL/dx = g W + s gB A,   dL/dA = s gB^T x,   dL/dB = s g^T (x A^T)
+    Against peft's B(A(x)) * s + y, this saves the scaling and the sum (two passes over the
+    layer's (M, N) output) and, backward, their gradients and the sum of dL/dx's two parts.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
-        y, a = _lora_forward(x, weight, bias, lora_a, lora_b, scaling)
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, onednn):
+        y, a = _lora_forward(x, weight, bias, lora_a, lora_b, scaling, _onednn_mm if onednn else _torch_mm)
         ctx.save_for_backward(x, a, weight, lora_a, lora_b)
-        ctx.scaling = scaling
+        ctx.scaling, ctx.onednn = scaling, onednn
         return y
 
     @staticmethod
@@ -109,25 +113,33 @@ class _OneDnnLoraFunction(torch.autograd.Function):
         x, a, weight, lora_a, lora_b = ctx.saved_tensors
         s = ctx.scaling
         g = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
-        # The thin products on oneDNN where it was faster than MKL (g B: 0.16 vs 0.33 ms,
-        # gB^T x: 0.08-0.15 vs 0.13-0.41 ms at M = 1,008), g^T a on MKL (0.5 vs 1.1 ms).
-        g_b = _onednn_mm(g, lora_b.t())  # (M, r)
+        # On oneDNN the thin products run there where it was faster than MKL (g B: 0.16 vs
+        # 0.33 ms, gB^T x: 0.08-0.15 vs 0.13-0.41 ms at M = 1,008); g^T a on MKL (0.5 vs 1.1 ms).
+        product = _onednn_mm if ctx.onednn else _torch_mm
+        g_b = product(g, lora_b.t())  # (M, r)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn_mm(grad_y, weight.t())  # (..., K), contiguous
+            grad_x = product(grad_y, weight.t())  # (..., K), contiguous
             grad_x.view(-1, grad_x.shape[-1]).addmm_(g_b, lora_a, alpha=s)
-        grad_a = _onednn_mm(g_b.t(), x.reshape(-1, x.shape[-1]).t()).mul_(s)  # (r, M) @ (M, K)
+        grad_a = product(g_b.t(), x.reshape(-1, x.shape[-1]).t()).mul_(s)  # (r, M) @ (M, K)
         grad_b = (g.t() @ a.reshape(-1, a.shape[-1])).mul_(s)  # (N, r)
-        return grad_x, None, None, grad_a, grad_b, None
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _torch_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 @functools.cache
-def _lora_linear_class():
+def _lora_linear_classes():
     from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
-    class OneDnnLoraLinear(PeftLoraLinear):
-        """peft's LoRA Linear; plain LoRA over a frozen float32 CPU layer runs `_OneDnnLoraFunction`,
-        anything else (adapter disabled or merged, dropout, DoRA, several adapters) runs peft's forward."""
+    class FusedLoraLinear(PeftLoraLinear):
+        """peft's LoRA Linear; plain LoRA over a frozen float32 CPU layer runs `_FusedLoraFunction`
+        with PyTorch's products, anything else (adapter disabled or merged, dropout, DoRA,
+        several adapters) runs peft's forward."""
+
+        products_on_onednn = False
 
         def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             adapter = self._fused_adapter(x, args, kwargs)
@@ -137,8 +149,10 @@ def _lora_linear_class():
             lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
             scaling = self.scaling[adapter]
             if torch.is_grad_enabled() and (x.requires_grad or lora_a.requires_grad or lora_b.requires_grad):
-                return _OneDnnLoraFunction.apply(x, base.weight, base.bias, lora_a, lora_b, scaling)
-            return _lora_forward(x, base.weight, base.bias, lora_a, lora_b, scaling)[0]
+                return _FusedLoraFunction.apply(x, base.weight, base.bias, lora_a, lora_b, scaling,
+                                                self.products_on_onednn)
+            product = _onednn_mm if self.products_on_onednn else _torch_mm
+            return _lora_forward(x, base.weight, base.bias, lora_a, lora_b, scaling, product)[0]
 
         def _fused_adapter(self, x, args, kwargs) -> str | None:
             if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
@@ -155,7 +169,12 @@ def _lora_linear_class():
                 return None
             return adapter
 
-    return PeftLoraLinear, OneDnnLoraLinear
+    class OneDnnLoraLinear(FusedLoraLinear):
+        """FusedLoraLinear with its products on oneDNN."""
+
+        products_on_onednn = True
+
+    return PeftLoraLinear, FusedLoraLinear, OneDnnLoraLinear
 
 
 def onednn_plan(cpu_matmul: str) -> str | None:
@@ -166,7 +185,8 @@ def onednn_plan(cpu_matmul: str) -> str | None:
     Without it MKL was faster for the layers' products (2-core AMD EPYC Zen 3, AVX2: 64 x 576
     -> 1,536 at 73 GFLOP/s against 65, 4,000 rows 174 against 149) but oneDNN still won on the
     wide output head (64 x 576 -> 49,152: 113 against 82; 128 rows: 137 against 100), so the
-    head alone moves there.
+    head alone moves there (and the LoRA layers are fused on PyTorch's products: the update's
+    forward and backward 5% faster on workload a, 6.08 against 6.39 s per micro-batch).
     """
     if cpu_matmul == "torch" or not onednn_available():
         return None
@@ -178,33 +198,35 @@ def onednn_plan(cpu_matmul: str) -> str | None:
 def use_onednn_linears(model: torch.nn.Module, which: str = "all") -> int:
     """Turn the model's float32 CPU nn.Linear modules into OneDnnLinear and peft's LoRA Linear
     layers over float32 weights into OneDnnLoraLinear, in place; returns how many modules
-    changed. which="head": only the output head (model.get_output_embeddings()). Other
-    subclasses of nn.Linear (quantized layers) are left as they are, and so are the float32
-    adapters of a LoRA layer over bfloat16 weights: those products already run on oneDNN, and
-    the adapters' thin products were slower this way (decoding 12% slower, measured)."""
+    changed. which="head": only the output head (model.get_output_embeddings()) goes on oneDNN,
+    and the LoRA layers become FusedLoraLinear (the same fused adapter, PyTorch's products).
+    Other subclasses of nn.Linear (quantized layers) are left as they are, and so are the
+    float32 adapters of a LoRA layer over bfloat16 weights: those products already run on
+    oneDNN, and the adapters' thin products were slower this way (decoding 12% slower, measured)."""
     if which not in ("all", "head"):
         raise ValueError(f"which={which!r}: use all or head")
     if not onednn_available():
         return 0
+    peft_lora, fused_lora, onednn_lora = _lora_linear_classes()
+    lora_layers = [m for m in model.modules() if type(m) is peft_lora and m.base_layer.weight.dtype == torch.float32]
     if which == "head":
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if _swappable(head):
-            head.__class__ = OneDnnLinear
-            return 1
-        return 0
-    peft_lora, onednn_lora = _lora_linear_class()
-    lora_layers = [m for m in model.modules() if type(m) is peft_lora]
-    keep = {id(adapter) for layer in lora_layers if layer.base_layer.weight.dtype != torch.float32
-            for adapter in (*layer.lora_A.values(), *layer.lora_B.values())}
+        swapped = [head] if _swappable(head) else []
+        for module in swapped:
+            module.__class__ = OneDnnLinear
+        for layer in lora_layers:
+            layer.__class__ = fused_lora
+        return len(swapped) + len(lora_layers)
+    keep = {id(adapter) for m in model.modules() if type(m) is peft_lora and m.base_layer.weight.dtype != torch.float32
+            for adapter in (*m.lora_A.values(), *m.lora_B.values())}
     count = 0
     for module in model.modules():
         if _swappable(module) and id(module) not in keep:
             module.__class__ = OneDnnLinear
             count += 1
     for layer in lora_layers:
-        if layer.base_layer.weight.dtype == torch.float32:
-            layer.__class__ = onednn_lora
-            count += 1
+        layer.__class__ = onednn_lora
+        count += 1
     return count
 
 

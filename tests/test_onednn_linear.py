@@ -64,7 +64,11 @@ def test_swap_takes_plain_float32_linears_only():
     assert is_plain_linear(model[0]) and not is_plain_linear(model[1])
 
 
-def test_swapped_lora_model_matches_and_still_folds(tiny_model_dir):
+@pytest.mark.parametrize("which, lora_class, base_class", [
+    ("all", "OneDnnLoraLinear", OneDnnLinear),
+    ("head", "FusedLoraLinear", torch.nn.Linear),  # the fused adapter on PyTorch's products
+])
+def test_swapped_lora_model_matches_and_still_folds(tiny_model_dir, which, lora_class, base_class):
     base, tokenizer = load_model_and_tokenizer(tiny_model_dir)
     torch.manual_seed(0)
     model = attach_lora(base, 4, 8, 0.0, ("q_proj", "v_proj", "up_proj", "down_proj"))
@@ -78,9 +82,9 @@ def test_swapped_lora_model_matches_and_still_folds(tiny_model_dir):
     want_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
 
-    assert use_onednn_linears(model) > 0
+    assert use_onednn_linears(model, which) > 0
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
-    assert type(q_proj).__name__ == "OneDnnLoraLinear" and type(q_proj.base_layer) is OneDnnLinear
+    assert type(q_proj).__name__ == lora_class and type(q_proj.base_layer) is base_class
     logits = model(input_ids=ids).logits
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     logits.float().pow(2).mean().backward()
@@ -110,7 +114,8 @@ def test_head_only_swaps_the_output_head_of_a_lora_model(tiny_model_dir):
     ids = torch.tensor([[65, 66, 67, 68, 69]])
     with torch.no_grad():
         expected = model(input_ids=ids).logits
-    assert use_onednn_linears(model, "head") == 1
+    lora_layers = 2 * len(model.base_model.model.model.layers)
+    assert use_onednn_linears(model, "head") == 1 + lora_layers  # the head, and the LoRA layers fused
     assert type(model.get_output_embeddings()) is OneDnnLinear
     assert not any(type(m) is OneDnnLinear for name, m in model.named_modules() if "lm_head" not in name)
     assert use_onednn_linears(model, "head") == 0  # already swapped

@@ -1,5 +1,5 @@
 """The fast paths of the update (shared prompt prefix, chunked and checkpointed LM-head log-probs,
-micro-batches, oneDNN linear and LoRA layers) leave training unchanged: three real steps of frozen_logprobs + policy_update are
+micro-batches, oneDNN linear and fused LoRA layers) leave training unchanged: three real steps of frozen_logprobs + policy_update are
 compared with the same steps written the plain way here: one sequence at a time, the full
 prompt + completion forward, a full-vocabulary log_softmax, and the GRPO loss spelled out.
 """
@@ -49,16 +49,17 @@ def plain_step(model, optimizer, prompts, completions, advantages) -> float:
 
 
 @pytest.mark.parametrize("onednn", [
-    False,
-    pytest.param(True, marks=pytest.mark.skipif(not onednn_available(), reason="no oneDNN in this PyTorch")),
+    None,
+    *(pytest.param(plan, marks=pytest.mark.skipif(not onednn_available(), reason="no oneDNN in this PyTorch"))
+      for plan in ("all", "head")),
 ])
 def test_fast_update_matches_plain_per_sequence_update(tiny_model_dir, onednn):
     base, tokenizer = load_model_and_tokenizer(tiny_model_dir)
     torch.manual_seed(0)
     fast = attach_lora(base, 4, 8, 0.0, ("q_proj", "v_proj", "up_proj", "down_proj")).train()
     plain = copy.deepcopy(fast)
-    if onednn:  # the fast side's linear and LoRA layers on oneDNN (what train.py does on CPU)
-        assert use_onednn_linears(fast) > 0
+    if onednn:  # train.py's CPU plans: all linear and LoRA layers on oneDNN, or the head on oneDNN
+        assert use_onednn_linears(fast, onednn) > 0  # and the LoRA layers fused on PyTorch's products
     # SGD, not AdamW: Adam's first step is lr * sign(grad), so float noise in a near-zero
     # gradient would flip a weight by a whole lr; SGD keeps the comparison linear in the gradient.
     opt_fast = torch.optim.SGD(trainable_parameters(fast), lr=LR)
