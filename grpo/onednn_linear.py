@@ -85,7 +85,7 @@ class OneDnnLinear(torch.nn.Linear):
 
 def _lora_forward(x, weight, bias, lora_a, lora_b, scaling, product):
     """y = x W^T + b + s (x A^T) B^T -> (y, a = x A^T): B's product accumulates into y.
-    product(x, w, bias=None): _onednn_mm or F.linear."""
+    product(x, w, bias=None): F.linear or _onednn_mm."""
     a = product(x, lora_a)  # (..., r)
     y = product(x, weight, bias)  # (..., N), contiguous
     y.view(-1, y.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), lora_b.t(), alpha=scaling)
@@ -102,10 +102,10 @@ class _FusedLoraFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, onednn):
-        y, a = _lora_forward(x, weight, bias, lora_a, lora_b, scaling, _onednn_mm if onednn else _torch_mm)
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, product):
+        y, a = _lora_forward(x, weight, bias, lora_a, lora_b, scaling, product)
         ctx.save_for_backward(x, a, weight, lora_a, lora_b)
-        ctx.scaling, ctx.onednn = scaling, onednn
+        ctx.scaling, ctx.product = scaling, product
         return y
 
     @staticmethod
@@ -113,9 +113,9 @@ class _FusedLoraFunction(torch.autograd.Function):
         x, a, weight, lora_a, lora_b = ctx.saved_tensors
         s = ctx.scaling
         g = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
-        # With onednn, the thin products g B and gB^T x go there too (measured faster than MKL at
-        # M = 1,008: 0.16 vs 0.33 ms, 0.08-0.15 vs 0.13-0.41 ms); g^T a stays on MKL (0.5 vs 1.1 ms).
-        product = _onednn_mm if ctx.onednn else _torch_mm
+        # With oneDNN's product, the thin products g B and gB^T x go there too (measured faster than
+        # MKL at M = 1,008: 0.16 vs 0.33 ms, 0.08-0.15 vs 0.13-0.41 ms); g^T a stays on MKL (0.5 vs 1.1 ms).
+        product = ctx.product
         g_b = product(g, lora_b.t())  # (M, r)
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -124,10 +124,6 @@ class _FusedLoraFunction(torch.autograd.Function):
         grad_a = product(g_b.t(), x.reshape(-1, x.shape[-1]).t()).mul_(s)  # (r, M) @ (M, K)
         grad_b = (g.t() @ a.reshape(-1, a.shape[-1])).mul_(s)  # (N, r)
         return grad_x, None, None, grad_a, grad_b, None, None
-
-
-def _torch_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.nn.functional.linear(x, weight, bias)
 
 
 @functools.cache
@@ -139,7 +135,7 @@ def _lora_linear_classes():
         with PyTorch's products, anything else (adapter disabled or merged, dropout, DoRA,
         several adapters) runs peft's forward."""
 
-        products_on_onednn = False
+        product = staticmethod(torch.nn.functional.linear)  # (x, weight, bias=None) -> x W^T + b
 
         def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             adapter = self._fused_adapter(x, args, kwargs)
@@ -149,10 +145,8 @@ def _lora_linear_classes():
             lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
             scaling = self.scaling[adapter]
             if torch.is_grad_enabled() and (x.requires_grad or lora_a.requires_grad or lora_b.requires_grad):
-                return _FusedLoraFunction.apply(x, base.weight, base.bias, lora_a, lora_b, scaling,
-                                                self.products_on_onednn)
-            product = _onednn_mm if self.products_on_onednn else _torch_mm
-            return _lora_forward(x, base.weight, base.bias, lora_a, lora_b, scaling, product)[0]
+                return _FusedLoraFunction.apply(x, base.weight, base.bias, lora_a, lora_b, scaling, self.product)
+            return _lora_forward(x, base.weight, base.bias, lora_a, lora_b, scaling, self.product)[0]
 
         def _fused_adapter(self, x, args, kwargs) -> str | None:
             if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
@@ -172,7 +166,7 @@ def _lora_linear_classes():
     class OneDnnLoraLinear(FusedLoraLinear):
         """FusedLoraLinear with its products on oneDNN."""
 
-        products_on_onednn = True
+        product = staticmethod(_onednn_mm)
 
     return PeftLoraLinear, FusedLoraLinear, OneDnnLoraLinear
 
@@ -208,26 +202,20 @@ def use_onednn_linears(model: torch.nn.Module, which: str = "all") -> int:
     if not onednn_available():
         return 0
     peft_lora, fused_lora, onednn_lora = _lora_linear_classes()
-    lora_layers = [m for m in model.modules() if type(m) is peft_lora and m.base_layer.weight.dtype == torch.float32]
+    lora_layers = [m for m in model.modules() if type(m) is peft_lora]
+    float32_lora = [m for m in lora_layers if m.base_layer.weight.dtype == torch.float32]
     if which == "head":
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        swapped = [head] if _swappable(head) else []
-        for module in swapped:
-            module.__class__ = OneDnnLinear
-        for layer in lora_layers:
-            layer.__class__ = fused_lora
-        return len(swapped) + len(lora_layers)
-    keep = {id(adapter) for m in model.modules() if type(m) is peft_lora and m.base_layer.weight.dtype != torch.float32
-            for adapter in (*m.lora_A.values(), *m.lora_B.values())}
-    count = 0
-    for module in model.modules():
-        if _swappable(module) and id(module) not in keep:
-            module.__class__ = OneDnnLinear
-            count += 1
-    for layer in lora_layers:
-        layer.__class__ = onednn_lora
-        count += 1
-    return count
+        linears, lora_class = ([head] if _swappable(head) else []), fused_lora
+    else:
+        keep = {id(adapter) for m in lora_layers if m.base_layer.weight.dtype != torch.float32
+                for adapter in (*m.lora_A.values(), *m.lora_B.values())}
+        linears, lora_class = [m for m in model.modules() if _swappable(m) and id(m) not in keep], onednn_lora
+    for module in linears:
+        module.__class__ = OneDnnLinear
+    for layer in float32_lora:
+        layer.__class__ = lora_class
+    return len(linears) + len(float32_lora)
 
 
 def _swappable(module) -> bool:
