@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import rewards
 from data import SHOT_COUNTS, STOP_STRINGS, STYLES, gsm8k_files, load_task, with_prompts
-from grpo.config import CPU_MATMUL
+from grpo.runtime.config import CPU_MATMUL
 
 logger = logging.getLogger("evaluate")
 
@@ -255,8 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_evaluation(args: argparse.Namespace) -> dict:
-    from grpo.model import load_model_and_tokenizer
-    from grpo.onednn_linear import onednn_plan, use_onednn_linears
+    from grpo import speedups
+    from grpo.runtime.model import load_model_and_tokenizer
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = ("bfloat16" if device.startswith("cuda") else "float32") if args.dtype == "auto" else args.dtype
@@ -264,9 +264,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     model.eval()
-    plan = onednn_plan(args.cpu_matmul) if device == "cpu" else None
-    if plan:
-        use_onednn_linears(model, plan)  # float32 products on oneDNN (grpo/onednn_linear.py)
+    speedups.apply(model, device, args.cpu_matmul)  # this device's speed-ups, as in training
     torch.manual_seed(args.seed)
     runs = []
     if not args.skip_base:
@@ -275,8 +273,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(args.adapter)).eval()
-        if plan:
-            use_onednn_linears(model, plan)  # the adapter's layers too
+        speedups.apply(model, device, args.cpu_matmul)  # the adapter's layers too
         runs += [evaluate_setting(model, tokenizer, rows, "trained", n_shot, args) for n_shot in args.shots]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "compare"}
     return {**settings, "device": device, "dtype": dtype, "stop_strings": list(STOP_STRINGS),

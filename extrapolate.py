@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from grpo.extrapolate import (
+from grpo.research.extrapolate import (
     adapter_dirs,
     extrapolate_trajectory,
     load_adapter_snapshots,

@@ -39,7 +39,7 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> d
     this machine has: torch.mm (MKL for float32) and oneDNN. The peak is the best of all: on
     AVX-512 AMD CPUs oneDNN runs float32 about 2x faster than MKL (grpo/onednn_linear.py), and
     the peak must be the machine's, not one library's."""
-    from grpo.onednn_linear import _onednn_mm, onednn_available
+    from grpo.speedups.onednn_linear import _onednn_mm, onednn_available
 
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     backends = {"torch.mm": lambda: torch.mm(a, b)}
@@ -64,7 +64,7 @@ def decode_products_gflops(shape: "Shape", rows: int, repeats: int = 5, dtype=to
     as in real decoding. Nothing else of a decode step (attention, norms, sampling) is in it,
     and the LoRA adapters are folded while sampling, so this bounds what decoding at this batch
     size can reach with these GEMM libraries."""
-    from grpo.onednn_linear import _onednn_mm, onednn_available
+    from grpo.speedups.onednn_linear import _onednn_mm, onednn_available
 
     x_of = {i: torch.randn(rows, i, dtype=dtype) for i, _ in shape.layer_dims()}
     groups = {"layers": [(x_of[i], torch.randn(o, i, dtype=dtype))
@@ -123,7 +123,7 @@ def step_flops(shape: Shape, prompt_lens: list[int], completion_lens: list[int],
     pass, update forward / backward).
 
     Only the products that run are counted: the reference pass runs with the adapter off, and
-    float32 generation with it folded into the weights (grpo/model.py), so neither has LoRA
+    float32 generation with it folded into the weights (grpo/speedups/lora_fold.py), so neither has LoRA
     products unless lora_in_generation (bfloat16, where it is not folded). A row of n completion
     tokens takes n - 1 decode steps: the prompt pass makes the first token's logits.
     """

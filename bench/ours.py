@@ -1,8 +1,8 @@
 """This project's GRPO step on a benchmark workload, in its own process: `python -m bench.ours a`.
 
-The step is train.py's loop body, stage by stage, with the same functions (generate, the
-reward scoring, group_advantages, frozen_logprobs, policy_update) and a Config built the way
-a recipe is. Around them only timers: the update is split into backward (time inside
+The step is train.py's loop body, stage by stage, with the same package functions (generate,
+the reward scoring, group_advantages, frozen_logprobs, policy_update, the one-process backend)
+and a Config built the way a recipe is. Around them only timers: the update is split into backward (time inside
 `Tensor.backward`, which includes the recomputed LM-head chunks), optimizer (AdamW step,
 timed by optimizer hooks) and forward (the rest: forward passes, loss math, grad clipping).
 Prints one JSON object on the last line of stdout.
@@ -16,15 +16,19 @@ import time
 
 import torch
 
-import train
 from bench.workloads import WORKLOADS, Shared, child_parser, load_rows
-from grpo import scoring, shaping
-from grpo.config import CPU_MATMUL, config_from_dict
-from grpo.loss import group_advantages
-from grpo.model import trainable_parameters
-from grpo.onednn_linear import onednn_plan
-from grpo.rollout import CompletionScorer, SamplingParams, generate
-from grpo.update import LocalOptimizerStep, frozen_logprobs, policy_update
+from grpo.algorithm import group_advantages
+from grpo.rollout import generate, scoring
+from grpo.runtime.backends import SingleProcess
+from grpo.runtime.config import CPU_MATMUL, config_from_dict
+from grpo.runtime.distributed import World
+from grpo.runtime.model import trainable_parameters
+from grpo.speedups.onednn_linear import onednn_plan
+from grpo.training import shaping
+from grpo.training.policy import build_policy, make_optimizer, seed_everything
+from grpo.training.prompts import prompt_indices, sampling_seed, tokenize_prompts
+from grpo.training.rollouts import reward_weights, sampling_params
+from grpo.training.update import UpdateTargets, frozen_logprobs, loss_settings, policy_update, scoring_plan
 
 
 def bench_config(w, s: Shared, steps: int, dtype: str = "float32", cpu_matmul: str = "auto"):
@@ -37,8 +41,9 @@ def bench_config(w, s: Shared, steps: int, dtype: str = "float32", cpu_matmul: s
                     "max_new_tokens": w.max_new_tokens, "stop_strings": []},
         "train": {"batch_size": w.micro_batch_prompts * w.group_size,
                   "grad_accum_steps": w.num_prompts // w.micro_batch_prompts, "max_steps": steps,
-                  "learning_rate": s.learning_rate, "warmup_ratio": 0.0, "beta": s.beta,
+                  "learning_rate": s.learning_rate, "warmup_ratio": 0.0,
                   "max_grad_norm": s.max_grad_norm, "seed": s.seed},
+        "loss": {"beta": s.beta},
         "rewards": [{"name": "gsm8k_format"}, {"name": "gsm8k_correctness"}],
     })
 
@@ -94,18 +99,17 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
     torch.set_num_threads(threads)
     cfg = bench_config(w, s, steps + warmup, dtype, cpu_matmul)
     t, r = cfg.train, cfg.rollout
-    train.seed_everything(t.seed)
+    seed_everything(t.seed)
     reward_fns = scoring.build_rewards(cfg.rewards)
-    weights = torch.tensor([rf.weight for rf in reward_fns])
-    model, tokenizer, _ = train.build_policy(cfg, torch.device("cpu"))
+    weights = reward_weights(reward_fns)
+    model, tokenizer, _ = build_policy(cfg, torch.device("cpu"))
     params = trainable_parameters(model)
     rows = load_rows(w, tokenizer)
-    tokens = train.tokenize_prompts(rows, tokenizer, "chat", t.max_seq_length - r.max_new_tokens, "bench")
-    optimizer, scheduler = train.make_optimizer(params, t, steps + warmup)
-    settings = train.loss_settings(cfg)
-    score = CompletionScorer(model)
-    optimizer_step = LocalOptimizerStep(optimizer, scheduler, params, t.max_grad_norm)
-    sampling = SamplingParams(r.temperature, r.top_p, r.max_new_tokens, tuple(r.stop_strings))
+    tokens = tokenize_prompts(rows, tokenizer, "chat", t.max_seq_length - r.max_new_tokens, "bench")
+    optimizer, scheduler = make_optimizer(params, t, steps + warmup)
+    loss, plan = loss_settings(cfg), scoring_plan(cfg)
+    backend = SingleProcess(model, None, optimizer, scheduler, t.max_grad_norm, World())
+    sampling = sampling_params(cfg)
     timers = Timers(optimizer)
     prefill = PrefillTimer(model)
 
@@ -113,11 +117,11 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
     for step in range(1, steps + warmup + 1):
         timers.reset()
         t0 = time.perf_counter()
-        indices = train.prompt_indices(len(rows), step, w.num_prompts, t.seed)
-        seeds = [train.sampling_seed(t.seed, step, k) for k in range(len(indices))]
+        indices = prompt_indices(len(rows), step, w.num_prompts, t.seed)
+        seeds = [sampling_seed(t.seed, step, k) for k in range(len(indices))]
         prefill.arm()
-        with train.generation_mode(model, None):
-            batch = generate(model, tokenizer, [tokens[i] for i in indices], r.group_size, sampling, seeds)
+        with backend.generation() as policy:
+            batch = generate(policy, tokenizer, [tokens[i] for i in indices], r.group_size, sampling, seeds)
         t1 = time.perf_counter()
         matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns([rows[i] for i in indices],
                                                                                  r.group_size))
@@ -125,11 +129,12 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
         advantages = group_advantages(total, r.group_size, t.advantage_scale)
         loss_mask, token_weights = shaping.loss_mask_and_weights(batch, total, cfg.variants)
         t2 = time.perf_counter()
-        with model.disable_adapter():
-            ref_logp = frozen_logprobs(score, batch, settings)
+        with backend.reference_scorer() as reference:
+            ref_logp = frozen_logprobs(reference, batch, plan)
         t3 = time.perf_counter()
-        stats = policy_update(score, optimizer_step, batch, advantages, None, ref_logp,
-                              loss_mask, token_weights, settings, collect_stats=True)
+        stats = policy_update(backend.scorer, backend, batch, UpdateTargets(advantages, None, ref_logp, loss_mask,
+                                                                              token_weights), loss, plan,
+                              collect_stats=True)
         t4 = time.perf_counter()
         update = t4 - t3
         records.append({

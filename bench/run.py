@@ -28,7 +28,7 @@ import torch
 
 from bench.flops import Shape, decode_products_gflops, gemm_peak_gflops, step_flops
 from bench.workloads import WORKLOADS, Shared, describe
-from grpo.config import CPU_MATMUL
+from grpo.runtime.config import CPU_MATMUL
 
 CHILDREN = {"ours": "bench.ours", "trl": "bench.trl_side"}
 
@@ -81,7 +81,7 @@ def summarize(result: dict, group_size: int) -> dict:
 def demo_shape() -> Shape:
     from transformers import AutoConfig
 
-    from grpo.model import demo_model_dir
+    from grpo.runtime.model import demo_model_dir
 
     return Shape.from_config(AutoConfig.from_pretrained(demo_model_dir()), Shared().lora_r)
 

@@ -1,6 +1,6 @@
 """TRL's GRPOTrainer on a benchmark workload, in its own process: `python -m bench.trl_side a`.
 
-Same model folder (grpo.model.demo_model_dir()), same rendered prompt texts (a plain-text
+Same model folder (grpo.runtime.model.demo_model_dir()), same rendered prompt texts (a plain-text
 `prompt` column, so TRL does not apply a chat template again), the same rewards (this
 project's gsm8k_format + gsm8k_correctness, which take TRL's reward signature), G, completion
 cap, LoRA, beta, learning rate, micro-batch size and threads. One TRL optimizer step = one
@@ -33,7 +33,7 @@ def run(workload: str, steps: int, warmup: int, threads: int = 2, gradient_check
     from trl import GRPOConfig, GRPOTrainer
 
     import rewards
-    from grpo.model import demo_model_dir, load_tokenizer
+    from grpo.runtime.model import demo_model_dir, load_tokenizer
 
     w, s = WORKLOADS[workload], Shared()
     torch.set_num_threads(threads)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,10 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import train  # noqa: E402
 from extrapolate import extrapolate_run  # noqa: E402
-from grpo import checkpoint, scoring  # noqa: E402
-from grpo.config import load_config  # noqa: E402
+from grpo.rollout import scoring  # noqa: E402
+from grpo.runtime import checkpoint  # noqa: E402
+from grpo.runtime.config import load_config  # noqa: E402
+from grpo.training.evaluation import evaluate_rows  # noqa: E402
+from grpo.training.policy import build_policy  # noqa: E402
+from grpo.training.prompts import load_prompt_sets  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 RECIPE = "recipes/cpu-demo.yaml"
 LABEL_FREE_REWARDS = ("rewards=[{name: majority_vote, weight: 1.0}, "
@@ -33,9 +39,9 @@ LABEL_FREE_REWARDS = ("rewards=[{name: majority_vote, weight: 1.0}, "
 # name -> recipe overrides (on top of the demo recipe)
 VARIANTS = {
     "plain": [],
-    "clip_higher": ["train.eps_high=0.28"],
-    "dual_clip": ["variants.policy_loss=dual_clip"],
-    "gspo": ["variants.policy_loss=gspo", "train.eps_low=3e-4", "train.eps_high=4e-4"],
+    "clip_higher": ["loss.eps_high=0.28"],
+    "dual_clip": ["loss.policy=dual_clip"],
+    "gspo": ["loss.policy=gspo", "loss.eps_low=3e-4", "loss.eps_high=4e-4"],
     "dynamic_sampling": ["variants.dynamic_sampling=true"],
     "overlong_mask": ["variants.overlong=mask"],
     "overlong_soft": ["variants.overlong=soft"],
@@ -51,7 +57,8 @@ def run_variant(name: str, overrides: list[str], steps: int, out: Path, extra: l
     argv = ["--recipe", RECIPE, "--output-dir", str(out / name), "--no-resume",
             f"train.max_steps={steps}", "log.tensorboard=false", *keep, *overrides, *extra]
     started = time.perf_counter()
-    summary = train.main(argv)
+    subprocess.run([sys.executable, str(REPO / "train.py"), *argv], cwd=REPO, check=True)
+    summary = json.loads((out / name / "summary.json").read_text())
     records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "reward/total/mean" in r]
     weights = [{k: v for k, v in r.items() if k.startswith("reward_weight/")} for r in train_records]
@@ -69,14 +76,10 @@ def evaluate_adapter(adapter_dir: Path, extra: list[str]) -> dict:
     """Held-out evaluation of a saved adapter with the demo recipe's model, rows and rewards."""
     cfg = load_config(RECIPE, extra)
     reward_fns = scoring.build_rewards(cfg.rewards)
-    model, tokenizer, _ = train.build_policy(cfg, None)
+    model, tokenizer, _ = build_policy(cfg, None)
     checkpoint.load_trainable_weights(model, adapter_dir)
-    _, eval_rows = train.load_rows(cfg, tokenizer)
-    max_prompt = cfg.train.max_seq_length - cfg.rollout.max_new_tokens
-    eval_tokens = train.tokenize_prompts(eval_rows, tokenizer, cfg.data.prompt_style, max_prompt, "eval")
-    from grpo.evaluation import evaluate_rows
-
-    result, _ = evaluate_rows(model, tokenizer, eval_rows, eval_tokens, reward_fns,
+    _, held_out = load_prompt_sets(cfg, tokenizer)
+    result, _ = evaluate_rows(model, tokenizer, held_out.rows, held_out.tokens, reward_fns,
                               cfg.log.eval_max_new_tokens or cfg.rollout.max_new_tokens,
                               tuple(cfg.rollout.stop_strings), cfg.log.eval_batch_size,
                               cfg.log.accuracy_reward)

@@ -3,7 +3,7 @@
 import json
 
 import train
-from grpo.model import demo_model_dir
+from grpo.runtime.model import demo_model_dir
 
 
 def test_demo_model_is_a_cached_hf_folder():

@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from grpo.config import ConfigError, load_config
-from grpo.distributed import World, check_recipe, rank_share, resolve_ds_config
+from grpo.runtime.config import ConfigError, load_config
+from grpo.runtime.distributed import World, check_recipe, rank_share, resolve_ds_config
 from tests.test_train import adapter_weights, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]

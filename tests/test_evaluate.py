@@ -100,7 +100,7 @@ def tiny_gsm8k(tmp_path):
 
 
 def test_end_to_end_base_and_adapter_on_a_tiny_model(tiny_model_dir, tiny_gsm8k, tmp_path):
-    from grpo.model import attach_lora, load_model_and_tokenizer
+    from grpo.runtime.model import attach_lora, load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(tiny_model_dir)
     attach_lora(model, r=2, alpha=2, dropout=0.0, target_modules=("q_proj", "v_proj")).save_pretrained(tmp_path / "adapter")

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import extrapolate as cli
-from grpo.extrapolate import (
+from grpo.research.extrapolate import (
     extrapolate_trajectory,
     load_adapter_snapshots,
     trajectory_error,

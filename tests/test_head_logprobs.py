@@ -4,7 +4,7 @@ forward pass, against values computed by hand and against autograd through a ful
 import pytest
 import torch
 
-from grpo.head_logprobs import can_fuse_head, frozen_head_logprobs
+from grpo.speedups.head_logprobs import can_fuse_head, frozen_head_logprobs
 
 
 @pytest.mark.parametrize("temperature, token, expected_logp, expected_grad", [

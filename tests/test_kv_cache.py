@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from grpo.kv_cache import DynamicLayer, InPlaceLayer, grow_in_place
+from grpo.speedups.kv_cache import DynamicLayer, InPlaceLayer, grow_in_place
 
 pytestmark = pytest.mark.skipif(DynamicLayer is None, reason="this transformers has no cache layer classes")
 

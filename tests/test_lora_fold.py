@@ -4,7 +4,8 @@ the frozen weights come back bit for bit (the reference model must not drift).""
 import pytest
 import torch
 
-from grpo.model import attach_lora, load_model_and_tokenizer, lora_folded_for_sampling
+from grpo.runtime.model import attach_lora, load_model_and_tokenizer
+from grpo.speedups.lora_fold import lora_folded_for_sampling
 from grpo.rollout import SamplingParams, generate
 
 PROMPT = torch.tensor([[65, 66, 67, 68]])

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from grpo import aggregate_loss, clipped_surrogate, group_advantages, kl_k3
-from grpo.loss import clip_fraction, grpo_per_token_loss, token_logprobs
+from grpo.algorithm.loss import (POLICY_LOSSES, ClipRange, check_policy_loss, policy_loss_with_kl, register_policy_loss,
+                                 token_logprobs)
 
 
 def test_group_advantages_group_scale_by_hand():
@@ -44,9 +45,9 @@ def test_group_advantages_none_scale_is_centering_only():
 @pytest.mark.parametrize(
     "rewards, group_size, message",
     [
-        (torch.zeros(5), 2, "not divisible by group_size 2"),
-        (torch.zeros(4), 1, "group_size must be >= 2"),
-        (torch.zeros(2, 2), 2, "must be 1-D"),
+        pytest.param(torch.zeros(5), 2, "not divisible by group_size 2", id="ragged"),
+        pytest.param(torch.zeros(4), 1, "group_size must be >= 2", id="group-of-one"),
+        pytest.param(torch.zeros(2, 2), 2, "must be 1-D", id="two-dimensional"),
     ],
 )
 def test_group_advantages_rejects_bad_shapes(rewards, group_size, message):
@@ -91,11 +92,29 @@ def test_surrogate_gradient_at_ratio_one_is_the_policy_gradient():
     torch.testing.assert_close(logp.grad, torch.tensor([[-2.0] * 3, [1.0] * 3]))
 
 
-def test_clip_fraction_counts_only_active_clips():
+def test_ppo_clip_indicator_marks_only_active_clips():
     # tokens: rho 1.5 (A>0 -> clipped), .5 (A>0 -> not), rho 1.5 (A<0 -> not), .5 (A<0 -> clipped)
     logp = torch.log(torch.tensor([[1.5, 0.5], [1.5, 0.5]]))
-    frac = clip_fraction(logp, torch.zeros(2, 2), torch.tensor([1.0, -1.0]), torch.ones(2, 2))
-    assert frac.item() == pytest.approx(0.5)
+    out = POLICY_LOSSES["ppo"].fn(logp, torch.zeros(2, 2), torch.tensor([1.0, -1.0]), torch.ones(2, 2), ClipRange())
+    assert out.indicators["clip_frac"].tolist() == [[True, False], [False, True]]
+
+
+def test_policy_loss_registry_rejects_a_second_loss_under_the_same_name():
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy_loss("ppo")(lambda *args: None)
+
+
+@pytest.mark.parametrize("name, aggregation, allowed", [
+    pytest.param("gspo", "token-mean", False, id="gspo-token-mean"),
+    pytest.param("gspo", "seq-mean-token-sum-norm", False, id="gspo-token-sum"),
+    pytest.param("gspo", "seq-mean-token-mean", True, id="gspo-seq-mean"),
+    pytest.param("ppo", "token-mean", True, id="ppo-token-mean"),
+])
+def test_policy_losses_say_which_aggregations_they_need(name, aggregation, allowed):
+    problem = check_policy_loss(name, aggregation)
+    assert (problem is None) == allowed
+    if not allowed:
+        assert "seq-mean-token-mean" in problem
 
 
 PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
@@ -105,9 +124,9 @@ RAGGED = torch.tensor([[1, 1, 0], [1, 0, 0]])
 @pytest.mark.parametrize(
     "mode, max_tokens, expected",
     [
-        ("seq-mean-token-mean", None, (1.5 + 4.0) / 2),  # row means 1.5 and 4
-        ("token-mean", None, (1 + 2 + 4) / 3),  # 3 unmasked tokens
-        ("seq-mean-token-sum-norm", 4, (1 + 2 + 4) / (2 * 4)),  # B=2, max_tokens=4
+        pytest.param("seq-mean-token-mean", None, (1.5 + 4.0) / 2, id="seq-mean"),  # row means 1.5 and 4
+        pytest.param("token-mean", None, (1 + 2 + 4) / 3, id="token-mean"),  # 3 unmasked tokens
+        pytest.param("seq-mean-token-sum-norm", 4, (1 + 2 + 4) / (2 * 4), id="dr-grpo"),  # B=2, max_tokens=4
     ],
 )
 def test_aggregate_loss_ragged_mask(mode, max_tokens, expected):
@@ -117,9 +136,9 @@ def test_aggregate_loss_ragged_mask(mode, max_tokens, expected):
 @pytest.mark.parametrize(
     "mode, expected",
     [
-        ("seq-mean-token-mean", 2.0),  # only row 0 has tokens: (1+2+3)/3
-        ("token-mean", 2.0),  # 6 / 3 tokens
-        ("seq-mean-token-sum-norm", 1.0),  # 6 / (2 rows * 3)
+        pytest.param("seq-mean-token-mean", 2.0, id="seq-mean"),  # only row 0 has tokens: (1+2+3)/3
+        pytest.param("token-mean", 2.0, id="token-mean"),  # 6 / 3 tokens
+        pytest.param("seq-mean-token-sum-norm", 1.0, id="dr-grpo"),  # 6 / (2 rows * 3)
     ],
 )
 def test_aggregate_loss_all_masked_row_contributes_nothing(mode, expected):
@@ -146,9 +165,14 @@ def test_total_loss_adds_beta_times_kl_and_skips_it_at_beta_zero():
     logp = torch.log(torch.tensor([[0.5]]))
     ref = torch.log(torch.tensor([[0.25]]))
     adv = torch.tensor([1.0])
-    with_kl = grpo_per_token_loss(logp, logp, ref, adv, beta=0.1)
-    torch.testing.assert_close(with_kl, torch.tensor([[-1 + 0.1 * (math.log(2) - 0.5)]]))
-    assert grpo_per_token_loss(logp, logp, None, adv, beta=0.0).item() == pytest.approx(-1.0)
+    mask = torch.ones(1, 1)
+    for name in POLICY_LOSSES:  # at rho = 1 every registered loss is -A; the KL is added the same way
+        with_kl = policy_loss_with_kl(name, logp, logp, ref, adv, mask, ClipRange(), beta=0.1).per_token
+        torch.testing.assert_close(with_kl, torch.tensor([[-1 + 0.1 * (math.log(2) - 0.5)]]))
+        without = policy_loss_with_kl(name, logp, logp, None, adv, mask, ClipRange(), beta=0.0).per_token
+        assert without.item() == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="needs reference log-probs"):
+        policy_loss_with_kl("ppo", logp, logp, None, adv, mask, ClipRange(), beta=0.1)
 
 
 def test_token_logprobs_by_hand():

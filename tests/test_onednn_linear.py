@@ -4,8 +4,9 @@ dtypes and nn.Linear subclasses are left to PyTorch."""
 import pytest
 import torch
 
-from grpo.model import attach_lora, load_model_and_tokenizer, lora_folded_for_sampling
-from grpo.onednn_linear import (OneDnnLinear, is_plain_linear, onednn_available, onednn_linear, onednn_plan,
+from grpo.runtime.model import attach_lora, load_model_and_tokenizer
+from grpo.speedups.lora_fold import lora_folded_for_sampling
+from grpo.speedups.onednn_linear import (OneDnnLinear, is_plain_linear, onednn_available, onednn_linear, onednn_plan,
                                 use_onednn_linears)
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")

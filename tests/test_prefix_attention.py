@@ -5,8 +5,8 @@ import types
 import pytest
 import torch
 
-from grpo.model import load_model_and_tokenizer
-from grpo.prefix_attention import AVAILABLE, SharedPrefix, shared_prefix_attention
+from grpo.runtime.model import load_model_and_tokenizer
+from grpo.speedups.prefix_attention import AVAILABLE, SharedPrefix, shared_prefix_attention
 from grpo.rollout import SamplingParams, generate
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="this transformers has no attention registry")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from grpo.reward_weighting import combine_rewards, criterion_spread, criterion_weights, separation_weights
+from grpo.research.reward_weighting import combine_rewards, criterion_spread, criterion_weights, separation_weights
 
 NAN = float("nan")
 
@@ -112,7 +112,7 @@ def test_user_errors():
         criterion_weights(TWO_CRITERIA, torch.tensor([1.0, -1.0]), 2, dynamic=True)
     with pytest.raises(ValueError, match="floor"):
         separation_weights(TWO_CRITERIA, 2, floor=1.0)
-    with pytest.raises(AssertionError, match="multiple of group_size"):
+    with pytest.raises(ValueError, match="not divisible by group_size 3"):
         separation_weights(TWO_CRITERIA, 3)
     with pytest.raises(AssertionError, match="base_weights"):
         combine_rewards(TWO_CRITERIA, torch.tensor([1.0]), 2, dynamic=False)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grpo.model import attach_lora, load_model_and_tokenizer
+from grpo.runtime.model import attach_lora, load_model_and_tokenizer
 from grpo.rollout import (
     SamplingParams, completion_logprobs, concat_batches, cut_at_stop, draw_by_inverse_cdf, generate, left_pad,
     next_token_stats, sample_tokens,

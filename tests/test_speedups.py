@@ -9,10 +9,13 @@ import copy
 import pytest
 import torch
 
-from grpo.model import attach_lora, load_model_and_tokenizer, trainable_parameters
-from grpo.onednn_linear import onednn_available, use_onednn_linears
-from grpo.rollout import CompletionScorer, SamplingParams, generate
-from grpo.update import LocalOptimizerStep, LossSettings, frozen_logprobs, policy_update
+from grpo.runtime.model import attach_lora, load_model_and_tokenizer, trainable_parameters
+from grpo.speedups.onednn_linear import onednn_available, use_onednn_linears
+from grpo.rollout import SamplingParams, generate
+from grpo.algorithm import ClipRange
+from grpo.runtime.backends import SingleProcess
+from grpo.runtime.distributed import World
+from grpo.training.update import LossSettings, ScoringPlan, UpdateTargets, frozen_logprobs, policy_update
 
 G, BETA, LR = 4, 0.04, 0.05
 
@@ -65,12 +68,11 @@ def test_fast_update_matches_plain_per_sequence_update(tiny_model_dir, onednn):
     opt_fast = torch.optim.SGD(trainable_parameters(fast), lr=LR)
     opt_plain = torch.optim.SGD(trainable_parameters(plain), lr=LR)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt_fast, lambda _: 1.0)
-    settings = LossSettings(beta=BETA, eps_low=0.2, eps_high=0.2, aggregation="seq-mean-token-mean",
-                            max_tokens=10, temperature=1.0, prompts_per_micro_batch=1)
+    loss = LossSettings("ppo", BETA, ClipRange(0.2, 0.2), "seq-mean-token-mean", max_tokens=10)
+    plan = ScoringPlan(temperature=1.0, prompts_per_micro_batch=1)
     # Prompts of different lengths, so the batch is left-padded and the prefix sharing is exercised.
     prompts = [tokenizer("Question: 12+7?")["input_ids"], tokenizer("Hi")["input_ids"]]
-    score = CompletionScorer(fast)
-    optimizer_step = LocalOptimizerStep(opt_fast, scheduler, trainable_parameters(fast), 1.0)
+    backend = SingleProcess(fast, None, opt_fast, scheduler, 1.0, World())
     for step in range(3):
         batch = generate(fast, tokenizer, prompts, G, SamplingParams(1.0, 1.0, 10), seeds=[step, 100 + step])
         lengths = batch.completion_mask.sum(1).int().tolist()
@@ -79,10 +81,10 @@ def test_fast_update_matches_plain_per_sequence_update(tiny_model_dir, onednn):
         grouped = rewards.view(-1, G)
         advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
 
-        with fast.disable_adapter():
-            ref = frozen_logprobs(score, batch, settings)
-        stats = policy_update(score, optimizer_step, batch, advantages, None, ref,
-                              batch.completion_mask, None, settings, True)
+        with backend.reference_scorer() as reference:
+            ref = frozen_logprobs(reference, batch, plan)
+        stats = policy_update(backend.scorer, backend, batch, UpdateTargets(advantages, None, ref, batch.completion_mask),
+                              loss, plan, True)
         expected = plain_step(plain, opt_plain, prompts, completions, advantages)
 
         assert stats["loss"] == pytest.approx(expected, abs=1e-5), f"step {step}"
@@ -105,8 +107,8 @@ def test_bfloat16_weights_give_the_float32_update_up_to_rounding(tiny_model_dir)
     assert all(p.dtype == torch.float32 for p in trainable_parameters(models["bfloat16"]))
     assert next(models["bfloat16"].get_base_model().parameters()).dtype == torch.bfloat16
 
-    settings = LossSettings(beta=BETA, eps_low=0.2, eps_high=0.2, aggregation="seq-mean-token-mean",
-                            max_tokens=10, temperature=1.0, prompts_per_micro_batch=1)
+    loss = LossSettings("ppo", BETA, ClipRange(0.2, 0.2), "seq-mean-token-mean", max_tokens=10)
+    plan = ScoringPlan(temperature=1.0, prompts_per_micro_batch=1)
     prompts = [tokenizer("Question: 12+7?")["input_ids"], tokenizer("Hi")["input_ids"]]
     batch = generate(models["float32"], tokenizer, prompts, G, SamplingParams(1.0, 1.0, 10), seeds=[0, 1])
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, 0.0, -1.0, -1.0])
@@ -115,12 +117,13 @@ def test_bfloat16_weights_give_the_float32_update_up_to_rounding(tiny_model_dir)
         params = trainable_parameters(model)
         before = [p.detach().clone() for p in params]
         optimizer = torch.optim.SGD(params, lr=1.0)
-        step = LocalOptimizerStep(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), params, 0.0)
-        score = CompletionScorer(model)
-        with model.disable_adapter():
-            ref = frozen_logprobs(score, batch, settings)
-        losses[dtype] = policy_update(score, step, batch, advantages, None, ref, batch.completion_mask, None,
-                                      settings, True)["loss"]
+        backend = SingleProcess(model, None, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+                                0.0, World())
+        with backend.reference_scorer() as reference:
+            ref = frozen_logprobs(reference, batch, plan)
+        losses[dtype] = policy_update(backend.scorer, backend, batch,
+                                      UpdateTargets(advantages, None, ref, batch.completion_mask), loss, plan,
+                                      True)["loss"]
         deltas[dtype] = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)])
     assert deltas["float32"].norm() > 0
     cosine = torch.nn.functional.cosine_similarity(deltas["float32"], deltas["bfloat16"], dim=0)

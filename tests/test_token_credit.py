@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from grpo.token_credit import discriminative_token_weights
+from grpo.research.token_credit import discriminative_token_weights
 
 # Tiny vocabulary: 0 = "<answer>" (format), 1 = "7", 2 = "9", 3 = "so", 5 = "hmm", 9 = padding.
 
@@ -75,5 +75,5 @@ def test_inputs_not_mutated_and_bad_arguments_rejected():
     assert ids.tolist() == [[0, 1], [0, 2]] and mask.tolist() == [[1, 1], [1, 0]]
     with pytest.raises(ValueError, match="min_weight"):
         discriminative_token_weights(ids, mask, torch.tensor([1.0, 0.0]), 2, min_weight=0.0)
-    with pytest.raises(AssertionError, match="multiple of group_size"):
+    with pytest.raises(ValueError, match="not divisible by group_size"):
         discriminative_token_weights(ids, mask, torch.tensor([1.0, 0.0]), 3)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from grpo.config import ConfigError
+from grpo.runtime.config import ConfigError
 from tests.helpers import train_with_digit_reward  # noqa: F401  (registers "digit_share")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def tiny_args(model_dir, out_dir, steps, *extra):
         "data.task=synthetic", "data.n_shot=0", "data.num_synthetic=64", "data.limit_eval=4",
         "rollout.group_size=4", "rollout.max_new_tokens=8",
         "train.batch_size=8", "train.grad_accum_steps=2", f"train.max_steps={steps}",
-        "train.learning_rate=0.05", "train.beta=0.04", "train.max_seq_length=512",
+        "train.learning_rate=0.05", "loss.beta=0.04", "train.max_seq_length=512",
         "log.tensorboard=false", "log.eval_batch_size=4",
         'rewards=[{name: digit_share, weight: 1.0}, {name: gsm8k_format, weight: 0.5}]',
         *extra,
@@ -62,10 +62,10 @@ def test_full_finetuning_with_frozen_reference_copy(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.batch_size=6", "multiple of rollout.group_size=4"),
-        ("train.learnin_rate=1", "unknown key"),
-        ("rollout.temperature=0", "must be > 0"),
-        ('rewards=[{name: no_such_reward}]', "no_such_reward"),
+        pytest.param("train.batch_size=6", "multiple of rollout.group_size=4", id="batch-not-groups"),
+        pytest.param("train.learnin_rate=1", "unknown key", id="misspelt-key"),
+        pytest.param("rollout.temperature=0", "must be > 0", id="zero-temperature"),
+        pytest.param('rewards=[{name: no_such_reward}]', "no_such_reward", id="unknown-reward"),
     ],
 )
 def test_bad_config_fails_before_training_with_the_key_named(tiny_model_dir, tmp_path, override, message):
@@ -105,17 +105,21 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tiny_mod
 @pytest.mark.parametrize(
     "variant",
     [
-        ["variants.policy_loss=dual_clip", "variants.overlong=soft", "variants.overlong_cache_len=4",
-         "variants.entropy_top_fraction=0.5", "variants.token_credit=true",
-         "variants.reward_weighting=dynamic", "variants.self_certainty_weight=0.5"],
-        ["variants.policy_loss=gspo", "train.eps_low=3e-4", "train.eps_high=4e-4",
-         "variants.overlong=mask", "variants.dynamic_sampling=true", "train.num_iterations=2"],
+        pytest.param(["loss.policy=dual_clip", "variants.overlong=soft", "variants.overlong_cache_len=4",
+                      "variants.entropy_top_fraction=0.5", "variants.token_credit=true",
+                      "variants.reward_weighting=dynamic", "variants.self_certainty_weight=0.5"],
+                     id="dual-clip-soft-overlong-entropy-credit-weighting-certainty"),
+        pytest.param(["loss.policy=gspo", "loss.eps_low=3e-4", "loss.eps_high=4e-4",
+                      "variants.overlong=mask", "variants.dynamic_sampling=true", "train.num_iterations=2"],
+                     id="gspo-overlong-mask-dynamic-sampling-two-iterations"),
     ],
 )
 def test_variants_train_with_finite_losses(tiny_model_dir, tmp_path, variant):
     train.main(tiny_args(tiny_model_dir, tmp_path, 1, *variant))
     record = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()][1]
     assert math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
+    if "loss.policy=dual_clip" in variant:  # each policy loss logs the indicators of its own clipping
+        assert 0 <= record["dual_clip_frac"] <= 1
     if "variants.reward_weighting=dynamic" in variant:
         assert "reward_weight/0" in record and "reward/overlong_penalty/mean" in record
     if "variants.dynamic_sampling=true" in variant:

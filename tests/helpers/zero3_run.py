@@ -2,14 +2,14 @@
 
 Run as `python -m torch.distributed.run --nproc_per_node 2 -m tests.helpers.zero3_run [train.py
 args]`. Right after sharding, each rank writes OUTPUT/shards/rank-N.json with the parameters and
-bytes it holds (grpo.distributed.shard_sizes), the evidence that ZeRO-3 split the model.
+bytes it holds (grpo.runtime.distributed.shard_sizes), the evidence that ZeRO-3 split the model.
 """
 
 import json
 import sys
 from pathlib import Path
 
-from grpo import distributed
+from grpo.runtime import distributed
 from tests.helpers import train_with_digit_reward  # noqa: F401  (registers "digit_share")
 
 

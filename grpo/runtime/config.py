@@ -8,6 +8,7 @@ are errors that name the key and the fix; everything is validated once, in `vali
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from grpo.loss import ADVANTAGE_SCALES, AGGREGATIONS
+from grpo.algorithm.advantages import ADVANTAGE_SCALES
+from grpo.algorithm.loss import AGGREGATIONS, POLICY_LOSSES, check_policy_loss
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -89,21 +93,27 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas
     warmup_ratio: float = 0.0  # share of optimizer steps with linear warmup, then cosine decay
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables
-    beta: float = 0.04  # KL penalty weight to the reference policy; 0 skips the reference pass
-    eps_low: float = 0.2  # lower clip range of the ratio
-    eps_high: float = 0.2  # upper clip range (> eps_low is DAPO clip-higher)
     advantage_scale: str = "group"  # group | batch | none (Dr. GRPO)
-    loss_aggregation: str = "seq-mean-token-mean"  # see grpo.loss.AGGREGATIONS
     max_seq_length: int = 2048  # prompt + completion tokens; longer prompts are an error
     seed: int = 0  # seeds data order, sampling and initialization
 
 
 @dataclass(frozen=True)
-class VariantsConfig:
-    """Loss, sampling and reward variants beyond plain GRPO; the defaults are plain GRPO."""
+class LossConfig:
+    """The per-token policy loss (grpo/algorithm/loss.py) and how it is reduced."""
 
-    policy_loss: str = "ppo"  # ppo (clipped, GRPO) | dual_clip (Ye et al. 2020) | gspo (sequence ratio)
-    dual_clip_c: float = 3.0  # dual-clip: cap on the loss of negative-advantage tokens, c > 1
+    policy: str = "ppo"  # a name in grpo.algorithm.POLICY_LOSSES: ppo | dual_clip | gspo
+    beta: float = 0.04  # KL penalty weight to the reference policy; 0 skips the reference pass
+    eps_low: float = 0.2  # lower clip range of the ratio
+    eps_high: float = 0.2  # upper clip range (> eps_low is DAPO clip-higher)
+    dual_clip_c: float = 3.0  # dual_clip: cap on the loss of negative-advantage tokens, c > 1
+    aggregation: str = "seq-mean-token-mean"  # see grpo.algorithm.AGGREGATIONS
+
+
+@dataclass(frozen=True)
+class VariantsConfig:
+    """Sampling, reward and token variants beyond plain GRPO; the defaults are plain GRPO."""
+
     overlong: str = "none"  # none | mask (truncated completions leave the loss) | soft (DAPO length penalty)
     overlong_cache_len: int = 16  # soft: the penalty ramps from 0 to -1 over the last N tokens
     entropy_top_fraction: float = 1.0  # < 1: only the highest-entropy tokens train (Wang et al. 2025)
@@ -136,6 +146,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     log: LogConfig = field(default_factory=LogConfig)
     variants: VariantsConfig = field(default_factory=VariantsConfig)
     rewards: tuple[RewardSpec, ...] = (
@@ -200,12 +211,45 @@ def _build(cls, values: dict, where: str):
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig,
-            "train": TrainConfig, "log": LogConfig, "variants": VariantsConfig}
+            "train": TrainConfig, "loss": LossConfig, "log": LogConfig, "variants": VariantsConfig}
+
+# Keys that moved: old "section.key" -> new one. Recipes that use the old name keep working.
+MOVED_KEYS = {
+    "train.beta": "loss.beta",
+    "train.eps_low": "loss.eps_low",
+    "train.eps_high": "loss.eps_high",
+    "train.loss_aggregation": "loss.aggregation",
+    "variants.policy_loss": "loss.policy",
+    "variants.dual_clip_c": "loss.dual_clip_c",
+}
+
+
+def _move_renamed_keys(raw: dict) -> dict:
+    """A copy of `raw` with moved keys under their new names; a key given under both names is an error."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for old, new in MOVED_KEYS.items():
+        old_section, old_key = old.split(".")
+        new_section, new_key = new.split(".")
+        section = merged.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        target = merged.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # _build names the section that is not a mapping
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(f"{old}={value!r} and {new}={target[new_key]!r}: {old} is the old name of {new}; "
+                              f"keep only {new}")
+        target[new_key] = value
+        log.warning("recipe key %s is now %s; the old name still works, rename it", old, new)
+    return merged
 
 
 def config_from_dict(raw: dict) -> Config:
     """Build a validated Config from a recipe mapping."""
-    raw = raw or {}
+    if not isinstance(raw or {}, dict):
+        raise ConfigError(f"recipe: expected a mapping of sections, got {type(raw).__name__}")
+    raw = _move_renamed_keys(raw or {})
     valid = list(SECTIONS) + ["rewards"]
     unknown = sorted(set(raw) - set(valid))
     if unknown:
@@ -222,8 +266,12 @@ def config_from_dict(raw: dict) -> Config:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Return a copy of `raw` with `section.key=value` overrides applied (values parsed as YAML)."""
-    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    """Return a copy of `raw` with `section.key=value` overrides applied (values parsed as YAML).
+
+    Moved keys are renamed first, in the recipe and in each override, so an override under
+    either name replaces the recipe's value under either name.
+    """
+    merged = _move_renamed_keys(raw or {})
     for item in overrides:
         key, sep, text = item.partition("=")
         if sep and key == "rewards":  # the whole list, e.g. rewards=[{name: gsm8k_format}]
@@ -231,6 +279,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             continue
         if not sep or "." not in key:
             raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.beta=0.0")
+        if key in MOVED_KEYS:
+            log.warning("override %s is now %s; the old name still works, rename it", key, MOVED_KEYS[key])
+            key = MOVED_KEYS[key]
         section, name = key.split(".", 1)
         merged.setdefault(section, {})
         if not isinstance(merged[section], dict):
@@ -250,6 +301,9 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of sections ({', '.join(SECTIONS)}, "
+                              f"rewards), got a {type(raw).__name__}")
     return config_from_dict(apply_overrides(raw, list(overrides)))
 
 
@@ -260,7 +314,7 @@ def _require(ok: bool, message: str):
 
 def validate(c: Config) -> None:
     """Check ranges and cross-field constraints once, at start."""
-    m, d, r, t, lg = c.model, c.data, c.rollout, c.train, c.log
+    m, d, r, t, lo, lg = c.model, c.data, c.rollout, c.train, c.loss, c.log
     _require(m.dtype in ("float32", "bfloat16", "float16"),
              f"model.dtype={m.dtype!r}: use float32, bfloat16 or float16")
     _require(m.cpu_matmul in CPU_MATMUL, f"model.cpu_matmul={m.cpu_matmul!r}: use auto, onednn or torch")
@@ -295,22 +349,24 @@ def validate(c: Config) -> None:
              f"train.learning_rate={t.learning_rate}: must be a finite number > 0")
     _require(0 <= t.warmup_ratio < 1, f"train.warmup_ratio={t.warmup_ratio}: use [0, 1)")
     _require(t.max_grad_norm >= 0, f"train.max_grad_norm={t.max_grad_norm}: must be >= 0")
-    _require(t.beta >= 0, f"train.beta={t.beta}: must be >= 0")
-    _require(0 <= t.eps_low < 1 and t.eps_high >= 0,
-             f"train.eps_low={t.eps_low}, eps_high={t.eps_high}: use 0 <= eps_low < 1, eps_high >= 0")
     _require(t.advantage_scale in ADVANTAGE_SCALES,
              f"train.advantage_scale={t.advantage_scale!r}: use {', '.join(ADVANTAGE_SCALES)}")
-    _require(t.loss_aggregation in AGGREGATIONS,
-             f"train.loss_aggregation={t.loss_aggregation!r}: use {', '.join(AGGREGATIONS)}")
+    _require(lo.beta >= 0, f"loss.beta={lo.beta}: must be >= 0")
+    _require(0 <= lo.eps_low < 1 and lo.eps_high >= 0,
+             f"loss.eps_low={lo.eps_low}, eps_high={lo.eps_high}: use 0 <= eps_low < 1, eps_high >= 0")
+    _require(lo.aggregation in AGGREGATIONS,
+             f"loss.aggregation={lo.aggregation!r}: use {', '.join(AGGREGATIONS)}")
+    _require(lo.policy in POLICY_LOSSES, f"loss.policy={lo.policy!r}: use {', '.join(POLICY_LOSSES)}")
+    _require(lo.dual_clip_c > 1, f"loss.dual_clip_c={lo.dual_clip_c}: must be > 1")
+    if lo.policy in POLICY_LOSSES and lo.aggregation in AGGREGATIONS:
+        problem = check_policy_loss(lo.policy, lo.aggregation)
+        _require(problem is None, f"loss.policy={lo.policy}: {problem}; set loss.aggregation accordingly")
     _require(t.max_seq_length > r.max_new_tokens,
              f"train.max_seq_length={t.max_seq_length} must exceed rollout.max_new_tokens")
     _require(lg.eval_batch_size >= 1, f"log.eval_batch_size={lg.eval_batch_size}: must be >= 1")
     _require(lg.save_every >= 1 and lg.keep_checkpoints >= 0,
              "log.save_every must be >= 1 and log.keep_checkpoints >= 0")
     v = c.variants
-    _require(v.policy_loss in ("ppo", "dual_clip", "gspo"),
-             f"variants.policy_loss={v.policy_loss!r}: use ppo, dual_clip or gspo")
-    _require(v.dual_clip_c > 1, f"variants.dual_clip_c={v.dual_clip_c}: must be > 1")
     _require(v.overlong in ("none", "mask", "soft"), f"variants.overlong={v.overlong!r}: use none, mask or soft")
     _require(v.overlong != "soft" or 0 <= v.overlong_cache_len < r.max_new_tokens,
              f"variants.overlong_cache_len={v.overlong_cache_len}: use [0, rollout.max_new_tokens)")

@@ -15,12 +15,13 @@ Convention: reward_matrix is (B, K) with B = prompts x G, each run of G rows one
 
 import torch
 
+from grpo.algorithm.groups import group_view
+from grpo.algorithm.shaping import weighted_total
+
 
 def _check_matrix(reward_matrix: torch.Tensor, group_size: int) -> None:
     assert reward_matrix.dim() == 2, f"reward_matrix must be (B, K), got {tuple(reward_matrix.shape)}"
-    assert group_size >= 1 and reward_matrix.shape[0] % group_size == 0, (
-        f"B={reward_matrix.shape[0]} is not a multiple of group_size={group_size}"
-    )
+    group_view(reward_matrix, group_size)
 
 
 def criterion_spread(reward_matrix: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -32,7 +33,7 @@ def criterion_spread(reward_matrix: torch.Tensor, group_size: int) -> torch.Tens
     cannot show contrast and are left out of that criterion's mean; no such group at all -> 0.
     """
     _check_matrix(reward_matrix, group_size)
-    grouped = reward_matrix.double().view(-1, group_size, reward_matrix.shape[1])  # (P, G, K)
+    grouped = group_view(reward_matrix.double(), group_size)  # (P, G, K)
     valid = ~torch.isnan(grouped)  # (P, G, K)
     values = torch.where(valid, grouped, torch.zeros_like(grouped))  # (P, G, K)
     n = valid.sum(dim=1)  # (P, K)
@@ -109,12 +110,11 @@ def combine_rewards(
     dynamic: bool,
     floor: float = 0.0,
 ) -> torch.Tensor:
-    """Weighted sum of the criteria per completion, weights from `criterion_weights`.
+    """Weighted sum of the criteria per completion (`weighted_total`), weights from `criterion_weights`.
 
     reward_matrix: (B, K), NaN = not applicable; base_weights: (K,). Returns (B,), never NaN:
     R_i = sum over the non-NaN criteria k of row i of w_k * r_ik. A NaN entry contributes 0 (the
     remaining weights are not renormalized, so a row with every criterion NaN scores 0).
     """
     weights = criterion_weights(reward_matrix, base_weights, group_size, dynamic, floor)  # (K,)
-    contributions = reward_matrix * weights  # (B, K)
-    return torch.where(torch.isnan(reward_matrix), torch.zeros_like(contributions), contributions).sum(dim=-1)
+    return weighted_total(reward_matrix, weights)

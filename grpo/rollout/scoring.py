@@ -61,9 +61,3 @@ def score(rewards: list[WeightedReward], completions: list[str], columns: dict) 
     return torch.tensor([_call_one(r, completions, columns) for r in rewards]).T.reshape(
         len(completions), len(rewards)
     )
-
-
-def weighted_total(matrix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B, K) scores x (K,) weights -> (B,) totals; a not-applicable (NaN) score adds nothing."""
-    assert matrix.dim() == 2 and weights.shape == (matrix.shape[1],), (matrix.shape, weights.shape)
-    return (matrix.nan_to_num(0.0) * weights).sum(dim=1)

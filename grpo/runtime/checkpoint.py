@@ -4,7 +4,7 @@ Layout: OUTPUT/checkpoints/step-000012/{adapter/, trainer_state.pt}. A checkpoin
 to a temporary folder and renamed into place, so a run killed while saving leaves the
 previous checkpoint intact and resuming never reads a half-written one.
 
-Under ZeRO-3 (grpo/distributed.py) the same folder holds the adapter gathered and written once
+Under ZeRO-3 (grpo/runtime/distributed.py) the same folder holds the adapter gathered and written once
 by rank 0, trainer_state.pt (step, schedule) from rank 0, `rng/rank-NNNNN.pt` per rank, and
 `deepspeed/`: DeepSpeed's own per-rank optimizer partitions (engine.save_checkpoint). Resuming
 it needs the same number of ranks; across nodes, the output dir must be a shared filesystem.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grpo.config import ConfigError
+from grpo.runtime.config import ConfigError
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -119,7 +119,7 @@ def save_gathered_weights(model, directory: Path, world) -> None:
 
 def save_sharded_checkpoint(output_dir: str | Path, step: int, engine, model, scheduler, world, keep: int) -> Path:
     """The ZeRO-3 checkpoint of `step`, written by all ranks into one folder, published by rank 0."""
-    from grpo.distributed import barrier
+    from grpo.runtime.distributed import barrier
 
     partial, final = _paths(output_dir, step)
     if world.is_main:

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+
 import torch
 
-from grpo import scoring
-from grpo.rollout import SamplingParams, generate
+from grpo.algorithm.shaping import weighted_total
+from grpo.rollout import scoring
+from grpo.rollout.generation import generate
+from grpo.rollout.sampling import SamplingParams
+from grpo.runtime import distributed
+from grpo.runtime.config import Config
+from grpo.runtime.distributed import World
+from grpo.training.prompts import PromptSet
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[int]],
                   reward_fns: list[scoring.WeightedReward], max_new_tokens: int,
                   stop_strings: tuple[str, ...], batch_prompts: int,
-                  accuracy_reward: str | None) -> dict:
+                  accuracy_reward: str | None) -> tuple[dict, list[str]]:
     """Greedy-decode one completion per row; report each reward's mean, the total and accuracy.
 
     Accuracy is the share of rows where `accuracy_reward` scores >= 1 (e.g. gsm8k_correctness).
+    Returns (metrics, completion texts).
     """
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
     matrices, texts = [], []
@@ -30,7 +43,7 @@ def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[i
     model.train(was_training)
     matrix = torch.cat(matrices) if matrices else torch.empty(0, len(reward_fns))  # (N, K); a rank may get no rows
     weights = torch.tensor([r.weight for r in reward_fns])
-    total = scoring.weighted_total(matrix, weights)
+    total = weighted_total(matrix, weights)
     out = {"eval/reward_mean": total.mean().item()}
     for k, r in enumerate(reward_fns):
         out[f"eval/{r.name}"] = matrix[:, k].nan_to_num(0.0).mean().item()
@@ -40,3 +53,25 @@ def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[i
         out["eval/accuracy"] = (column >= 1.0).float().mean().item()
     out["eval/num_rows"] = len(rows)
     return out, texts
+
+
+def run_eval(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: list[scoring.WeightedReward],
+             world: World) -> dict:
+    """Greedy held-out evaluation; each rank decodes its share of the rows, the means are combined."""
+    if not len(prompts):
+        return {}
+    started = time.perf_counter()
+    share = prompts.subset(distributed.rank_share(len(prompts), world))
+    with backend.generation() as policy:
+        result, _ = evaluate_rows(
+            policy, tokenizer, share.rows, share.tokens, reward_fns,
+            cfg.log.eval_max_new_tokens or cfg.rollout.max_new_tokens, tuple(cfg.rollout.stop_strings),
+            cfg.log.eval_batch_size, cfg.log.accuracy_reward,
+        )
+    result = {**distributed.weighted_mean(result, world, weight=len(share)), "eval/num_rows": len(prompts)}
+    result["eval/time_s"] = time.perf_counter() - started
+    return result
+
+
+def log_eval(result: dict, step: int, tag: str) -> None:
+    log.info("eval (%s, step %d): %s", tag, step, json.dumps({k: round(v, 4) for k, v in result.items()}))

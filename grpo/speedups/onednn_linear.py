@@ -2,12 +2,10 @@
 
 PyTorch sends float32 matrix products on CPU to MKL's sgemm. On AMD CPUs MKL runs its AVX2
 kernels even where the CPU has AVX-512 (it picks kernels by vendor), while oneDNN, already
-inside PyTorch for bfloat16 products, runs AVX-512 on any CPU that has it. Measured on a 2-core
-AMD EPYC (Zen 5, AVX-512): a 2,048^3 product 205 GFLOP/s with MKL against 461 with oneDNN;
-the SmolLM2-135M shapes (4,000 x 576 -> 1,536 and back) 200 against 455-468; the LM head at
-64 rows 123 against 350. Results agree with MKL's to float32 rounding (different summation
-order). Without AVX-512 MKL is the faster one except for the wide output head (`onednn_plan`);
-Intel CPUs were not measured; on GPUs none of this applies.
+inside PyTorch for bfloat16 products, runs AVX-512 on any CPU that has it, about twice MKL's
+rate on an AVX-512 AMD CPU (bench/RESULTS.md). Results agree with MKL's to float32 rounding
+(different summation order). Without AVX-512 MKL is the faster one except for the wide output
+head (`onednn_plan`); Intel CPUs were not measured; on GPUs none of this applies.
 
 `OneDnnLinear` is an nn.Linear whose forward and backward use oneDNN when its input and weight
 are float32 on the CPU (anything else runs nn.Linear's own forward). `FusedLoraLinear` is
@@ -113,8 +111,8 @@ class _FusedLoraFunction(torch.autograd.Function):
         x, a, weight, lora_a, lora_b = ctx.saved_tensors
         s = ctx.scaling
         g = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
-        # With oneDNN's product, the thin products g B and gB^T x go there too (measured faster than
-        # MKL at M = 1,008: 0.16 vs 0.33 ms, 0.08-0.15 vs 0.13-0.41 ms); g^T a stays on MKL (0.5 vs 1.1 ms).
+        # With oneDNN's product, the thin products g B and gB^T x go there too (faster than MKL at
+        # these shapes); g^T a stays on MKL, which was faster for it.
         product = ctx.product
         g_b = product(g, lora_b.t())  # (M, r)
         grad_x = None
@@ -175,12 +173,10 @@ def onednn_plan(cpu_matmul: str) -> str | None:
     """Which float32 CPU linears `cpu_matmul` (model.cpu_matmul) puts on oneDNN: "all", "head"
     (the output head only) or None.
 
-    auto decides by the CPU. With AVX-512 all of them: 2.2x MKL on Zen 5, where MKL runs AVX2.
-    Without it MKL was faster for the layers' products (2-core AMD EPYC Zen 3, AVX2: 64 x 576
-    -> 1,536 at 73 GFLOP/s against 65, 4,000 rows 174 against 149) but oneDNN still won on the
-    wide output head (64 x 576 -> 49,152: 113 against 82; 128 rows: 137 against 100), so the
-    head alone moves there (and the LoRA layers are fused on PyTorch's products: the update's
-    forward and backward 5% faster on workload a, 6.08 against 6.39 s per micro-batch).
+    auto decides by the CPU. With AVX-512 all of them, where MKL runs only AVX2 (AMD). Without it
+    MKL was faster for the layers' products but oneDNN still won on the wide output head, so the
+    head alone moves there (and the LoRA layers are fused on PyTorch's products, which saves the
+    adapter's scaling and sum passes). The measurements are in bench/RESULTS.md.
     """
     if cpu_matmul == "torch" or not onednn_available():
         return None
@@ -196,7 +192,7 @@ def use_onednn_linears(model: torch.nn.Module, which: str = "all") -> int:
     and the LoRA layers become FusedLoraLinear (the same fused adapter, PyTorch's products).
     Other subclasses of nn.Linear (quantized layers) are left as they are, and so are the
     float32 adapters of a LoRA layer over bfloat16 weights: those products already run on
-    oneDNN, and the adapters' thin products were slower this way (decoding 12% slower, measured)."""
+    oneDNN, and the adapters' thin products were slower this way (bench/RESULTS.md)."""
     if which not in ("all", "head"):
         raise ValueError(f"which={which!r}: use all or head")
     if not onednn_available():

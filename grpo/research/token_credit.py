@@ -11,6 +11,8 @@ The weights multiply the per-token policy loss before aggregation; they carry no
 
 import torch
 
+from grpo.algorithm.groups import group_view, has_spread
+
 
 def discriminative_token_weights(
     token_ids: torch.Tensor,
@@ -43,20 +45,16 @@ def discriminative_token_weights(
     assert rewards.shape == token_ids.shape[:1], (
         f"rewards must be (B,)={token_ids.shape[0]}, got {tuple(rewards.shape)}"
     )
-    assert group_size >= 1 and rewards.shape[0] % group_size == 0, (
-        f"B={rewards.shape[0]} is not a multiple of group_size={group_size}"
-    )
     if not 0.0 < min_weight <= max_weight:
         raise ValueError(f"token credit needs 0 < min_weight <= max_weight, got {min_weight} and {max_weight}")
-    batch, length = token_ids.shape
-    num_groups = batch // group_size
+    grouped = group_view(rewards, group_size)  # (P, G)
+    (batch, length), num_groups = token_ids.shape, grouped.shape[0]
     valid = mask.bool()  # (B, T)
     out = valid.to(torch.float32)  # (B, T), weight 1 on every counted token until reweighted
     if not valid.any():
         return out
 
     group_of_row = torch.arange(batch, device=rewards.device) // group_size  # (B,)
-    grouped = rewards.view(num_groups, group_size)  # (P, G)
     row_mean = grouped.mean(dim=1)[group_of_row]  # (B,)
     high = valid & (rewards > row_mean).unsqueeze(-1)  # (B, T)
     low = valid & (rewards < row_mean).unsqueeze(-1)  # (B, T)
@@ -83,5 +81,5 @@ def discriminative_token_weights(
     group_count = valid.view(num_groups, group_size * length).sum(dim=1)  # (P,)
     scale = group_count / group_sum.clamp(min=1e-30)  # (P,); raw >= min_weight > 0 where counted
     weights = (raw * scale[group_of_row].unsqueeze(-1)).to(torch.float32)  # (B, T)
-    has_spread = (grouped.amax(dim=1) != grouped.amin(dim=1))[group_of_row].unsqueeze(-1)  # (B, 1)
-    return torch.where(has_spread, weights, out)
+    spread = has_spread(rewards, group_size)[group_of_row].unsqueeze(-1)  # (B, 1)
+    return torch.where(spread, weights, out)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from grpo.algorithm.groups import has_spread
+
 
 def _nan_stats(values: torch.Tensor) -> tuple[float, float]:
     valid = values[~torch.isnan(values)]
@@ -19,9 +21,7 @@ def reward_metrics(names: list[str], matrix: torch.Tensor, total: torch.Tensor, 
     for k, name in enumerate(names):
         out[f"reward/{name}/mean"], out[f"reward/{name}/std"] = _nan_stats(matrix[:, k])
     out["reward/total/mean"], out["reward/total/std"] = _nan_stats(total)
-    grouped = total.view(-1, group_size)
-    flat = (grouped.max(1).values == grouped.min(1).values).float()
-    out["groups/zero_spread_frac"] = flat.mean().item()
+    out["groups/zero_spread_frac"] = (~has_spread(total, group_size)).float().mean().item()
     return out
 
 
@@ -37,3 +37,16 @@ def completion_metrics(mask: torch.Tensor, truncated: torch.Tensor) -> dict:
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return ((values * mask).sum() / mask.sum().clamp(min=1)).item()
+
+
+def step_record(reward_names: list[str], rows: dict[str, torch.Tensor], scalars: dict, group_size: int) -> dict:
+    """One step's log record from the rows of all ranks (matrix, total, mask, truncated, entropy,
+    certainty) and the scalars already averaged over ranks."""
+    return {
+        **reward_metrics(reward_names, rows["matrix"], rows["total"], group_size),
+        **completion_metrics(rows["mask"], rows["truncated"]),
+        **scalars,
+        "entropy": masked_mean(rows["entropy"], rows["mask"]),
+        "self_certainty": masked_mean(rows["certainty"], rows["mask"]),
+        "tokens_per_s": rows["mask"].sum().item() / scalars["time/step_s"],
+    }

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo.kv_cache import is_plain_filled_layer
+from grpo.speedups.kv_cache import is_plain_filled_layer
 
 NAME = "grpo_shared_prefix"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from grpo.config import Config, ConfigError
+from grpo.runtime.config import Config, ConfigError
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,7 @@ def deepspeed_engine(model, optimizer, ds_config: dict):
 def full_weights_for_generation(engine):
     """Gather the sharded weights once and take ZeRO-3's hooks off for the rollout.
 
-    With the hooks on, every decoded token all-gathers every layer again (~8x slower, as measured
-    by an earlier attempt on this project).
-    This mirrors DeepSpeed's own `deepspeed.runtime.zero.unwrap_model_for_generation` and TRL's
+    With the hooks on, every decoded token all-gathers every layer again. This mirrors DeepSpeed's own `deepspeed.runtime.zero.unwrap_model_for_generation` and TRL's
     version of it (which also clears `ds_active_sub_modules`). Decoding must call the policy,
     not the engine's root module (the CompletionScorer): the root keeps a start-of-forward hook
     that can run a collective, which would hang ranks that decode different numbers of tokens.

@@ -1,4 +1,4 @@
-"""Recipe-selected shaping of rewards and of the per-token loss (grpo/variants.py and friends).
+"""Recipe-selected shaping of rewards and of the per-token loss (grpo/algorithm/shaping.py, grpo/research).
 
 Two seams of the loop: `shape_rewards` turns the (B, K) reward matrix into the (B,) totals the
 advantages are computed from; `loss_mask_and_weights` says which tokens train and how much.
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from grpo.config import VariantsConfig
-from grpo.label_free import within_group_rank
-from grpo.reward_weighting import combine_rewards, criterion_weights
-from grpo.rollout import RolloutBatch
-from grpo.token_credit import discriminative_token_weights
-from grpo.variants import high_entropy_token_mask, overlong_mask, soft_overlong_penalty
+from grpo.algorithm.shaping import high_entropy_token_mask, overlong_mask, soft_overlong_penalty
+from grpo.research.label_free import within_group_rank
+from grpo.research.reward_weighting import combine_rewards, criterion_weights
+from grpo.research.token_credit import discriminative_token_weights
+from grpo.rollout.batch import RolloutBatch
+from grpo.runtime.config import VariantsConfig
 
 
 def completion_self_certainty(batch: RolloutBatch) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from grpo.onednn_linear import is_plain_linear, onednn_linear
+from grpo.speedups.onednn_linear import is_plain_linear, onednn_linear
 
 
 def can_fuse_head(head: torch.nn.Module) -> bool:
@@ -36,11 +36,10 @@ def _head_pass(hidden, weight, tokens, temperature, chunk_tokens, with_grad, one
     """hidden (N, H), tokens (N,) -> log-probs (N,) float32 and, if with_grad, d logp / d hidden (N, H).
 
     A chunk's (log-)softmax goes into a reused float32 buffer written with out=: fresh (chunk, V)
-    tensors, as torch.logsumexp makes inside, cost page faults on every chunk (a 1,024 x 49,152
-    logsumexp: 72 ms, against 13 ms for a log_softmax into a buffer). With onednn the float32
-    CPU products run on oneDNN (grpo/onednn_linear.py), whose logits are a fresh tensor: chunks of
-    128 tokens (25 MB) are reused by malloc, where 512-token ones are mapped and faulted in anew
-    (3,700 tokens: 0.66 s against 0.78 s without the gradient, 1.29 s against 1.39 s with it).
+    tensors, as torch.logsumexp makes inside, cost page faults on every chunk. With onednn the
+    float32 CPU products run on oneDNN (onednn_linear.py), whose logits are a fresh tensor:
+    chunks of 128 tokens (25 MB at V = 49,152) are reused by malloc, where larger ones are mapped
+    and faulted in anew (bench/RESULTS.md has both measurements).
     """
     n, vocab = tokens.shape[0], weight.shape[0]
     product = onednn_linear if onednn else torch.nn.functional.linear

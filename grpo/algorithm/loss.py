@@ -1,0 +1,260 @@
+"""The GRPO loss: policy losses (a registry), the KL to the reference, aggregation, token log-probs.
+
+Pure functions on tensors, no config objects, no I/O. Shapes: B = prompts x group size,
+T = completion tokens (right-padded), V = vocabulary size; `mask` is (B, T), 1 where a token
+counts.
+
+Which policy loss runs is a name looked up in `POLICY_LOSSES` (as verl's `core_algos.py`):
+each entry is a pure function with one signature that returns the per-token loss and the
+per-token indicators of its own clipping, and says which aggregations it is valid with.
+`policy_loss_with_kl` is the one place the KL term is added. Then `aggregate_loss` reduces.
+
+Choices the reference implementations disagree on, pinned here:
+- KL to the reference uses the k3 estimator exp(r) - r - 1 with r = ref - logp
+  (Schulman, "Approximating KL divergence"; DeepSeekMath eq. 4): unbiased, always >= 0.
+- Aggregation modes follow verl's names: "seq-mean-token-mean" (GRPO paper, TRL's
+  "grpo"), "token-mean" (DAPO, TRL's "bnpo"), "seq-mean-token-sum-norm" (Dr. GRPO).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ClipRange:
+    """The trust region of the importance ratio: [1 - low, 1 + high]; high > low is DAPO's
+    clip-higher. dual_clip_c: dual-clip's cap on the loss of negative-advantage tokens (> 1)."""
+
+    low: float = 0.2
+    high: float = 0.2
+    dual_clip_c: float = 3.0
+
+
+@dataclass
+class PolicyLoss:
+    """A policy loss's per-token value (B, T) and its indicators (B, T) bool, e.g. "clip_frac":
+    the tokens whose gradient its clipping removed. The trainer logs each indicator's share of
+    the unmasked tokens."""
+
+    per_token: torch.Tensor
+    indicators: dict[str, torch.Tensor]
+
+
+PolicyLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, ClipRange], PolicyLoss]
+
+
+@dataclass(frozen=True)
+class PolicyLossSpec:
+    fn: PolicyLossFn
+    aggregations: tuple[str, ...] | None  # the aggregations it is valid with; None = any
+    why: str = ""  # why the aggregation is restricted (quoted in the config error)
+
+
+POLICY_LOSSES: dict[str, PolicyLossSpec] = {}
+
+
+def register_policy_loss(name: str, aggregations: tuple[str, ...] | None = None, why: str = ""):
+    """Decorator: make `fn(logp, old_logp, advantages, mask, clip) -> PolicyLoss` selectable as `name`."""
+
+    def decorator(fn: PolicyLossFn) -> PolicyLossFn:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} is already registered")
+        POLICY_LOSSES[name] = PolicyLossSpec(fn, aggregations, why)
+        return fn
+
+    return decorator
+
+
+def policy_loss_spec(name: str) -> PolicyLossSpec:
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; valid: {', '.join(POLICY_LOSSES)}")
+    return POLICY_LOSSES[name]
+
+
+def _check_pair(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor) -> None:
+    assert logp.dim() == 2 and old_logp.shape == logp.shape, (logp.shape, old_logp.shape)
+    assert advantages.shape == (logp.shape[0],), (advantages.shape, logp.shape)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference): exp(d) - d - 1, d = ref - logp. (B, T)."""
+    assert logp.shape == ref_logp.shape, (logp.shape, ref_logp.shape)
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> torch.Tensor:
+    """PPO clipped objective as a per-token loss: -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A).
+
+    logp, old_logp: (B, T); advantages: (B,), broadcast over tokens. Returns (B, T).
+    eps_high > eps_low is DAPO's clip-higher.
+    """
+    _check_pair(logp, old_logp, advantages)
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    adv = advantages.unsqueeze(1)  # (B, 1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
+    return -torch.minimum(unclipped, clipped)
+
+
+def _clipped_tokens(ratio: torch.Tensor, advantages: torch.Tensor, clip: ClipRange) -> torch.Tensor:
+    """(B, T) bool: the ratio left the trust region on the side the advantage pushes towards,
+    so the clip removed the token's gradient."""
+    adv = advantages.unsqueeze(1)  # (B, 1)
+    return ((ratio > 1 + clip.high) & (adv > 0)) | ((ratio < 1 - clip.low) & (adv < 0))
+
+
+@register_policy_loss("ppo")
+def ppo_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
+    """PPO's clipped surrogate per token (GRPO's), with clip-higher when clip.high > clip.low."""
+    loss = clipped_surrogate(logp, old_logp, advantages, clip.low, clip.high)
+    ratio = torch.exp(logp - old_logp).detach()
+    return PolicyLoss(loss, {"clip_frac": _clipped_tokens(ratio, advantages, clip)})
+
+
+@register_policy_loss("dual_clip")
+def dual_clip_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
+    """Per-token dual-clip PPO loss (Ye et al. 2020, arXiv:1912.09729), as verl's `vanilla` loss.
+
+    With rho = exp(logp - old_logp):
+        clipped = max(-rho*A, -clip(rho, 1 - low, 1 + high)*A)   (PPO)
+        loss    = min(clipped, -c*A)   where A < 0,   clipped otherwise.
+    Why: for A < 0 the PPO term -rho*A grows without bound as rho grows (a token the old policy
+    found unlikely but the new one likes), so one stale token can dominate the batch; dual-clip
+    caps that loss at -c*A (zero gradient beyond rho = c). Requires c > 1, as in verl.
+    Indicators: "clip_frac" (PPO's clip) and "dual_clip_frac" (tokens past the cap).
+    """
+    if not clip.dual_clip_c > 1.0:
+        raise ValueError(f"dual-clip needs dual_clip_c > 1, got {clip.dual_clip_c}")
+    adv = advantages.unsqueeze(-1)  # (B, 1)
+    ppo = clipped_surrogate(logp, old_logp, advantages, clip.low, clip.high)  # (B, T)
+    cap = -clip.dual_clip_c * adv  # (B, 1)
+    loss = torch.where(adv < 0, torch.minimum(ppo, cap), ppo)
+    ratio = torch.exp(logp - old_logp).detach()
+    capped = (adv < 0) & (ppo.detach() > cap)
+    return PolicyLoss(loss, {"clip_frac": _clipped_tokens(ratio, advantages, clip), "dual_clip_frac": capped})
+
+
+@register_policy_loss(
+    "gspo", aggregations=("seq-mean-token-mean",),
+    why="GSPO's token form gives the sequence gradient only when each completion's tokens are "
+        "averaged first, then the completions",
+)
+def gspo_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
+    """Per-token GSPO loss (Zheng et al. 2025, arXiv:2507.18071), the "GSPO-token" form, as verl.
+
+    The sequence ratio is the length-normalized (geometric-mean) likelihood ratio
+        s_i = exp( sum_t mask*(logp - old_logp) / max(sum_t mask, 1) ).
+    Each token carries s_i,t = sg[s_i] * exp(logp_t - sg[logp_t]): its value is s_i, so every token
+    of a completion is clipped together, and its gradient is s_i * grad(logp_t), so averaging the
+    (B, T) loss over each completion's tokens then over completions ("seq-mean-token-mean", which
+    the registry enforces) gives exactly GSPO's sequence gradient.
+    Returns -min(s*A, clip(s, 1 - low, 1 + high)*A) per token. Masked positions carry the same value
+    and are dropped by the aggregation. The log-ratio is clamped at 10 before exp, as in verl, so
+    a wild sequence cannot overflow. GSPO's clip range is tiny (3e-4/4e-4 in the paper) because a
+    sequence ratio moves far less than a token ratio.
+    Indicator "clip_frac": the tokens of sequences whose ratio the clip removed.
+    """
+    _check_pair(logp, old_logp, advantages)
+    assert mask.shape == logp.shape, (mask.shape, logp.shape)
+    m = mask.to(logp.dtype)
+    lengths = m.sum(dim=-1).clamp(min=1.0)  # (B,)
+    seq_log_ratio = ((logp - old_logp) * m).sum(dim=-1) / lengths  # (B,)
+    token_log_ratio = logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1)  # (B, T), value = seq ratio
+    ratio = torch.exp(torch.clamp(token_log_ratio, max=10.0))  # (B, T)
+    adv = advantages.unsqueeze(-1)  # (B, 1)
+    loss = torch.maximum(-ratio * adv, -torch.clamp(ratio, 1.0 - clip.low, 1.0 + clip.high) * adv)
+    return PolicyLoss(loss, {"clip_frac": _clipped_tokens(ratio.detach(), advantages, clip)})
+
+
+def policy_loss_with_kl(
+    name: str,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: ClipRange,
+    beta: float,
+) -> PolicyLoss:
+    """The registered policy loss `name` plus beta * k3 KL per token: the one place the KL is added.
+
+    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,). The KL term is skipped at beta == 0.
+    """
+    out = policy_loss_spec(name).fn(logp, old_logp, advantages, mask, clip)
+    if beta != 0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs reference log-probs (ref_logp is None)")
+        out.per_token = out.per_token + beta * kl_k3(logp, ref_logp)
+    return out
+
+
+def _seq_mean_token_mean(per_token_loss, mask, max_tokens):
+    tokens_per_row = mask.sum(dim=1)  # (B,)
+    row_mean = (per_token_loss * mask).sum(dim=1) / tokens_per_row.clamp(min=1)
+    # An all-masked row has no tokens: it is left out of the mean over sequences.
+    has_tokens = (tokens_per_row > 0).float()
+    return (row_mean * has_tokens).sum() / has_tokens.sum().clamp(min=1)
+
+
+def _token_mean(per_token_loss, mask, max_tokens):
+    return (per_token_loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _seq_mean_token_sum_norm(per_token_loss, mask, max_tokens):
+    if max_tokens is None or max_tokens <= 0:
+        raise ValueError(
+            "aggregation 'seq-mean-token-sum-norm' needs max_tokens (the max completion length), "
+            f"got {max_tokens!r}"
+        )
+    return (per_token_loss * mask).sum() / (per_token_loss.shape[0] * max_tokens)
+
+
+AGGREGATIONS = {
+    "seq-mean-token-mean": _seq_mean_token_mean,
+    "token-mean": _token_mean,
+    "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,
+}
+
+
+def aggregate_loss(
+    per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str, max_tokens: int | None = None
+) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar over the unmasked tokens (mask (B, T), 1 = counts)."""
+    assert per_token_loss.shape == mask.shape and mask.dim() == 2, (per_token_loss.shape, mask.shape)
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
+    return AGGREGATIONS[mode](per_token_loss, mask.to(per_token_loss.dtype), max_tokens)
+
+
+def check_policy_loss(name: str, aggregation: str) -> str | None:
+    """Why `name` cannot run with `aggregation` (None when it can): a message naming the fix."""
+    spec = policy_loss_spec(name)
+    if spec.aggregations is None or aggregation in spec.aggregations:
+        return None
+    return (f"policy loss {name!r} needs aggregation {' or '.join(spec.aggregations)}, got {aggregation!r}: "
+            f"{spec.why}")
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_rows: int = 8) -> torch.Tensor:
+    """log softmax(logits)[tokens] without materializing a (B, T, V) float32 log-softmax.
+
+    logits: (B, T, V) any float dtype; tokens: (B, T) int. Returns (B, T) float32.
+    logsumexp runs over `chunk_rows` rows at a time, so peak extra memory is (chunk, T, V).
+    """
+    assert logits.shape[:2] == tokens.shape, (logits.shape, tokens.shape)
+    picked = torch.gather(logits, 2, tokens.unsqueeze(-1)).squeeze(-1).float()  # (B, T)
+    norms = torch.cat(
+        [torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(chunk_rows, dim=0)]
+    )  # (B, T)
+    return picked - norms

@@ -1,0 +1,57 @@
+"""Speed-ups, applied per device through this module: nothing else in the package names a backend.
+
+- `apply(model, device, cpu_matmul)`: on CPU, float32 linear and LoRA layers run their products
+  on oneDNN where the CPU has AVX-512 (only the wide output head elsewhere) and the LoRA
+  adapter's product accumulates into its layer's output (onednn_linear.py). On other devices
+  nothing changes: PyTorch's own kernels run.
+- `head_logprobs(head, hidden, tokens, temperature, mask)`: token log-probs through a frozen LM
+  head, their gradient made in the forward pass (head_logprobs.py); None where the head is not
+  a plain frozen one.
+- `sampling_weights(model)`: while sampling, float32 LoRA adapters folded into a copy of their
+  layers' weights (lora_fold.py).
+- `GroupDecodeCache`: the decode KV cache of G completions per prompt, the prompt's keys and
+  values held once per group (prefix_attention.py), written in place (kv_cache.py).
+
+Each module's docstring says why it is faster; bench/RESULTS.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from grpo.speedups.decode_cache import GroupDecodeCache
+from grpo.speedups.head_logprobs import can_fuse_head, frozen_head_logprobs
+from grpo.speedups.lora_fold import lora_folded_for_sampling as sampling_weights
+from grpo.speedups.onednn_linear import OneDnnLinear, onednn_plan, use_onednn_linears
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GroupDecodeCache", "apply", "head_logprobs", "sampling_weights"]
+
+
+def apply(model: torch.nn.Module, device: torch.device | str | None, cpu_matmul: str = "auto") -> str | None:
+    """Apply the speed-ups of `device` to `model` in place; returns the CPU product plan
+    ("all", "head") or None when no layer changed.
+
+    cpu_matmul (model.cpu_matmul): auto | onednn | torch (onednn_linear.onednn_plan).
+    """
+    if device is None or torch.device(device).type != "cpu":
+        return None
+    plan = onednn_plan(cpu_matmul)
+    if plan and use_onednn_linears(model, plan):
+        log.info("CPU float32 products: %s on oneDNN (model.cpu_matmul=%s)",
+                 "every linear layer" if plan == "all" else "the output head", cpu_matmul)
+        return plan
+    return None
+
+
+def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                  mask: torch.Tensor | None) -> torch.Tensor | None:
+    """log softmax(head(hidden) / temperature)[tokens] (B, T) through a frozen head, or None when
+    `head` is not a plain frozen bias-free linear held whole on this process."""
+    if not can_fuse_head(head):
+        return None
+    return frozen_head_logprobs(hidden, head.weight, tokens, temperature, mask=mask,
+                                onednn=isinstance(head, OneDnnLinear))

@@ -1,0 +1,56 @@
+"""The policy to train: seeding, the model with its adapter (and a frozen reference where one is
+needed), the optimizer and its schedule, all from the recipe."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import numpy as np
+import torch
+
+from grpo import speedups
+from grpo.runtime.config import Config, TrainConfig
+from grpo.runtime.model import attach_lora, load_model_and_tokenizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_policy(cfg: Config, device: torch.device | None):
+    """The trainable policy, its tokenizer, and a frozen reference copy only when one is needed.
+
+    device None leaves the weights on the CPU for DeepSpeed, which moves each rank's shard.
+    The reference is the base model with the LoRA adapter disabled, so it costs no extra
+    memory; only full fine-tuning with beta > 0 keeps a frozen copy.
+    """
+    m = cfg.model
+    model, tokenizer = load_model_and_tokenizer(
+        m.name, gguf_file=m.gguf_file, dtype=m.dtype, load_in_4bit=m.load_in_4bit, device=device
+    )
+    reference = None
+    if m.use_lora:
+        model = attach_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+    elif cfg.loss.beta > 0:  # full fine-tuning: the reference must be a separate frozen copy
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    speedups.apply(model, device, m.cpu_matmul)
+    if reference is not None:
+        speedups.apply(reference, device, m.cpu_matmul)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model, tokenizer, reference
+
+
+def make_optimizer(params, t: TrainConfig, total_updates: int):
+    """AdamW with linear warmup over `warmup_ratio` of the updates, then cosine decay."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=tuple(t.adam_betas),
+                                  weight_decay=t.weight_decay)
+    warmup = int(math.ceil(t.warmup_ratio * total_updates))
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total_updates)

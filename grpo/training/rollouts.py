@@ -1,0 +1,82 @@
+"""Stages 1-2 of a step: this rank's rollout (G completions per prompt) and its rewards."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from grpo.algorithm.groups import has_spread
+from grpo.rollout import scoring
+from grpo.rollout.batch import RolloutBatch, concat_batches
+from grpo.rollout.generation import generate
+from grpo.rollout.sampling import SamplingParams
+from grpo.runtime.config import Config
+from grpo.runtime.distributed import World
+from grpo.training import shaping
+from grpo.training.prompts import PromptSet, rank_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepRollout:
+    """This rank's rollout of one step: the batch, the (B, K) reward matrix (NaN = not
+    applicable), the (B,) totals the advantages come from, and what to log."""
+
+    batch: RolloutBatch
+    scores: torch.Tensor
+    total: torch.Tensor
+    info: dict
+
+
+def sampling_params(cfg: Config) -> SamplingParams:
+    r = cfg.rollout
+    return SamplingParams(r.temperature, r.top_p, r.max_new_tokens, tuple(r.stop_strings))
+
+
+def prompts_per_step(cfg: Config, world: World) -> int:
+    """Prompts of one optimizer step over all ranks."""
+    t = cfg.train
+    return t.batch_size // cfg.rollout.group_size * t.grad_accum_steps * world.size
+
+
+def reward_weights(reward_fns: list[scoring.WeightedReward]) -> torch.Tensor:
+    return torch.tensor([rf.weight for rf in reward_fns])  # (K,)
+
+
+def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet,
+                     reward_fns: list[scoring.WeightedReward], step: int, world: World) -> StepRollout:
+    """This rank's rollout and reward for one step.
+
+    With DAPO dynamic sampling (one process only), groups whose totals are all equal are dropped
+    and further prompts drawn (each try from its own seeded order, so resuming stays exact) until
+    the step's prompts carry signal or the tries run out; a short batch then trains as it is.
+    """
+    v, g, max_new = cfg.variants, cfg.rollout.group_size, cfg.rollout.max_new_tokens
+    per_step, weights, params = prompts_per_step(cfg, world), reward_weights(reward_fns), sampling_params(cfg)
+    kept, needed, tries = [], per_step, 1 + (v.dynamic_sampling_max_tries if v.dynamic_sampling else 0)
+    for attempt in range(tries):
+        indices, seeds = rank_prompts(len(prompts), step, per_step, cfg.train.seed + attempt * 7_919, world)
+        chosen = prompts.subset(indices)
+        with backend.generation() as policy:
+            batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds)
+        matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns(chosen.rows, g))  # (B, K)
+        if not v.dynamic_sampling:
+            total, info = shaping.shape_rewards(matrix, weights, batch, v, max_new)
+            return StepRollout(batch, matrix, total, info)
+        total, _ = shaping.shape_rewards(matrix, weights, batch, v, max_new)
+        groups = has_spread(total, g).nonzero().squeeze(1).tolist()[:needed]
+        rows_kept = [i * g + j for i in groups for j in range(g)]
+        kept.append((batch.select_groups(groups), matrix[rows_kept]))
+        needed -= len(groups)
+        if needed == 0:
+            break
+    batch = concat_batches([b for b, _ in kept], tokenizer.pad_token_id)
+    matrix = torch.cat([m for _, m in kept])
+    if batch.num_prompts == 0:  # nothing had signal: train on nothing rather than crash
+        log.warning("step %d: no group with reward spread after %d tries", step, tries)
+    total, info = shaping.shape_rewards(matrix, weights, batch, v, max_new)
+    info.update({"dynamic_sampling/tries": attempt + 1, "dynamic_sampling/groups": batch.num_prompts})
+    return StepRollout(batch, matrix, total, info)
