@@ -13,27 +13,34 @@ from tests.helpers.gsm8k import GSM8K_DIR, needs_gsm8k
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("72", "72"),
-        (" 72\n", "72"),
-        ("1,080", "1080"),
-        ("109,200,000", "109200000"),
-        ("$5", "5"),
-        ("$1,250.00", "1250"),
-        ("-3", "-3"),
-        ("0.5", "0.5"),
-        ("0.50", "0.5"),
-        (".5", "0.5"),
-        ("3.0", "3"),
-        ("+7", "7"),
-        ("-0", "0"),
-        ("12.345", "12.345"),
+        pytest.param("72", "72", id="plain-integer"),
+        pytest.param(" 72\n", "72", id="surrounding-whitespace"),
+        pytest.param("1,080", "1080", id="thousands-comma"),
+        pytest.param("109,200,000", "109200000", id="several-commas"),
+        pytest.param("$5", "5", id="dollar-sign"),
+        pytest.param("$1,250.00", "1250", id="dollars-commas-cents"),
+        pytest.param("-3", "-3", id="negative"),
+        pytest.param("0.5", "0.5", id="decimal"),
+        pytest.param("0.50", "0.5", id="trailing-zero-dropped"),
+        pytest.param(".5", "0.5", id="leading-dot"),
+        pytest.param("3.0", "3", id="whole-decimal-to-integer"),
+        pytest.param("+7", "7", id="plus-sign-dropped"),
+        pytest.param("-0", "0", id="negative-zero"),
+        pytest.param("12.345", "12.345", id="three-decimals-kept"),
     ],
 )
 def test_normalize_number(text, expected):
     assert normalize_number(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", " ", "seventy", "72 apples", "1/2", "3-4", "--3", "$", "1.2.3", "1e5", "nan"])
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "seventy", "72 apples", "1/2", "3-4", "--3", "$", "1.2.3", "1e5", "nan"],
+    ids=[
+        "empty", "blank", "word", "number-with-unit", "fraction", "range", "double-minus", "bare-dollar",
+        "two-dots", "exponent", "nan",
+    ],
+)
 def test_normalize_number_rejects_non_numbers(text):
     with pytest.raises(ValueError, match="is not a number"):
         normalize_number(text)
@@ -59,7 +66,7 @@ def test_parse_row_builds_question_answer_and_solution():
 
 
 @needs_gsm8k
-@pytest.mark.parametrize(("split", "n_rows"), [("train", 7473), ("test", 1319)])
+@pytest.mark.parametrize(("split", "n_rows"), [("train", 7473), ("test", 1319)], ids=["train", "test"])
 def test_every_local_row_parses(split, n_rows):
     path = GSM8K_DIR / f"{split}.jsonl"
     rows = load_gsm8k_file(path)
@@ -77,14 +84,16 @@ def test_every_local_row_parses(split, n_rows):
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        ({"question": "How many?", "answer": "It is 4."}, "exactly one '####'"),
-        ({"question": "How many?", "answer": "4 #### 4 #### 4"}, "found 2"),
-        ({"question": "How many?", "answer": "It is four.\n#### four"}, "'four' is not a number"),
-        ({"question": "How many?", "answer": "It is 4.\n####"}, "is not a number"),
-        ({"answer": "#### 4"}, "field 'question'"),
-        ({"question": "How many?"}, "field 'answer'"),
-        ({"question": "   ", "answer": "#### 4"}, "field 'question'"),
-        ({"question": "How many?", "answer": 4}, "field 'answer'"),
+        pytest.param({"question": "How many?", "answer": "It is 4."}, "exactly one '####'", id="no-marker"),
+        pytest.param({"question": "How many?", "answer": "4 #### 4 #### 4"}, "found 2", id="two-markers"),
+        pytest.param(
+            {"question": "How many?", "answer": "It is four.\n#### four"}, "'four' is not a number", id="word-answer"
+        ),
+        pytest.param({"question": "How many?", "answer": "It is 4.\n####"}, "is not a number", id="empty-answer"),
+        pytest.param({"answer": "#### 4"}, "field 'question'", id="missing-question"),
+        pytest.param({"question": "How many?"}, "field 'answer'", id="missing-answer"),
+        pytest.param({"question": "   ", "answer": "#### 4"}, "field 'question'", id="blank-question"),
+        pytest.param({"question": "How many?", "answer": 4}, "field 'answer'", id="non-string-answer"),
     ],
 )
 def test_bad_rows_name_file_line_and_reason(tmp_path, raw, reason):

@@ -41,13 +41,17 @@ def test_split_is_fixed_by_the_seed():
     assert split_train_validation(rows, 0.1, seed=0)[1] != split_train_validation(rows, 0.1, seed=1)[1]
 
 
-@pytest.mark.parametrize(("n", "fraction", "n_val"), [(7465, 0.1, 746), (10, 0.25, 2), (10, 0.0, 0), (3, 0.1, 0)])
+@pytest.mark.parametrize(
+    ("n", "fraction", "n_val"),
+    [(7465, 0.1, 746), (10, 0.25, 2), (10, 0.0, 0), (3, 0.1, 0)],
+    ids=["gsm8k-half-to-even", "quarter-half-to-even", "zero-fraction", "rounds-down-to-zero"],
+)
 def test_split_sizes_round_to_nearest(n, fraction, n_val):
     # 7465 * 0.1 = 746.5 -> 746 (round half to even); 10 * 0.25 = 2.5 -> 2; 3 * 0.1 = 0.3 -> 0.
     assert len(split_train_validation(numbered_rows(n), fraction, seed=0)[1]) == n_val
 
 
-@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5], ids=["negative", "one", "above-one"])
 def test_split_rejects_fractions_outside_0_1(fraction):
     with pytest.raises(ValueError, match=f"val_fraction={fraction}"):
         split_train_validation(numbered_rows(10), fraction, seed=0)
@@ -99,7 +103,7 @@ def test_gsm8k_bad_row_in_a_local_file(tmp_path):
     assert len(splits["train"]) + len(splits["validation"]) == 9
 
 
-@pytest.mark.parametrize("difficulty", [1, 2, 3])
+@pytest.mark.parametrize("difficulty", [1, 2, 3], ids=["difficulty-1", "difficulty-2", "difficulty-3"])
 def test_synthetic_problems_are_distinct_deterministic_and_verifiable(difficulty):
     rows = generate_synthetic(3000, difficulty=difficulty, seed=0)
     assert len({row["question"] for row in rows}) == 3000
@@ -120,7 +124,11 @@ def test_synthetic_difficulty_3_always_multiplies():
     assert all(" * " in row["solution"] for row in generate_synthetic(200, difficulty=3, seed=0))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"difficulty": 4}, "difficulty=4"), ({"n": -1}, "n=-1")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"difficulty": 4}, "difficulty=4"), ({"n": -1}, "n=-1")],
+    ids=["unknown-difficulty", "negative-count"],
+)
 def test_synthetic_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_synthetic(**{"n": 10, **kwargs})
@@ -136,12 +144,12 @@ def test_synthetic_task_splits_and_prompts():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "math"}, "task 'math'"),
-        ({"name": "synthetic", "n_shot": 5}, "n_shot=5"),
-        ({"name": "synthetic", "on_bad_row": "ignore"}, "on_bad_row='ignore'"),
-        ({"name": "synthetic", "limit_train": 0}, "limit_train=0"),
-        ({"name": "synthetic", "limit_eval": 2.5}, "limit_eval=2.5"),
-        ({"name": "jsonl"}, "needs train_file"),
+        pytest.param({"name": "math"}, "task 'math'", id="unknown-task"),
+        pytest.param({"name": "synthetic", "n_shot": 5}, "n_shot=5", id="unsupported-shot-count"),
+        pytest.param({"name": "synthetic", "on_bad_row": "ignore"}, "on_bad_row='ignore'", id="unknown-bad-row-policy"),
+        pytest.param({"name": "synthetic", "limit_train": 0}, "limit_train=0", id="zero-train-limit"),
+        pytest.param({"name": "synthetic", "limit_eval": 2.5}, "limit_eval=2.5", id="fractional-eval-limit"),
+        pytest.param({"name": "jsonl"}, "needs train_file", id="jsonl-without-train-file"),
     ],
 )
 def test_load_task_rejects_bad_arguments(kwargs, message):

@@ -75,7 +75,7 @@ def test_two_ranks_train_and_each_holds_half_of_the_parameters(two_rank_run):
         assert abs(shard["rank_numel"] - full / 2) <= 200
         assert abs(shard["rank_bytes"] - shards[0]["full_bytes"] / 2) <= 800
     written = sorted(p.name for p in (two_rank_run / "checkpoints" / "step-000002").iterdir())
-    assert written == ["adapter", "deepspeed", "rng", "trainer_state.pt"]
+    assert written == ["adapter", "trainer_state.pt"]  # nothing per rank: the optimizer state is gathered
     lora_b = {k: v for k, v in adapter_weights(two_rank_run).items() if "lora_B" in k}
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # full weights, not empty shards
 
@@ -108,18 +108,26 @@ def test_two_ranks_resume_to_the_same_weights(tiny_model_dir, two_rank_run, tmp_
 
 
 def recipe(*overrides):
-    return load_config(None, ["train.batch_size=8", "rollout.group_size=4", "train.grad_accum_steps=2",
+    return load_config(None, ["train.batch_size=8", "rollout.group_size=4", "train.grad_accum_steps=2", "model.dtype=float32",
                               *overrides])
 
 
 @pytest.mark.parametrize("override, named", [
-    ("model.load_in_4bit=true", "load_in_4bit"), ("variants.dynamic_sampling=true", "dynamic_sampling"),
-    ("model.use_lora=false", "use_lora"), ("log.merge_final=true", "merge_final"),
-])
+    ("variants.dynamic_sampling=true", "dynamic_sampling"), ("model.use_lora=false", "use_lora"),
+    ("log.merge_final=true", "merge_final"),
+], ids=["dynamic-sampling", "full-finetune", "merge-final"])
 def test_zero3_refuses_what_it_cannot_honour_naming_the_setting(override, named):
     check_recipe(recipe())  # the defaults pass
+    check_recipe(recipe("model.load_in_4bit=true"))  # QLoRA runs under ZeRO-3
     with pytest.raises(ConfigError, match=named):
         check_recipe(recipe(override))
+
+
+def test_ddp_refuses_only_dynamic_sampling():
+    for allowed in ("model.use_lora=false", "log.merge_final=true", "model.load_in_4bit=true"):
+        check_recipe(recipe(allowed), "ddp")
+    with pytest.raises(ConfigError, match="dynamic_sampling"):
+        check_recipe(recipe("variants.dynamic_sampling=true"), "ddp")
 
 
 def test_ds_config_auto_fields_come_from_the_recipe():
@@ -134,11 +142,13 @@ def test_ds_config_auto_fields_come_from_the_recipe():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"train_batch_size": 32}, r"train_batch_size=32 contradicts the recipe \(train.batch_size x "
-                                   r"train.grad_accum_steps x 4 ranks gives 64\)"),
-        ({"bf16": {"enabled": True}}, r"bf16.enabled=True contradicts the recipe \(model.dtype=float32"),
-        ({"zero_optimization": {"stage": 2}}, "ZeRO stage 3 only"),
-        ({"optimizer": {"type": "Adam"}}, "remove the 'optimizer' section"),
+        pytest.param({"train_batch_size": 32}, r"train_batch_size=32 contradicts the recipe \(train.batch_size x "
+                                                r"train.grad_accum_steps x 4 ranks gives 64\)",
+                     id="batch-size-mismatch"),
+        pytest.param({"bf16": {"enabled": True}}, r"bf16.enabled=True contradicts the recipe \(model.dtype=float32",
+                     id="bf16-on-float32"),
+        pytest.param({"zero_optimization": {"stage": 2}}, "ZeRO stage 3 only", id="zero-stage-2"),
+        pytest.param({"optimizer": {"type": "Adam"}}, "remove the 'optimizer' section", id="optimizer-section"),
     ],
 )
 def test_a_ds_config_value_that_contradicts_the_recipe_is_an_error(change, message):
@@ -148,6 +158,7 @@ def test_a_ds_config_value_that_contradicts_the_recipe_is_an_error(change, messa
 
 
 @pytest.mark.parametrize("count, size, shares", [(4, 2, [[0, 1], [2, 3]]), (5, 2, [[0, 1, 2], [3, 4]]),
-                                                  (1, 2, [[0], []])])
+                                                  (1, 2, [[0], []])],
+                         ids=["even-split", "remainder-to-first-rank", "fewer-items-than-ranks"])
 def test_rank_share_splits_contiguously(count, size, shares):
     assert [list(rank_share(count, World(rank, size))) for rank in range(size)] == shares

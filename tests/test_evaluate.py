@@ -13,19 +13,23 @@ CORRECT_72 = "48 + 24 = 72\n#### The final answer is 72"
 @pytest.mark.parametrize(
     ("n", "c", "k", "expected"),
     [
-        (5, 2, 1, 0.4),  # 1 - C(3,1)/C(5,1) = 1 - 3/5
-        (5, 2, 2, 0.7),  # 1 - C(3,2)/C(5,2) = 1 - 3/10
-        (4, 0, 2, 0.0),  # no correct sample: C(4,2)/C(4,2) = 1
-        (4, 4, 1, 1.0),  # C(0,1) = 0
-        (3, 1, 3, 1.0),  # k = n: any correct sample passes; C(2,3) = 0
-        (10, 3, 5, 1 - 21 / 252),  # C(7,5) = 21, C(10,5) = 252
+        pytest.param(5, 2, 1, 0.4, id="pass-at-1"),  # 1 - C(3,1)/C(5,1) = 1 - 3/5
+        pytest.param(5, 2, 2, 0.7, id="pass-at-2"),  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+        pytest.param(4, 0, 2, 0.0, id="none-correct"),  # no correct sample: C(4,2)/C(4,2) = 1
+        pytest.param(4, 4, 1, 1.0, id="all-correct"),  # C(0,1) = 0
+        pytest.param(3, 1, 3, 1.0, id="k-equals-n"),  # k = n: any correct sample passes; C(2,3) = 0
+        pytest.param(10, 3, 5, 1 - 21 / 252, id="pass-at-5-of-10"),  # C(7,5) = 21, C(10,5) = 252
     ],
 )
 def test_pass_at_k_matches_hand_values(n, c, k, expected):
     assert evaluate.pass_at_k(n, c, k) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("n", "c", "k"), [(4, 1, 0), (4, 1, 5), (4, 5, 2), (4, -1, 2)])
+@pytest.mark.parametrize(
+    ("n", "c", "k"),
+    [(4, 1, 0), (4, 1, 5), (4, 5, 2), (4, -1, 2)],
+    ids=["k-zero", "k-above-n", "c-above-n", "negative-c"],
+)
 def test_pass_at_k_rejects_impossible_counts(n, c, k):
     with pytest.raises(ValueError, match=f"n={n}, c={c}, k={k}"):
         evaluate.pass_at_k(n, c, k)
@@ -76,11 +80,14 @@ def test_compare_merges_files_and_separates_clashing_labels(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--out", "x"], "give --model"),
-        (["--model", "m", "--out", "x", "--skip-base"], "--skip-base needs --adapter"),
-        (["--model", "m", "--out", "x", "--pass-k", "4", "--num-samples", "2"], "--pass-k 4"),
-        (["--model", "m", "--out", "x", "--pass-k", "2", "--temperature", "0"], "--temperature 0.0"),
-        (["--model", "m", "--out", "x", "--limit", "0"], "--limit 0"),
+        pytest.param(["--out", "x"], "give --model", id="missing-model"),
+        pytest.param(["--model", "m", "--out", "x", "--skip-base"], "--skip-base needs --adapter",
+                     id="skip-base-without-adapter"),
+        pytest.param(["--model", "m", "--out", "x", "--pass-k", "4", "--num-samples", "2"], "--pass-k 4",
+                     id="pass-k-above-samples"),
+        pytest.param(["--model", "m", "--out", "x", "--pass-k", "2", "--temperature", "0"], "--temperature 0.0",
+                     id="pass-k-with-greedy"),
+        pytest.param(["--model", "m", "--out", "x", "--limit", "0"], "--limit 0", id="zero-limit"),
     ],
 )
 def test_bad_arguments_are_reported(argv, message, capsys):

@@ -80,11 +80,11 @@ def test_inputs_not_mutated():
 @pytest.mark.parametrize(
     "snaps, steps, match",
     [
-        ([{"w": torch.ones(2)}], [0], "at least 2"),
-        ([{"w": torch.ones(2)}, {"w": torch.ones(2)}], [3, 3], "strictly increasing"),
-        ([{"w": torch.ones(2)}, {"w": torch.ones(3)}], [0, 1], "does not match"),
-        ([{"w": torch.ones(2)}, {"v": torch.ones(2)}], [0, 1], "does not match"),
-        ([{"w": torch.ones(2, dtype=torch.long)}] * 2, [0, 1], "floating-point"),
+        pytest.param([{"w": torch.ones(2)}], [0], "at least 2", id="one-snapshot"),
+        pytest.param([{"w": torch.ones(2)}, {"w": torch.ones(2)}], [3, 3], "strictly increasing", id="repeated-step"),
+        pytest.param([{"w": torch.ones(2)}, {"w": torch.ones(3)}], [0, 1], "does not match", id="shape-mismatch"),
+        pytest.param([{"w": torch.ones(2)}, {"v": torch.ones(2)}], [0, 1], "does not match", id="key-mismatch"),
+        pytest.param([{"w": torch.ones(2, dtype=torch.long)}] * 2, [0, 1], "floating-point", id="integer-tensors"),
     ],
 )
 def test_bad_snapshots_rejected(snaps, steps, match):

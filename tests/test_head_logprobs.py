@@ -11,10 +11,10 @@ from grpo.speedups.head_logprobs import can_fuse_head, frozen_head_logprobs
     # W = [[1], [2]] (V=2, H=1), h = 0.5.
     # tau 1: logits [0.5, 1.0]; Z = e^0.5 + e^1 = 4.36700; logp[1] = 1 - ln Z = -0.474077;
     #   p = [0.377541, 0.622459]; grad = W[1] - p.W = 2 - 1.622459 = 0.377541.
-    (1.0, 1, -0.474077, 0.377541),
+    pytest.param(1.0, 1, -0.474077, 0.377541, id="temperature-1"),
     # tau 2: logits [0.25, 0.5]; Z = 2.932748; logp[0] = 0.25 - ln Z = -0.825939;
     #   p = [0.437824, 0.562176]; grad = (W[0] - p.W) / 2 = (1 - 1.562176) / 2 = -0.281088.
-    (2.0, 0, -0.825939, -0.281088),
+    pytest.param(2.0, 0, -0.825939, -0.281088, id="temperature-2"),
 ])
 def test_logprob_and_gradient_by_hand(temperature, token, expected_logp, expected_grad):
     weight = torch.tensor([[1.0], [2.0]])
@@ -30,9 +30,17 @@ def textbook(hidden, weight, tokens, temperature):
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
-@pytest.mark.parametrize("chunk_tokens", [1, 6, 64])  # 35 tokens: one per chunk, a ragged last chunk, one chunk
-@pytest.mark.parametrize("onednn", [False, True])  # float32 products on oneDNN (bfloat16 runs F.linear either way)
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "chunk_tokens",
+    [1, 6, 64],  # 35 tokens: one per chunk, a ragged last chunk, one chunk
+    ids=["chunk-per-token", "ragged-chunks", "single-chunk"],
+)
+@pytest.mark.parametrize(
+    "onednn",
+    [False, True],  # float32 products on oneDNN (bfloat16 runs F.linear either way)
+    ids=["linear", "onednn"],
+)
 def test_matches_autograd_through_a_full_log_softmax(dtype, tol, chunk_tokens, onednn):
     torch.manual_seed(0)
     weight = torch.randn(50, 16).to(dtype)

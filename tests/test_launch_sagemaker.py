@@ -115,16 +115,16 @@ def test_deepspeed_multi_node_launches_locally_from_a_hostfile():
 
 
 @pytest.mark.parametrize("env_change, hps_change, message", [
-    ({"SM_HOSTS": None}, {}, "SM_HOSTS is not set"),
-    ({"SM_HOSTS": "algo-1,algo-2"}, {}, "not a JSON list"),
-    ({"SM_HOSTS": "[]"}, {}, "non-empty JSON list"),
-    ({"SM_CURRENT_HOST": "algo-9"}, {}, "not one of SM_HOSTS"),
-    ({"SM_NUM_GPUS": "eight"}, {}, "not an integer"),
-    ({"SM_CHANNEL_TRAIN": None}, {}, "no 'train' input channel"),
-    ({"SM_CHANNEL_RECIPE": None}, {}, "no 'recipe' input channel"),
-    ({}, {"recipe": None}, "hyperparameter 'recipe' is missing"),
-    ({}, {"launcher": "mpirun"}, "launcher='mpirun'"),
-    ({"SM_NUM_GPUS": "0"}, {"launcher": "deepspeed"}, "needs a GPU instance"),
+    pytest.param({"SM_HOSTS": None}, {}, "SM_HOSTS is not set", id="hosts-unset"),
+    pytest.param({"SM_HOSTS": "algo-1,algo-2"}, {}, "not a JSON list", id="hosts-not-json"),
+    pytest.param({"SM_HOSTS": "[]"}, {}, "non-empty JSON list", id="hosts-empty"),
+    pytest.param({"SM_CURRENT_HOST": "algo-9"}, {}, "not one of SM_HOSTS", id="current-host-not-listed"),
+    pytest.param({"SM_NUM_GPUS": "eight"}, {}, "not an integer", id="gpu-count-not-integer"),
+    pytest.param({"SM_CHANNEL_TRAIN": None}, {}, "no 'train' input channel", id="no-train-channel"),
+    pytest.param({"SM_CHANNEL_RECIPE": None}, {}, "no 'recipe' input channel", id="no-recipe-channel"),
+    pytest.param({}, {"recipe": None}, "hyperparameter 'recipe' is missing", id="no-recipe-hyperparameter"),
+    pytest.param({}, {"launcher": "mpirun"}, "launcher='mpirun'", id="unknown-launcher"),
+    pytest.param({"SM_NUM_GPUS": "0"}, {"launcher": "deepspeed"}, "needs a GPU instance", id="deepspeed-without-gpus"),
 ])
 def test_entry_errors_name_the_problem(env_change, hps_change, message):
     env = sm_env(["algo-1", "algo-2"], "algo-1", 4)
@@ -145,7 +145,8 @@ def test_hyperparameters_arrive_as_the_sdk_driver_passes_them():
     assert parsed["validation_file"] is None and parsed["deepspeed_config"] is None
 
 
-@pytest.mark.parametrize("overrides", ['"train.beta=0"', '{"a": 1}', "[1, 2]", "not json"])
+@pytest.mark.parametrize("overrides", ['"train.beta=0"', '{"a": 1}', "[1, 2]", "not json"],
+                         ids=["json-string", "json-object", "list-of-numbers", "not-json"])
 def test_overrides_must_be_a_json_list_of_strings(overrides, capsys):
     with pytest.raises(SystemExit):
         entry.parse_hyperparameters(["--recipe", "r.yaml", "--overrides", overrides])
@@ -257,26 +258,31 @@ def test_explicit_checkpoint_uri_and_no_spot(source_dir, capsys):
 
 
 @pytest.mark.parametrize("drop, extra, shell_env, message", [
-    ("--role", [], {}, "--role is required"),
-    ("--bucket", [], {}, "--bucket is required"),
-    ("--region", [], {}, "no AWS region: pass --region"),
-    ("--recipe", [], {}, "--recipe is required"),
-    (None, ["--role", "SageMakerTraining"], {}, "give the full role ARN"),
-    (None, ["--bucket", "s3://grpo-bucket/x"], {}, "give a bucket name"),
-    (None, ["--max-wait", "100"], {}, "--max-wait applies to spot jobs only"),
-    (None, ["--spot", "--max-run", "3600", "--max-wait", "60"], {}, "needs max-wait >= max-run"),
-    (None, ["--launcher", "deepspeed"], {}, "--launcher deepspeed needs --deepspeed-config"),
-    (None, ["--deepspeed-config", "missing.json"], {}, "no such file inside"),
-    (None, ["train.lr"], {}, "expected section.key=value"),
-    (None, ["log.output_dir=/tmp/x"], {}, "always writes to /opt/ml/checkpoints"),
-    (None, ["--train", "s3://b/train.jsonl", "data.train_file=x.jsonl"], {}, "--train sets it"),
-    (None, ["rollout.stop_strings=['\\n']"], {}, "single quotes cannot pass"),
-    (None, ["--train", "no/such/file.jsonl"], {}, "no such local file"),
-    (None, ["--train", "s3://bucket/folder/"], {}, "not a folder"),
-    (None, ["--env", "HF_TOKEN"], {}, "HF_TOKEN is not set in your shell"),
-    (None, ["--tag", "project"], {}, "expected KEY=VALUE"),
-    (None, ["--job-name", "grpo_run"], {}, "letters, digits and hyphens"),
-    (None, ["--follow", "job-1"], {}, "cannot be combined with --dry-run"),
+    pytest.param("--role", [], {}, "--role is required", id="missing-role"),
+    pytest.param("--bucket", [], {}, "--bucket is required", id="missing-bucket"),
+    pytest.param("--region", [], {}, "no AWS region: pass --region", id="missing-region"),
+    pytest.param("--recipe", [], {}, "--recipe is required", id="missing-recipe"),
+    pytest.param(None, ["--role", "SageMakerTraining"], {}, "give the full role ARN", id="role-name-not-arn"),
+    pytest.param(None, ["--bucket", "s3://grpo-bucket/x"], {}, "give a bucket name", id="bucket-as-s3-uri"),
+    pytest.param(None, ["--max-wait", "100"], {}, "--max-wait applies to spot jobs only", id="max-wait-without-spot"),
+    pytest.param(None, ["--spot", "--max-run", "3600", "--max-wait", "60"], {}, "needs max-wait >= max-run",
+                 id="max-wait-below-max-run"),
+    pytest.param(None, ["--launcher", "deepspeed"], {}, "--launcher deepspeed needs --deepspeed-config",
+                 id="deepspeed-without-config"),
+    pytest.param(None, ["--deepspeed-config", "missing.json"], {}, "no such file inside",
+                 id="deepspeed-config-not-found"),
+    pytest.param(None, ["train.lr"], {}, "expected section.key=value", id="override-without-value"),
+    pytest.param(None, ["log.output_dir=/tmp/x"], {}, "always writes to /opt/ml/checkpoints",
+                 id="override-of-output-dir"),
+    pytest.param(None, ["--train", "s3://b/train.jsonl", "data.train_file=x.jsonl"], {}, "--train sets it",
+                 id="override-of-train-file"),
+    pytest.param(None, ["rollout.stop_strings=['\\n']"], {}, "single quotes cannot pass", id="single-quoted-override"),
+    pytest.param(None, ["--train", "no/such/file.jsonl"], {}, "no such local file", id="missing-local-train-file"),
+    pytest.param(None, ["--train", "s3://bucket/folder/"], {}, "not a folder", id="train-uri-is-a-folder"),
+    pytest.param(None, ["--env", "HF_TOKEN"], {}, "HF_TOKEN is not set in your shell", id="env-var-not-in-shell"),
+    pytest.param(None, ["--tag", "project"], {}, "expected KEY=VALUE", id="tag-without-value"),
+    pytest.param(None, ["--job-name", "grpo_run"], {}, "letters, digits and hyphens", id="job-name-with-underscore"),
+    pytest.param(None, ["--follow", "job-1"], {}, "cannot be combined with --dry-run", id="follow-with-dry-run"),
 ])
 def test_bad_options_exit_with_a_clear_message(source_dir, capsys, drop, extra, shell_env, message):
     argv = base_argv(source_dir)

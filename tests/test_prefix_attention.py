@@ -23,8 +23,8 @@ def reference_attention(q, k, v, key_mask):
 
 
 @pytest.mark.parametrize("active", [
-    [0, 2, 3, 5],  # rows 1 and 4 finished earlier; row // group = prompt
-    [0, 1, 2, 3, 4, 5],  # every row still decoding (stacking is a reshape)
+    pytest.param([0, 2, 3, 5], id="some-rows-finished"),  # rows 1 and 4 finished earlier; row // group = prompt
+    pytest.param([0, 1, 2, 3, 4, 5], id="all-rows-decoding"),  # every row still decoding (stacking is a reshape)
 ])
 def test_split_softmax_equals_attention_over_the_whole_sequence(active):
     g, gen = torch.Generator().manual_seed(0), 3

@@ -71,15 +71,19 @@ def _uid(entry: os.DirEntry) -> int:
 @pytest.mark.parametrize(
     "completion, expected",
     [
-        (f"Here:\n```python\n{RIGHT}```\nDone.", RIGHT),
-        (f"```\n{RIGHT}```", RIGHT),
-        (f"```py\n{RIGHT}", RIGHT),  # unclosed fence: generation stopped early
-        (f"```python\nprint(1)\n```\n```python\n{RIGHT}```\n```python\nadd(1, 2)\n```", RIGHT),  # the defining block
-        (f"```python\ndef add(a, b):\n    return 0\n```\nFixed:\n```python\n{RIGHT}```", RIGHT),  # the last one
-        ("```js\nfunction add(a, b) { return a + b }\n```", ""),  # not Python
-        ("    return a + b\n", "    return a + b\n"),  # bare body
-        (RIGHT, RIGHT),  # bare function
-        ("", ""),
+        pytest.param(f"Here:\n```python\n{RIGHT}```\nDone.", RIGHT, id="fence-with-prose"),
+        pytest.param(f"```\n{RIGHT}```", RIGHT, id="bare-fence"),
+        pytest.param(f"```py\n{RIGHT}", RIGHT, id="unclosed-fence"),  # unclosed fence: generation stopped early
+        pytest.param(  # the defining block
+            f"```python\nprint(1)\n```\n```python\n{RIGHT}```\n```python\nadd(1, 2)\n```", RIGHT, id="defining-block"
+        ),
+        pytest.param(  # the last one
+            f"```python\ndef add(a, b):\n    return 0\n```\nFixed:\n```python\n{RIGHT}```", RIGHT, id="last-block"
+        ),
+        pytest.param("```js\nfunction add(a, b) { return a + b }\n```", "", id="not-python"),  # not Python
+        pytest.param("    return a + b\n", "    return a + b\n", id="bare-body"),  # bare body
+        pytest.param(RIGHT, RIGHT, id="bare-function"),  # bare function
+        pytest.param("", "", id="empty"),
     ],
 )
 def test_extract_code(completion, expected):
@@ -89,11 +93,12 @@ def test_extract_code(completion, expected):
 @pytest.mark.parametrize(
     "code, prompt, expected",
     [
-        (RIGHT, ADD_PROMPT, [ADD_PROMPT + "\n" + RIGHT, RIGHT]),
-        (RIGHT, "", [RIGHT]),
-        ("    return a + b\n", ADD_PROMPT, [ADD_PROMPT + "    return a + b\n"]),
-        ("\n\treturn a + b\n", ADD_PROMPT, [ADD_PROMPT + "\n\treturn a + b\n"]),
-        ("print(1)\n", ADD_PROMPT, ["print(1)\n"]),  # not a body: the prompt's stub must not count
+        pytest.param(RIGHT, ADD_PROMPT, [ADD_PROMPT + "\n" + RIGHT, RIGHT], id="function-after-prompt"),
+        pytest.param(RIGHT, "", [RIGHT], id="function-without-prompt"),
+        pytest.param("    return a + b\n", ADD_PROMPT, [ADD_PROMPT + "    return a + b\n"], id="body-continues-prompt"),
+        pytest.param("\n\treturn a + b\n", ADD_PROMPT, [ADD_PROMPT + "\n\treturn a + b\n"], id="tab-indented-body"),
+        # not a body: the prompt's stub must not count
+        pytest.param("print(1)\n", ADD_PROMPT, ["print(1)\n"], id="not-a-body"),
     ],
 )
 def test_candidate_programs(code, prompt, expected):
@@ -106,22 +111,33 @@ def test_candidate_programs(code, prompt, expected):
 @pytest.mark.parametrize(
     "completion, options, expected",
     [
-        (f"```python\n{RIGHT}```", {}, 1.0),
-        ("    return a + b\n", {}, 1.0),  # body continuing the prompt
-        ("def add(a, b):\n    return a - b\n", {}, 0.2),  # runs, fails tests
-        ("def add(a, b):\n    return a - b\n", {"partial_credit": 0.0}, 0.0),
+        pytest.param(f"```python\n{RIGHT}```", {}, 1.0, id="fenced-right-answer"),
+        pytest.param("    return a + b\n", {}, 1.0, id="body-continuing-prompt"),  # body continuing the prompt
+        pytest.param("def add(a, b):\n    return a - b\n", {}, 0.2, id="fails-tests"),  # runs, fails tests
+        pytest.param("def add(a, b):\n    return a - b\n", {"partial_credit": 0.0}, 0.0, id="fails-tests-no-credit"),
         # a - b is right for add(10, 0) only; a * b for add(2, 2) too: 2 of 4 pass.
-        ("def add(a, b):\n    return a * b if a == b else a - b\n", {"fractional": True}, 0.2 + 0.8 * 2 / 4),
-        ("def add(a, b):\n    return a - b\n", {"fractional": True}, 0.2 + 0.8 * 1 / 4),
-        ("def add(a, b):\n    raise ValueError\n", {}, 0.2),
-        ("def add(a, b)\n    return a + b\n", {}, 0.0),  # syntax error
-        ("def plus(a, b):\n    return a + b\n", {}, 0.0),  # no add(): the prompt's stub does not count
-        ("1 / 0\ndef add(a, b):\n    return a + b\n", {}, 0.0),  # fails at top level
-        ("", {}, 0.0),
-        ("I cannot solve this.", {}, 0.0),
-        ("```python\n```", {}, 0.0),
-        ("def add(a, b):\n    import time\n    time.sleep(60)\n", {"timeout_s": 1.0}, 0.2),
-        ("def add(a, b):\n    return 'x' * 2**25\n", {}, 0.2),  # reply over the 16 MB cap
+        pytest.param(
+            "def add(a, b):\n    return a * b if a == b else a - b\n", {"fractional": True}, 0.2 + 0.8 * 2 / 4,
+            id="fractional-two-of-four",
+        ),
+        pytest.param(
+            "def add(a, b):\n    return a - b\n", {"fractional": True}, 0.2 + 0.8 * 1 / 4, id="fractional-one-of-four"
+        ),
+        pytest.param("def add(a, b):\n    raise ValueError\n", {}, 0.2, id="raises"),
+        pytest.param("def add(a, b)\n    return a + b\n", {}, 0.0, id="syntax-error"),  # syntax error
+        pytest.param(  # no add(): the prompt's stub does not count
+            "def plus(a, b):\n    return a + b\n", {}, 0.0, id="wrong-function-name"
+        ),
+        pytest.param(  # fails at top level
+            "1 / 0\ndef add(a, b):\n    return a + b\n", {}, 0.0, id="fails-at-top-level"
+        ),
+        pytest.param("", {}, 0.0, id="empty"),
+        pytest.param("I cannot solve this.", {}, 0.0, id="prose-only"),
+        pytest.param("```python\n```", {}, 0.0, id="empty-fence"),
+        pytest.param("def add(a, b):\n    import time\n    time.sleep(60)\n", {"timeout_s": 1.0}, 0.2, id="timeout"),
+        pytest.param(  # reply over the 16 MB cap
+            "def add(a, b):\n    return 'x' * 2**25\n", {}, 0.2, id="reply-over-cap"
+        ),
     ],
 )
 def test_code_execution_reward(completion, options, expected):
@@ -137,10 +153,14 @@ def test_rows_without_tests_are_skipped_and_extra_columns_ignored():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"partial_credit": 1.0}, r"partial_credit=1.0 must be in \[0, 1\)"),
-        ({"timeout_s": 0}, "timeout_s=0 must be > 0"),
-        ({"max_workers": 0}, r"max_workers=0 must be in 1\.\.256"),
-        ({"timeout": 5}, r"valid options: \['partial_credit', 'fractional', 'timeout_s', 'memory_mb', 'max_workers'\]"),
+        pytest.param({"partial_credit": 1.0}, r"partial_credit=1.0 must be in \[0, 1\)", id="partial-credit-of-one"),
+        pytest.param({"timeout_s": 0}, "timeout_s=0 must be > 0", id="zero-timeout"),
+        pytest.param({"max_workers": 0}, r"max_workers=0 must be in 1\.\.256", id="zero-workers"),
+        pytest.param(
+            {"timeout": 5},
+            r"valid options: \['partial_credit', 'fractional', 'timeout_s', 'memory_mb', 'max_workers'\]",
+            id="unknown-option",
+        ),
     ],
 )
 def test_bad_options_fail_at_get(options, message):
@@ -216,7 +236,9 @@ HOSTILE = {
 
 
 @needs_isolation
-@pytest.mark.parametrize("name", list(HOSTILE))
+@pytest.mark.parametrize(
+    "name", list(HOSTILE), ids=lambda name: "-".join(name.replace("/", " ").replace("._", " ").split())
+)
 def test_hostile_program_scores_zero_and_harms_nothing(name, canary, listener):
     program = HOSTILE[name].format(
         canary=str(canary), canary_dir=str(canary.parent), port=listener.getsockname()[1], trainer=os.getpid()
@@ -280,7 +302,7 @@ FORGERIES = {
 
 
 @needs_isolation
-@pytest.mark.parametrize("name", list(FORGERIES))
+@pytest.mark.parametrize("name", list(FORGERIES), ids=lambda name: "-".join(name.split()))
 def test_forged_success_earns_at_most_partial_credit(name):
     # The fake result lands in the program's own reply pipe, before its "ready": never loads.
     expected = 0.0 if name == "write a fake result to every fd" else 0.2

@@ -12,40 +12,40 @@ MEGABYTE = 1_000_000
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("72", 72.0),
-        ("  72  ", 72.0),
-        ("72.", 72.0),
-        ("-5", -5.0),
-        ("−5", -5.0),  # Unicode minus
-        ("3.25", 3.25),
-        (".5", 0.5),
-        ("1,234,567", 1234567.0),
-        ("$1,234.50", 1234.5),
-        ("€18", 18.0),
-        ("$ 42", 42.0),
-        ("-$5", -5.0),
-        ("$-5", -5.0),
-        ("25%", 25.0),
-        ("25 %", 25.0),
-        ("3/4", 0.75),
-        ("-3/4", -0.75),
-        ("5 apples", 5.0),
-        ("18 square feet.", 18.0),
-        ("$12 per hour", 12.0),
-        ("12 dollars per hour", None),  # three trailing words: not a bare number
-        ("5 apples and 3", None),
-        ("1,23", None),  # not a thousands grouping
-        ("1/0", None),
-        ("nan", None),
-        ("inf", None),
-        ("-inf", None),
-        ("1e5", None),
-        ("9" * 400, None),  # would overflow to inf
-        ("", None),
-        ("-", None),
-        ("$", None),
-        ("x = 5", None),
-        ("5 or 6", None),
+        pytest.param("72", 72.0, id="integer"),
+        pytest.param("  72  ", 72.0, id="surrounding-spaces"),
+        pytest.param("72.", 72.0, id="trailing-period"),
+        pytest.param("-5", -5.0, id="negative"),
+        pytest.param("−5", -5.0, id="unicode-minus"),  # Unicode minus
+        pytest.param("3.25", 3.25, id="decimal"),
+        pytest.param(".5", 0.5, id="leading-dot"),
+        pytest.param("1,234,567", 1234567.0, id="thousands-commas"),
+        pytest.param("$1,234.50", 1234.5, id="dollars-and-cents"),
+        pytest.param("€18", 18.0, id="euro-sign"),
+        pytest.param("$ 42", 42.0, id="dollar-then-space"),
+        pytest.param("-$5", -5.0, id="minus-before-dollar"),
+        pytest.param("$-5", -5.0, id="minus-after-dollar"),
+        pytest.param("25%", 25.0, id="percent"),
+        pytest.param("25 %", 25.0, id="spaced-percent"),
+        pytest.param("3/4", 0.75, id="fraction"),
+        pytest.param("-3/4", -0.75, id="negative-fraction"),
+        pytest.param("5 apples", 5.0, id="one-trailing-word"),
+        pytest.param("18 square feet.", 18.0, id="two-trailing-words"),
+        pytest.param("$12 per hour", 12.0, id="dollars-per-hour"),
+        pytest.param("12 dollars per hour", None, id="three-trailing-words"),  # three trailing words: not a bare number
+        pytest.param("5 apples and 3", None, id="two-numbers"),
+        pytest.param("1,23", None, id="bad-thousands-grouping"),  # not a thousands grouping
+        pytest.param("1/0", None, id="division-by-zero"),
+        pytest.param("nan", None, id="nan"),
+        pytest.param("inf", None, id="inf"),
+        pytest.param("-inf", None, id="negative-inf"),
+        pytest.param("1e5", None, id="exponent"),
+        pytest.param("9" * 400, None, id="overflows-to-inf"),  # would overflow to inf
+        pytest.param("", None, id="empty"),
+        pytest.param("-", None, id="bare-minus"),
+        pytest.param("$", None, id="bare-dollar"),
+        pytest.param("x = 5", None, id="equation"),
+        pytest.param("5 or 6", None, id="hedged-two-answers"),
     ],
 )
 def test_parse_number(text, expected):
@@ -55,13 +55,13 @@ def test_parse_number(text, expected):
 @pytest.mark.parametrize(
     "completion, expected",
     [
-        (f"work\n{A} 72", "72"),
-        (f"{A}   $1,000  \nthanks", "$1,000"),
-        (f"  {A} 5", "5"),
-        ("", None),
-        ("the answer is 72", None),
-        (f"{A} 5\n{A} 6", None),  # hedged
-        (f"so {A} 5", None),  # not at the start of a line
+        pytest.param(f"work\n{A} 72", "72", id="after-work"),
+        pytest.param(f"{A}   $1,000  \nthanks", "$1,000", id="keeps-symbols-strips-spaces"),
+        pytest.param(f"  {A} 5", "5", id="indented-prefix"),
+        pytest.param("", None, id="empty"),
+        pytest.param("the answer is 72", None, id="no-answer-line"),
+        pytest.param(f"{A} 5\n{A} 6", None, id="hedged-two-answers"),  # hedged
+        pytest.param(f"so {A} 5", None, id="prefix-mid-line"),  # not at the start of a line
     ],
 )
 def test_extract_final_answer(completion, expected):
@@ -71,21 +71,21 @@ def test_extract_final_answer(completion, expected):
 @pytest.mark.parametrize(
     "completion, expected",
     [
-        (f"3 + 4 = 7\n{A} 7", 0.5),
-        (f"3 + 4 = 7\n{A} 7\n\n  \n", 0.5),  # trailing blank lines are fine
-        (f"{A} -2.5", 0.5),
-        (f"{A} $1,200", 0.5),
-        (f"{A} 7 apples.", 0.5),
-        ("", 0.0),
-        ("3 + 4 = 7", 0.0),
-        ("#### 7", 0.0),  # GSM8K's own marker, not the answer line we ask for
-        (f"{A} seven", 0.0),
-        (f"{A} 7\nI hope this helps!", 0.0),  # answer line not last
-        (f"{A} 7\n{A} 8", 0.0),  # hedged
-        (f"{A} 7\n{A} 7", 0.0),  # repeated, still two answer lines
-        (f"The result: {A} 7", 0.0),  # prefix mid-line
-        (f"{A} nan", 0.0),
-        (f"{A}", 0.0),
+        pytest.param(f"3 + 4 = 7\n{A} 7", 0.5, id="work-then-answer"),
+        pytest.param(f"3 + 4 = 7\n{A} 7\n\n  \n", 0.5, id="trailing-blank-lines"),  # trailing blank lines are fine
+        pytest.param(f"{A} -2.5", 0.5, id="negative-decimal"),
+        pytest.param(f"{A} $1,200", 0.5, id="dollars-with-comma"),
+        pytest.param(f"{A} 7 apples.", 0.5, id="number-with-unit"),
+        pytest.param("", 0.0, id="empty"),
+        pytest.param("3 + 4 = 7", 0.0, id="no-answer-line"),
+        pytest.param("#### 7", 0.0, id="gsm8k-marker"),  # GSM8K's own marker, not the answer line we ask for
+        pytest.param(f"{A} seven", 0.0, id="word-answer"),
+        pytest.param(f"{A} 7\nI hope this helps!", 0.0, id="answer-line-not-last"),  # answer line not last
+        pytest.param(f"{A} 7\n{A} 8", 0.0, id="hedged-two-answers"),  # hedged
+        pytest.param(f"{A} 7\n{A} 7", 0.0, id="repeated-answer-line"),  # repeated, still two answer lines
+        pytest.param(f"The result: {A} 7", 0.0, id="prefix-mid-line"),  # prefix mid-line
+        pytest.param(f"{A} nan", 0.0, id="nan-answer"),
+        pytest.param(f"{A}", 0.0, id="missing-number"),
     ],
 )
 def test_format_reward(completion, expected):
@@ -95,28 +95,31 @@ def test_format_reward(completion, expected):
 @pytest.mark.parametrize(
     "completion, answer, expected",
     [
-        (f"3 + 4 = 7\n{A} 7", "7", 1.0),
-        (f"{A} 7\nDone.", "7", 1.0),  # not last: format's business, still correct
-        (f"{A} 8", "7", 0.0),  # right format, wrong answer
-        ("", "7", 0.0),
-        ("the answer is 7", "7", 0.0),  # no answer line
-        (f"{A} 7\n{A} 8", "7", 0.0),  # hedged, one of them right
-        (f"{A} 7\n{A} 7", "7", 0.0),
-        (f"{A} 7 or 8", "7", 0.0),
-        (f"{A} -3", "-3", 1.0),
-        (f"{A} 3", "-3", 0.0),
-        (f"{A} 0.5", "1/2", 1.0),
-        (f"{A} 1/3", "0.3333", 1.0),  # |1/3 - 0.3333| = 3.3e-5 <= 1e-3
-        (f"{A} 0.335", "1/3", 0.0),  # |0.335 - 1/3| = 1.7e-3 > 1e-3
-        (f"{A} 2.50", "2.5", 1.0),
-        (f"{A} $1,234.00", "1234", 1.0),
-        (f"{A} 1,234", "$1,234", 1.0),
-        (f"{A} 15%", "15", 1.0),
-        (f"{A} 42 dollars.", "42", 1.0),
-        (f"{A} nan", "7", 0.0),
-        (f"{A} inf", "7", 0.0),
-        (f"{A} " + "9" * 400, "7", 0.0),
-        ("Natalia sold 48/2 = <<48/2=24>>24 clips.\n" + f"{A} 72", "He sold 24.\n#### 72", 1.0),
+        pytest.param(f"3 + 4 = 7\n{A} 7", "7", 1.0, id="right-answer"),
+        pytest.param(f"{A} 7\nDone.", "7", 1.0, id="answer-not-last"),  # not last: format's business, still correct
+        pytest.param(f"{A} 8", "7", 0.0, id="wrong-answer"),  # right format, wrong answer
+        pytest.param("", "7", 0.0, id="empty"),
+        pytest.param("the answer is 7", "7", 0.0, id="no-answer-line"),  # no answer line
+        pytest.param(f"{A} 7\n{A} 8", "7", 0.0, id="hedged-one-right"),  # hedged, one of them right
+        pytest.param(f"{A} 7\n{A} 7", "7", 0.0, id="repeated-answer-line"),
+        pytest.param(f"{A} 7 or 8", "7", 0.0, id="two-answers-on-one-line"),
+        pytest.param(f"{A} -3", "-3", 1.0, id="negative"),
+        pytest.param(f"{A} 3", "-3", 0.0, id="sign-mismatch"),
+        pytest.param(f"{A} 0.5", "1/2", 1.0, id="decimal-equals-fraction"),
+        pytest.param(f"{A} 1/3", "0.3333", 1.0, id="within-tolerance"),  # |1/3 - 0.3333| = 3.3e-5 <= 1e-3
+        pytest.param(f"{A} 0.335", "1/3", 0.0, id="outside-tolerance"),  # |0.335 - 1/3| = 1.7e-3 > 1e-3
+        pytest.param(f"{A} 2.50", "2.5", 1.0, id="trailing-zero"),
+        pytest.param(f"{A} $1,234.00", "1234", 1.0, id="dollars-and-cents"),
+        pytest.param(f"{A} 1,234", "$1,234", 1.0, id="dollar-sign-in-gold"),
+        pytest.param(f"{A} 15%", "15", 1.0, id="percent"),
+        pytest.param(f"{A} 42 dollars.", "42", 1.0, id="trailing-unit-word"),
+        pytest.param(f"{A} nan", "7", 0.0, id="nan-answer"),
+        pytest.param(f"{A} inf", "7", 0.0, id="inf-answer"),
+        pytest.param(f"{A} " + "9" * 400, "7", 0.0, id="overflows-to-inf"),
+        pytest.param(
+            "Natalia sold 48/2 = <<48/2=24>>24 clips.\n" + f"{A} 72", "He sold 24.\n#### 72", 1.0,
+            id="gold-is-a-solution",
+        ),
     ],
 )
 def test_correctness_reward(completion, answer, expected):

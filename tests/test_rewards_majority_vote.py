@@ -10,14 +10,22 @@ A = "#### The final answer is {}"
     "completions, prompts, expected",
     [
         # 72 wins 2:1 in prompt p (and "$72" and "72.0" parse to the same number)
-        ([A.format(72), A.format("$72"), A.format(5)], ["p", "p", "p"], [1.0, 1.0, 0.0]),
-        ([A.format("72.0"), A.format(72), "no answer"], ["p", "p", "p"], [1.0, 1.0, 0.0]),
+        pytest.param(
+            [A.format(72), A.format("$72"), A.format(5)], ["p", "p", "p"], [1.0, 1.0, 0.0],
+            id="dollar-form-agrees",
+        ),
+        pytest.param(
+            [A.format("72.0"), A.format(72), "no answer"], ["p", "p", "p"], [1.0, 1.0, 0.0], id="decimal-form-agrees"
+        ),
         # two prompts interleaved are voted separately; a 1:1 tie goes to the first answer
-        ([A.format(1), A.format(2), A.format(3), A.format(2)], ["p", "q", "p", "q"], [1.0, 1.0, 0.0, 1.0]),
+        pytest.param(
+            [A.format(1), A.format(2), A.format(3), A.format(2)], ["p", "q", "p", "q"], [1.0, 1.0, 0.0, 1.0],
+            id="interleaved-prompts",
+        ),
         # empty strings, no answers and hostile text never win and never raise
-        (["", "####", "x" * 100_000], ["p", "p", "p"], [0.0, 0.0, 0.0]),
+        pytest.param(["", "####", "x" * 100_000], ["p", "p", "p"], [0.0, 0.0, 0.0], id="no-answers-never-win"),
         # a lone completion has nobody to agree with
-        ([A.format(7)], ["p"], [0.0]),
+        pytest.param([A.format(7)], ["p"], [0.0], id="lone-completion"),
     ],
 )
 def test_majority_vote_table(completions, prompts, expected):
@@ -27,13 +35,19 @@ def test_majority_vote_table(completions, prompts, expected):
 @pytest.mark.parametrize(
     "answers, expected",
     [
-        (["42", "7", "42", None], [1.0, 0.0, 1.0, 0.0]),  # 42 has 2 votes
-        (["1", "2", "2", "1"], [1.0, 0.0, 0.0, 1.0]),  # tie 2-2: "1" appears first
-        (["3", "5", "8", "13"], [1.0, 0.0, 0.0, 0.0]),  # all distinct: first answer wins the tie
-        ([None, None, None, None], [0.0, 0.0, 0.0, 0.0]),  # nothing to vote on
-        ([None, None, "9", None], [0.0, 0.0, 1.0, 0.0]),  # one answer wins, None never does
-        (["", "", "0", None], [1.0, 1.0, 0.0, 0.0]),  # "" is an answer as given: normalize upstream
-        (["72", "72.0", "72.0", "$72"], [0.0, 1.0, 1.0, 0.0]),  # exact comparison
+        pytest.param(["42", "7", "42", None], [1.0, 0.0, 1.0, 0.0], id="clear-majority"),  # 42 has 2 votes
+        pytest.param(["1", "2", "2", "1"], [1.0, 0.0, 0.0, 1.0], id="tie-goes-to-first"),  # tie 2-2: "1" appears first
+        pytest.param(  # all distinct: first answer wins the tie
+            ["3", "5", "8", "13"], [1.0, 0.0, 0.0, 0.0], id="all-distinct"
+        ),
+        pytest.param([None, None, None, None], [0.0, 0.0, 0.0, 0.0], id="no-answers"),  # nothing to vote on
+        pytest.param(  # one answer wins, None never does
+            [None, None, "9", None], [0.0, 0.0, 1.0, 0.0], id="single-answer"
+        ),
+        pytest.param(  # "" is an answer as given: normalize upstream
+            ["", "", "0", None], [1.0, 1.0, 0.0, 0.0], id="empty-string-is-an-answer"
+        ),
+        pytest.param(["72", "72.0", "72.0", "$72"], [0.0, 1.0, 1.0, 0.0], id="exact-comparison"),  # exact comparison
     ],
 )
 def test_majority_vote_scores_table(answers, expected):

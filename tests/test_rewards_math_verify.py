@@ -12,24 +12,30 @@ MEGABYTE = 1_000_000
 @pytest.mark.parametrize(
     "completion, answer, expected",
     [
-        ("So the answer is $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}", 1.0),
-        ("\\boxed{0.5}", "\\frac{1}{2}", 1.0),
-        ("\\boxed{\\dfrac{6}{12}}", "$\\frac12$", 1.0),
-        ("\\boxed{1+x^2}", "x^2+1", 1.0),
-        ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", 1.0),
-        ("The final answer is $3$.", "3", 1.0),  # no box: math-verify's last expression
-        ("Solution: ... so \\boxed{7}.", "He gets $\\boxed{7}$ apples.", 1.0),  # gold is a solution
-        ("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}", 0.0),  # right format, wrong answer
-        ("", "\\frac{1}{2}", 0.0),
-        ("I do not know.", "\\frac{1}{2}", 0.0),  # no answer
-        ("\\boxed{1} or \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 0.0),  # hedged
-        ("\\boxed{\\frac{1}{2}} \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 0.0),  # two boxes
-        ("\\boxed{1, \\frac{1}{2}}", "\\frac{1}{2}", 0.0),  # a set is not a number
-        ("\\boxed{9^{9^{9^{9}}}}", "3", 0.0),  # would evaluate forever
-        ("\\boxed{(10^{9})!}", "3", 0.0),
-        ("\\boxed{2^{2^{100}}}", "3", 0.0),
-        ("\\boxed{\\frac{1}{2}" + " filler" * 1000, "\\frac{1}{2}", 1.0),  # box far from the end
-        ("\\boxed{" + "{" * 5000, "3", 0.0),
+        pytest.param("So the answer is $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}", 1.0, id="boxed-fraction-in-prose"),
+        pytest.param("\\boxed{0.5}", "\\frac{1}{2}", 1.0, id="decimal-equals-fraction"),
+        pytest.param("\\boxed{\\dfrac{6}{12}}", "$\\frac12$", 1.0, id="equivalent-fraction"),
+        pytest.param("\\boxed{1+x^2}", "x^2+1", 1.0, id="reordered-polynomial"),
+        pytest.param("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", 1.0, id="simplified-root"),
+        pytest.param(  # no box: math-verify's last expression
+            "The final answer is $3$.", "3", 1.0, id="unboxed-last-expression"
+        ),
+        pytest.param(  # gold is a solution
+            "Solution: ... so \\boxed{7}.", "He gets $\\boxed{7}$ apples.", 1.0, id="gold-is-a-solution"
+        ),
+        pytest.param("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}", 0.0, id="wrong-answer"),  # right format, wrong answer
+        pytest.param("", "\\frac{1}{2}", 0.0, id="empty"),
+        pytest.param("I do not know.", "\\frac{1}{2}", 0.0, id="no-answer"),  # no answer
+        pytest.param("\\boxed{1} or \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 0.0, id="hedged-two-answers"),  # hedged
+        pytest.param("\\boxed{\\frac{1}{2}} \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 0.0, id="two-boxes"),  # two boxes
+        pytest.param("\\boxed{1, \\frac{1}{2}}", "\\frac{1}{2}", 0.0, id="set-not-number"),  # a set is not a number
+        pytest.param("\\boxed{9^{9^{9^{9}}}}", "3", 0.0, id="power-tower"),  # would evaluate forever
+        pytest.param("\\boxed{(10^{9})!}", "3", 0.0, id="huge-factorial"),
+        pytest.param("\\boxed{2^{2^{100}}}", "3", 0.0, id="huge-power"),
+        pytest.param(  # box far from the end
+            "\\boxed{\\frac{1}{2}" + " filler" * 1000, "\\frac{1}{2}", 1.0, id="box-far-from-end"
+        ),
+        pytest.param("\\boxed{" + "{" * 5000, "3", 0.0, id="unclosed-braces"),
     ],
 )
 def test_math_verify_reward(completion, answer, expected):
