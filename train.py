@@ -1,8 +1,9 @@
 """GRPO training: `python train.py --recipe recipes/cpu-demo.yaml [section.key=value ...]`.
 
-Across processes: `torchrun --nproc_per_node N train.py ...` or `deepspeed train.py --deepspeed
-ds_config.json ...` runs DeepSpeed ZeRO-3 (grpo/runtime/backends.py); each rank rolls out its
-share of the step's prompts.
+Across processes: `torchrun --nproc_per_node N train.py ...` runs train.strategy (zero3:
+DeepSpeed ZeRO-3, the default; ddp: the base replicated, the adapter's gradients averaged), and
+`deepspeed train.py --deepspeed ds_config.json ...` runs ZeRO-3 (grpo/runtime/backends.py); each
+rank rolls out its share of the step's prompts.
 
 Setup, then one loop whose stages are named: rollout -> reward -> advantage -> frozen
 log-probs -> loss and optimizer step -> log -> checkpoint. Each stage is a function of the
@@ -36,7 +37,7 @@ from grpo.runtime.model import save_merged, trainable_parameters
 from grpo.runtime.tracking import RunTracker, plot_rewards
 from grpo.training import metrics, shaping
 from grpo.training.evaluation import log_eval, run_eval
-from grpo.training.policy import build_policy, make_optimizer, seed_everything
+from grpo.training.policy import build_policy, make_optimizer, seed_everything, seed_step
 from grpo.training.prompts import load_prompt_sets
 from grpo.training.rollouts import collect_rollouts, prompts_per_step
 from grpo.training.update import UpdateTargets, frozen_logprobs, loss_settings, policy_update, scoring_plan
@@ -65,8 +66,8 @@ def parse_args(argv):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     overrides = list(args.overrides) + ([f"log.output_dir={args.output_dir}"] if args.output_dir else [])
-    cfg = load_config(args.recipe, overrides)
-    world, device, ds_path = start_world(cfg, args.deepspeed)
+    launch, cfg = start_world(load_config(args.recipe, overrides), args.deepspeed)  # cfg as this world runs it
+    world = launch.world
     logging.basicConfig(level=logging.INFO if world.is_main else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s %(name)s[{world.rank}]: %(message)s")
     if args.threads:
@@ -81,17 +82,19 @@ def main(argv=None) -> dict:
     t, r, lo = cfg.train, cfg.rollout, cfg.loss
     seed_everything(t.seed)
     reward_fns = scoring.build_rewards(cfg.rewards)  # unknown reward names fail here, before loading
-    model, tokenizer, reference = build_policy(cfg, device)
+    model, tokenizer, reference = build_policy(cfg, launch.device, adapter_in_compute_dtype=launch.strategy == "zero3")
     params = trainable_parameters(model)
     train_prompts, eval_prompts = load_prompt_sets(cfg, tokenizer)
     per_step = prompts_per_step(cfg, world)  # all ranks together
     total_steps = t.max_steps or math.ceil(t.epochs * len(train_prompts) / per_step)
     optimizer, scheduler = make_optimizer(params, t, total_steps * t.num_iterations)
-    backend = create_backend(cfg, world, ds_path, model, reference, optimizer, scheduler)
+    backend = create_backend(cfg, launch, model, reference, optimizer, scheduler)
     loss, plan = loss_settings(cfg), scoring_plan(cfg)
-    log.info("%d train prompts, %d eval prompts, %d trainable parameters, %d steps of %d prompts x %d",
-             len(train_prompts), len(eval_prompts), sum(p.numel() for p in params), total_steps, per_step,
-             r.group_size)
+    log.info("%d train prompts, %d eval prompts, %d trainable parameters, %d steps", len(train_prompts),
+             len(eval_prompts), sum(p.numel() for p in params), total_steps)
+    log.info("global batch: %d prompts x %d = %d completions per optimizer step (%s over %d process(es): "
+             "%d prompts per micro-batch x %d micro-batches each)", per_step, r.group_size, per_step * r.group_size,
+             launch.strategy, world.size, t.batch_size // r.group_size, t.grad_accum_steps)
 
     start_step = 0
     resume_from = None if args.no_resume else (
@@ -115,6 +118,7 @@ def main(argv=None) -> dict:
     step_times = []
     for step in range(start_step + 1, total_steps + 1):
         started = time.perf_counter()
+        seed_step(t.seed, step, world.rank)  # no RNG state crosses steps: resume is exact on any world size
 
         # 1-2. rollout (G completions per prompt) and reward (each reward by name, then the total)
         rollout = collect_rollouts(backend, tokenizer, cfg, train_prompts, reward_fns, step, world)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from grpo import speedups
+from grpo.runtime.hf_compat import returned_cache
 from grpo.rollout.batch import RolloutBatch, left_pad
 from grpo.rollout.sampling import SamplingParams, next_token_stats, sample_by_prompt
 
@@ -62,7 +63,7 @@ def generate(
     )
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (B, V)
     num_rows = logits.shape[0]
-    decode = speedups.GroupDecodeCache(model, out.past_key_values, prompt_mask, group_size,
+    decode = speedups.GroupDecodeCache(model, returned_cache(out), prompt_mask, group_size,
                                        params.max_new_tokens, share_prompt_kv)
     positions = prompt_mask.sum(1).repeat_interleave(group_size)  # (B,) next position
     tokens: list[list[int]] = [[] for _ in range(num_rows)]

@@ -14,6 +14,7 @@ import torch.utils.checkpoint
 from grpo import speedups
 from grpo.algorithm.loss import token_logprobs
 from grpo.rollout.batch import RolloutBatch
+from grpo.runtime.hf_compat import cache_argument, returned_cache
 
 
 def _decoder_and_head(model):
@@ -81,7 +82,7 @@ def completion_logprobs(
         # With T == 1 the completion pass still runs, on a token whose output is dropped: under
         # ZeRO-3 every rank must make the same module calls (each one gathers parameters).
         rest_ids = completion_ids[:, :-1] if width > 1 else completion_ids  # (B, max(T-1, 1))
-        cache = out.past_key_values
+        cache = returned_cache(out)
         cache.batch_repeat_interleave(g)
         attention = None
         if padded:
@@ -92,7 +93,7 @@ def completion_logprobs(
             input_ids=rest_ids,
             attention_mask=attention,
             position_ids=positions,
-            past_key_values=cache,
+            **cache_argument(decoder, cache),
             use_cache=True,
         ).last_hidden_state  # (B, max(T-1, 1), H)
         hidden = torch.cat([first, rest], dim=1)[:, :width]  # (B, T, H)

@@ -1,17 +1,28 @@
 """Backends: one object per way of running a step, with the same methods, so the loop never branches.
 
-A backend owns what differs between one process and DeepSpeed ZeRO-3:
+- `SingleProcess`: one process on one device.
+- `DataParallel` (train.strategy=ddp): every rank holds the whole frozen base model on its device
+  (QLoRA's 4-bit base too) and a replica of the adapter; only the adapter's gradients cross the
+  network, averaged by one all-reduce per optimizer step, so forward, backward and generation run
+  without any per-layer gather. An adapter's gradients are a few MB, so overlapping their
+  all-reduce with the backward pass (what torch's DistributedDataParallel adds) would save little.
+- `DeepSpeedZero3` (train.strategy=zero3, the default): parameters, gradients and optimizer state
+  sharded by DeepSpeed; the sharded weights are gathered once per rollout for generation.
+
+Each one owns what differs:
 - `scorer`: what the log-prob passes call, `scorer(batch, temperature, shared_prefix) -> (B, T)`;
-- `generation()`: the context the sampler runs in (eval mode; ZeRO-3 gathers its shards once);
+- `generation()`: the context the sampler runs in, yielding the policy to decode with;
 - `reference_scorer()`: the context that yields the scorer of the frozen reference;
 - `backward(loss)` per micro-batch and `step() -> {"grad_norm", "lr"}` per optimizer step;
-- `save_checkpoint`, `load_checkpoint`, `save_final_adapter`.
+- `save_checkpoint`, `load_checkpoint` (one format for all of them: grpo/runtime/checkpoint.py),
+  `save_final_adapter`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,10 +30,16 @@ import torch
 from grpo import speedups
 from grpo.rollout.logprobs import CompletionScorer
 from grpo.runtime import checkpoint, distributed
+from grpo.runtime.config import Config, ConfigError
 from grpo.runtime.distributed import World
-from grpo.runtime.model import trainable_parameters
+from grpo.runtime.model import hidden_size, resolve_source
 
 log = logging.getLogger(__name__)
+
+
+def _trainable(model) -> tuple[list[str], list[torch.nn.Parameter]]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [n for n, _ in named], [p for _, p in named]
 
 
 class SingleProcess:
@@ -31,7 +48,7 @@ class SingleProcess:
     def __init__(self, model, reference, optimizer, scheduler, max_grad_norm: float, world: World):
         self.model, self.optimizer, self.scheduler, self.world = model, optimizer, scheduler, world
         self.max_grad_norm = max_grad_norm
-        self.params = trainable_parameters(model)
+        self.names, self.params = _trainable(model)
         self.scorer = CompletionScorer(model)
         device = next(model.parameters()).device
         self._reference = None if reference is None else CompletionScorer(reference.to(device))
@@ -69,14 +86,75 @@ class SingleProcess:
         self.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": grad_norm.item(), "lr": lr}
 
+    def _trainer_state(self) -> dict:
+        moments = checkpoint.optimizer_state_by_name(self.optimizer, self.names)
+        for name, param in zip(self.names, self.params):  # float32 values, whatever the adapter's dtype
+            moments["params"].setdefault(name, {})["master"] = param.detach().float().cpu().clone()
+        return {"scheduler": self.scheduler.state_dict(), "world_size": self.world.size,
+                "optimizer_by_name": moments}
+
     def save_checkpoint(self, output_dir: Path, step: int, keep: int) -> Path:
-        return checkpoint.save_checkpoint(output_dir, step, self.model, self.optimizer, self.scheduler, keep)
+        return checkpoint.write_checkpoint(output_dir, step, self.model.save_pretrained, self._trainer_state(), keep)
 
     def load_checkpoint(self, path: Path) -> int:
-        return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.scheduler)["step"]
+        state = checkpoint.read_state(path)
+        checkpoint.load_trainable_weights(self.model, Path(path) / "adapter")
+        if "optimizer_by_name" in state:
+            moments = state["optimizer_by_name"]
+            checkpoint.load_optimizer_state_by_name(self.optimizer, self.names, moments)
+            with torch.no_grad():  # a ZeRO-3 checkpoint's float32 masters, where the adapter was bfloat16
+                for name, param in zip(self.names, self.params):
+                    master = moments["params"].get(name, {}).get("master")
+                    if master is not None:
+                        param.copy_(master.to(param.dtype))
+        else:  # format 1 (one process, earlier versions): the optimizer's own state dict
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return state["step"]
 
     def save_final_adapter(self, directory: Path) -> None:
-        checkpoint.save_weights(self.model, directory)
+        self.model.save_pretrained(directory)
+
+
+class DataParallel(SingleProcess):
+    """Replicas on every rank, the trainable parameters' gradients averaged once per step."""
+
+    def __init__(self, model, reference, optimizer, scheduler, max_grad_norm: float, world: World):
+        super().__init__(model, reference, optimizer, scheduler, max_grad_norm, world)
+        with torch.no_grad():  # every replica starts from rank 0's adapter
+            for param in self.params:
+                torch.distributed.broadcast(param.data, src=0)
+        log.info("ddp over %d ranks: the base model replicated, %d trainable tensors averaged per step",
+                 world.size, len(self.params))
+
+    def step(self) -> dict:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world.size
+        for param, part in zip(self.params, flat.split([p.numel() for p in self.params])):
+            param.grad = part.view_as(param)
+        return super().step()
+
+    def save_checkpoint(self, output_dir: Path, step: int, keep: int) -> Path:
+        return _written_by_rank_zero(self.world, lambda: super(DataParallel, self).save_checkpoint(output_dir, step,
+                                                                                                    keep))
+
+    def save_final_adapter(self, directory: Path) -> None:
+        _written_by_rank_zero(self.world, lambda: self.model.save_pretrained(directory))
+
+
+def _written_by_rank_zero(world: World, write):
+    """Rank 0 writes; every rank learns whether it worked, and all raise together if not."""
+    result, error = None, None
+    if world.is_main:
+        try:
+            result = write()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after every rank has heard of it
+            error = err
+    if not distributed.all_ranks_agree(error is None, world):
+        raise error or checkpoint.CheckpointWriteError("rank 0 could not write the checkpoint (see its log)")
+    return result
 
 
 class DeepSpeedZero3:
@@ -89,6 +167,7 @@ class DeepSpeedZero3:
 
     def __init__(self, model, optimizer, scheduler, ds_config: dict, world: World):
         self.model, self.scheduler, self.world = model, scheduler, world
+        self.names, self.params = _trainable(model)
         self.engine = distributed.deepspeed_engine(CompletionScorer(model), optimizer, ds_config)
         self.scorer = self.engine  # forwards go through the engine: ZeRO-3 does its bookkeeping there
         self.steps_taken = self.engine.global_steps
@@ -122,17 +201,77 @@ class DeepSpeedZero3:
         self.scheduler.step()
         return {"grad_norm": float(self.engine.get_global_grad_norm()), "lr": lr}
 
+    def _gathered_adapter(self) -> dict[str, torch.Tensor]:
+        """The adapter's weights, whole, on every rank (a collective)."""
+        from deepspeed.runtime.zero import GatheredParameters
+        from peft import get_peft_model_state_dict
+
+        with GatheredParameters(self.params):
+            return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def _gathered_optimizer(self) -> dict:
+        """The optimizer state by name with each parameter's float32 master (collectives)."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        inner = self.engine.optimizer.optimizer  # the recipe's AdamW over DeepSpeed's flat fp32 partitions
+        steps = {float(s["step"]) for s in inner.state.values() if "step" in s}
+        params = {}
+        for name, param in zip(self.names, self.params):
+            entry = {"master": safe_get_full_fp32_param(param).cpu().clone()}
+            if steps:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    entry[key] = safe_get_full_optimizer_state(param, key).cpu().clone()
+            params[name] = entry
+        hyper = [{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups]
+        return {"step": int(max(steps)) if steps else 0, "hyper": hyper, "params": params}
+
     def save_checkpoint(self, output_dir: Path, step: int, keep: int) -> Path:
-        return checkpoint.save_sharded_checkpoint(output_dir, step, self.engine, self.model, self.scheduler,
-                                                  self.world, keep)
+        adapter, moments = self._gathered_adapter(), self._gathered_optimizer()
+        state = {"scheduler": self.scheduler.state_dict(), "world_size": self.world.size,
+                 "optimizer_by_name": moments}
+        write_adapter = lambda folder: self.model.save_pretrained(folder, state_dict=adapter)  # noqa: E731
+        return _written_by_rank_zero(self.world,
+                                     lambda: checkpoint.write_checkpoint(output_dir, step, write_adapter, state, keep))
 
     def load_checkpoint(self, path: Path) -> int:
-        state = checkpoint.load_sharded_checkpoint(path, self.engine, self.scheduler, self.world)
+        """Every rank reads the same files and keeps its partition of them."""
+        from deepspeed.runtime.zero import GatheredParameters
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        state = checkpoint.read_state(path)
+        if "optimizer_by_name" not in state:
+            raise ConfigError(f"checkpoint {path} holds a one-process optimizer of an earlier version; resume it "
+                              "with one process, or start fresh with --no-resume")
+        moments = state["optimizer_by_name"]
+        missing = [n for n in self.names if "master" not in moments["params"].get(n, {})]
+        if missing:
+            raise ConfigError(f"checkpoint {path} has no saved value for {missing[:3]}; it is not this model's")
+        with GatheredParameters(self.params, modifier_rank=0):
+            if self.world.is_main:
+                checkpoint.load_trainable_weights(self.model, Path(path) / "adapter")
+        inner = self.engine.optimizer.optimizer
+        if len(moments["hyper"]) != len(inner.param_groups):
+            raise ConfigError(f"checkpoint {path} has {len(moments['hyper'])} optimizer parameter groups, this run "
+                              f"{len(inner.param_groups)}")
+        for group, hyper in zip(inner.param_groups, moments["hyper"]):  # the learning rate of the next step
+            group.update(hyper)
+        if moments["step"]:  # AdamW creates its state lazily: make it, then fill each rank's partition
+            for flat in self.engine.optimizer.fp32_partitioned_groups_flat:
+                inner.state[flat] = {"step": torch.tensor(float(moments["step"])),
+                                     "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
+        for name, param in zip(self.names, self.params):
+            saved = moments["params"][name]
+            safe_set_full_fp32_param(param, saved["master"].to(torch.float32))
+            if moments["step"]:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    safe_set_full_optimizer_state(param, saved[key].to(torch.float32), key)
+        self.scheduler.load_state_dict(state["scheduler"])
         self.steps_taken = self.engine.global_steps
         return state["step"]
 
     def save_final_adapter(self, directory: Path) -> None:
-        checkpoint.save_gathered_weights(self.model, directory, self.world)
+        adapter = self._gathered_adapter()
+        _written_by_rank_zero(self.world, lambda: self.model.save_pretrained(directory, state_dict=adapter))
 
 
 # ---- choosing and starting the backend ----------------------------------------------------------
@@ -140,29 +279,61 @@ class DeepSpeedZero3:
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[2] / "ds_config.json"
 
 
-def start_world(cfg, deepspeed_config: str | None) -> tuple[World, torch.device | None, Path | None]:
-    """Ranks, this rank's device (None: DeepSpeed places the shards) and the DeepSpeed config, if any.
+@dataclass
+class Launch:
+    """How this process runs: its rank, its device, the strategy and, under ZeRO-3, DeepSpeed's
+    resolved config (with the HfDeepSpeedConfig that makes transformers load the model sharded)."""
 
-    DeepSpeed ZeRO-3 runs when `deepspeed_config` is given or more than one process was launched
-    (then with ds_config.json unless another file is given).
+    world: World
+    device: torch.device | None  # None under ZeRO-3: DeepSpeed places the partitions
+    strategy: str  # single | ddp | zero3
+    ds_config: dict | None = None
+    _hf_deepspeed: object = None  # kept alive: transformers reads it while loading
+
+
+def start_world(cfg: Config, deepspeed_config: str | None) -> tuple[Launch, Config]:
+    """Join the process group the launch asked for and resolve the recipe for it.
+
+    One process without --deepspeed trains alone. More than one process (or --deepspeed) runs
+    train.strategy: zero3 (with ds_config.json unless --deepspeed names another file) or ddp.
+    Returns the launch and the recipe as this world runs it (global batch, dtype, attention).
     """
-    from grpo.runtime.model import resolve_source
+    from grpo.runtime.config import for_world
+    from grpo.runtime.model import resolve_for_device
 
     world = distributed.world_from_env()
-    ds_path = Path(deepspeed_config) if deepspeed_config else (DEFAULT_DS_CONFIG if world.size > 1 else None)
-    if ds_path is None:
-        return world, torch.device("cuda" if torch.cuda.is_available() else "cpu"), None
-    distributed.check_recipe(cfg)
-    distributed.start(world)
+    strategy = cfg.train.strategy if (world.size > 1 or deepspeed_config) else "single"
+    if deepspeed_config and strategy != "zero3":
+        raise ConfigError(f"--deepspeed runs DeepSpeed ZeRO-3 but train.strategy={strategy}; drop --deepspeed "
+                          "or set train.strategy=zero3")
+    cfg = for_world(cfg, world.size)
+    if strategy == "single":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return Launch(world, device, strategy), resolve_for_device(cfg, device.type == "cuda")
+    distributed.check_recipe(cfg, strategy)
+    if strategy == "ddp":
+        device = distributed.start_process_group(world)
+    else:
+        distributed.start(world)
+        device = None
+    cfg = resolve_for_device(cfg, torch.cuda.is_available())
     if world.is_main:  # fetch (and convert) the demo model once, before the other ranks load it
         resolve_source(cfg.model.name, cfg.model.gguf_file)
     distributed.barrier(world)
-    return world, None, ds_path
+    if strategy == "ddp":
+        return Launch(world, device, strategy), cfg
+    from transformers.integrations import HfDeepSpeedConfig
+
+    ds_path = Path(deepspeed_config) if deepspeed_config else DEFAULT_DS_CONFIG
+    ds_config = distributed.load_ds_config(ds_path, cfg, world.size, hidden_size(cfg.model.name, cfg.model.gguf_file))
+    return Launch(world, None, strategy, ds_config, HfDeepSpeedConfig(ds_config)), cfg
 
 
-def create_backend(cfg, world: World, ds_path: Path | None, model, reference, optimizer, scheduler):
-    """The backend the launch asked for: one process, or ZeRO-3 with the recipe's DeepSpeed config."""
-    if ds_path is None:
-        return SingleProcess(model, reference, optimizer, scheduler, cfg.train.max_grad_norm, world)
-    ds_config = distributed.load_ds_config(ds_path, cfg, world.size, model.config.hidden_size)
-    return DeepSpeedZero3(model, optimizer, scheduler, ds_config, world)
+def create_backend(cfg: Config, launch: Launch, model, reference, optimizer, scheduler):
+    """The backend of `launch` around the built policy and its optimizer."""
+    max_norm = cfg.train.max_grad_norm
+    if launch.strategy == "single":
+        return SingleProcess(model, reference, optimizer, scheduler, max_norm, launch.world)
+    if launch.strategy == "ddp":
+        return DataParallel(model, reference, optimizer, scheduler, max_norm, launch.world)
+    return DeepSpeedZero3(model, optimizer, scheduler, launch.ds_config, launch.world)

@@ -1,28 +1,41 @@
-"""Checkpoints: the trainable weights (a peft-loadable adapter) plus everything needed to resume.
+"""Checkpoints: the trainable weights (a peft-loadable adapter) plus everything needed to resume,
+in one format for every backend and any number of processes.
 
-Layout: OUTPUT/checkpoints/step-000012/{adapter/, trainer_state.pt}. A checkpoint is written
-to a temporary folder and renamed into place, so a run killed while saving leaves the
-previous checkpoint intact and resuming never reads a half-written one.
+Layout: OUTPUT/checkpoints/step-000012/
+- adapter/: the trainable weights as peft saves them (the whole model without LoRA);
+- trainer_state.pt: the step, the learning-rate schedule and the optimizer state by parameter
+  name (AdamW's moments and step count; under ZeRO-3 also each parameter's fp32 master copy).
 
-Under ZeRO-3 (grpo/runtime/distributed.py) the same folder holds the adapter gathered and written once
-by rank 0, trainer_state.pt (step, schedule) from rank 0, `rng/rank-NNNNN.pt` per rank, and
-`deepspeed/`: DeepSpeed's own per-rank optimizer partitions (engine.save_checkpoint). Resuming
-it needs the same number of ranks; across nodes, the output dir must be a shared filesystem.
+Nothing in it belongs to one rank: the optimizer state is gathered (it is the adapter's, a few
+MB), and the global RNGs are reseeded from (seed, step, rank) at every step (training/policy.py),
+so a checkpoint resumes exactly under any backend and on any number of processes. Global rank 0
+writes it alone: on node-local disks (SageMaker mirrors each instance's checkpoint folder into one
+S3 prefix and restores the union to every instance) rank 0's node holds a complete checkpoint, and
+the other nodes add nothing that a resume needs.
+
+A checkpoint is written into `.partial-step-N/` and renamed into place, so a run killed while
+saving leaves the previous checkpoint intact and resuming never reads a half-written one; a write
+that fails (disk full, permission denied) raises `CheckpointWriteError` and leaves the previous
+checkpoints as they were.
 """
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from grpo.runtime.config import ConfigError
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+FORMAT = 2  # trainer_state.pt layout; 1 = the per-rank layout of earlier versions
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the message names the folder, the cause and the fix."""
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -47,96 +60,47 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_weights(model, directory: Path) -> None:
-    """A peft adapter (adapter_model.safetensors + adapter_config.json) or, without LoRA, the full model."""
-    model.save_pretrained(directory, safe_serialization=True)
+def write_checkpoint(output_dir: str | Path, step: int, write_adapter: Callable[[Path], None], state: dict,
+                     keep: int) -> Path:
+    """Write checkpoint `step` atomically, then prune to the newest `keep` (0 keeps all).
 
-
-def rng_state() -> dict:
-    """Global RNGs (LoRA dropout, rewards); rollout sampling is seeded per prompt and keeps no state."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-
-
-def _paths(output_dir: str | Path, step: int) -> tuple[Path, Path]:
-    """(folder being written, published folder) of checkpoint `step`."""
+    write_adapter(folder): writes the trainable weights; state: the trainer state (step, schedule,
+    optimizer by name). Raises CheckpointWriteError, with the earlier checkpoints untouched.
+    """
     root = checkpoint_root(output_dir)
-    return root / f".partial-step-{step:06d}", root / f"step-{step:06d}"
-
-
-def _fresh(partial: Path) -> None:
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-
-
-def _publish(output_dir: str | Path, partial: Path, final: Path, keep: int) -> None:
-    """Rename the finished checkpoint into place, then prune to the newest `keep` (0 keeps all)."""
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
+    partial, final = root / f".partial-step-{step:06d}", root / f"step-{step:06d}"
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        write_adapter(partial / "adapter")
+        torch.save({**state, "step": step, "format": FORMAT}, partial / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        previous = latest_checkpoint(output_dir)
+        raise CheckpointWriteError(
+            f"could not write checkpoint step {step} to {partial.parent} ({err}); "
+            + (f"the previous checkpoint {previous} is intact. " if previous else "no earlier checkpoint exists. ")
+            + "Free disk space or fix the folder's permissions, then run the same command to resume"
+        ) from err
     if keep > 0:
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, keep: int,
-                    extra: dict | None = None) -> Path:
-    """Write checkpoint `step` atomically, then prune to the newest `keep` (0 keeps all)."""
-    partial, final = _paths(output_dir, step)
-    _fresh(partial)
-    save_weights(model, partial / "adapter")
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-            "extra": extra or {},
-        },
-        partial / "trainer_state.pt",
-    )
-    _publish(output_dir, partial, final, keep)
     return final
 
 
-def save_gathered_weights(model, directory: Path, world) -> None:
-    """ZeRO-3: gather the trainable weights (all ranks), rank 0 writes them as `save_weights` does."""
-    from deepspeed.runtime.zero import GatheredParameters
-
-    with GatheredParameters([p for p in model.parameters() if p.requires_grad]):
-        if world.is_main:
-            save_weights(model, directory)
-
-
-def save_sharded_checkpoint(output_dir: str | Path, step: int, engine, model, scheduler, world, keep: int) -> Path:
-    """The ZeRO-3 checkpoint of `step`, written by all ranks into one folder, published by rank 0."""
-    from grpo.runtime.distributed import barrier
-
-    partial, final = _paths(output_dir, step)
-    if world.is_main:
-        _fresh(partial)
-    barrier(world)
-    engine.save_checkpoint(str(partial / "deepspeed"), tag="state", exclude_frozen_parameters=True)
-    (partial / "rng").mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), partial / "rng" / f"rank-{world.rank:05d}.pt")
-    save_gathered_weights(model, partial / "adapter", world)
-    if world.is_main:
-        torch.save({"step": step, "scheduler": scheduler.state_dict(), "world_size": world.size},
-                   partial / "trainer_state.pt")
-    barrier(world)  # every rank's files are written before rank 0 publishes the folder
-    if world.is_main:
-        _publish(output_dir, partial, final, keep)
-    barrier(world)
-    return final
+def read_state(path: Path) -> dict:
+    """The trainer state of checkpoint `path`; an unreadable or foreign one is a ConfigError."""
+    file = Path(path) / "trainer_state.pt"
+    if not file.is_file():
+        raise ConfigError(f"checkpoint {path}: no trainer_state.pt; pass a step-NNNNNN folder to --resume, "
+                          "or --no-resume to start fresh")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if state.get("format") != FORMAT and "world_size" in state:
+        raise ConfigError(f"checkpoint {path} was written in the per-rank DeepSpeed layout of an earlier "
+                          "version, which this version cannot read; start fresh with --no-resume")
+    return state
 
 
 def load_trainable_weights(model, adapter_dir: Path) -> None:
@@ -161,36 +125,37 @@ def load_trainable_weights(model, adapter_dir: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def _trainer_state(path: Path) -> dict:
-    return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+# ---- the optimizer state by parameter name -------------------------------------------------------
+# {"step": int, "hyper": [{lr, betas, ...} per param group], "params": {name: {"exp_avg", "exp_avg_sq"}}}
+# (+ "master": the fp32 value, where the optimizer keeps one apart from the model's parameter).
+
+def optimizer_state_by_name(optimizer: torch.optim.Optimizer, names: list[str]) -> dict:
+    """A torch AdamW's state keyed by the trainable parameters' names (`names` in the optimizer's
+    parameter order), so that any backend can restore it."""
+    saved = optimizer.state_dict()
+    by_index = saved["state"]
+    steps = {float(s["step"]) for s in by_index.values() if "step" in s}
+    if len(steps) > 1:
+        raise ValueError(f"the optimizer's parameters are at different steps {sorted(steps)}")
+    params = {names[i]: {k: v.detach().cpu().clone() for k, v in s.items() if k != "step"}
+              for i, s in by_index.items()}
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in saved["param_groups"]]
+    return {"step": int(steps.pop()) if steps else 0, "hyper": hyper, "params": params}
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from `path`; returns the saved state dict."""
-    state = _trainer_state(path)
-    if "world_size" in state:
-        raise ConfigError(f"checkpoint {path} was written under DeepSpeed ZeRO-3 by {state['world_size']} "
-                          "rank(s): resume it with --deepspeed and as many ranks, or start fresh with --no-resume")
-    load_trainable_weights(model, path / "adapter")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    restore_rng(state["rng"])
-    return state
-
-
-def load_sharded_checkpoint(path: Path, engine, scheduler, world) -> dict:
-    """Restore a ZeRO-3 checkpoint: weights and optimizer partitions, schedule, this rank's RNG."""
-    state = _trainer_state(path)
-    if "world_size" not in state:
-        raise ConfigError(f"checkpoint {path} was written without DeepSpeed: resume it without --deepspeed, "
-                          "or start fresh with --no-resume")
-    if state["world_size"] != world.size:
-        raise ConfigError(f"checkpoint {path} was written by {state['world_size']} ZeRO-3 rank(s), this run has "
-                          f"{world.size}: resume with as many ranks, or start fresh with --no-resume")
-    loaded, _ = engine.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False,
-                                       load_lr_scheduler_states=False)
-    if loaded is None:  # DeepSpeed returns (None, None) for missing files instead of raising
-        raise FileNotFoundError(f"checkpoint {path}: DeepSpeed found no saved state under {path / 'deepspeed'}")
-    scheduler.load_state_dict(state["scheduler"])
-    restore_rng(torch.load(path / "rng" / f"rank-{world.rank:05d}.pt", weights_only=False))
-    return state
+def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, names: list[str], state: dict) -> None:
+    """Restore `optimizer_state_by_name`'s output into a torch optimizer over the parameters `names`."""
+    missing = sorted(set(state["params"]) - set(names))
+    if missing:
+        raise ValueError(f"the checkpoint's optimizer holds parameters this model lacks: {missing[:5]}")
+    current = optimizer.state_dict()
+    if len(state["hyper"]) != len(current["param_groups"]):
+        raise ValueError(f"the checkpoint has {len(state['hyper'])} optimizer parameter groups, this run "
+                         f"{len(current['param_groups'])}")
+    by_index = {}
+    for i, name in enumerate(names):
+        if name in state["params"]:
+            moments = {k: v for k, v in state["params"][name].items() if k != "master"}
+            by_index[i] = {"step": torch.tensor(float(state["step"])), **moments}
+    groups = [{**hyper, "params": group["params"]} for hyper, group in zip(state["hyper"], current["param_groups"])]
+    optimizer.load_state_dict({"state": by_index, "param_groups": groups})

@@ -26,14 +26,17 @@ class ConfigError(ValueError):
     """A recipe or override that cannot run; the message names the key and the fix."""
 
 
-CPU_MATMUL = ("auto", "onednn", "torch")  # model.cpu_matmul (grpo/onednn_linear.py onednn_plan)
+CPU_MATMUL = ("auto", "onednn", "torch")  # model.cpu_matmul (grpo/speedups/onednn_linear.py onednn_plan)
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # model.dtype
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # model.attn_implementation
+STRATEGIES = ("zero3", "ddp")  # train.strategy, with more than one process
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "smollm2-135m-demo"  # HF hub id, local HF folder, a .gguf file, or the demo alias
     gguf_file: str | None = None  # GGUF file name inside `name` when `name` is a folder or hub id
-    dtype: str = "float32"  # weights/compute dtype: float32 | bfloat16 | float16
+    dtype: str = "auto"  # weights/compute dtype: auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
     load_in_4bit: bool = False  # QLoRA: bitsandbytes NF4 base weights (needs use_lora)
     use_lora: bool = True  # False = full fine-tuning (then beta > 0 keeps a frozen reference copy)
     lora_r: int = 16  # LoRA rank
@@ -44,8 +47,11 @@ class ModelConfig:
     )
     gradient_checkpointing: bool = False  # trade compute for activation memory
     # float32 products on CPU: auto (oneDNN where the CPU has AVX-512, else the output head only:
-    # grpo/onednn_linear.py onednn_plan) | onednn (all of them) | torch (MKL)
+    # grpo/speedups/onednn_linear.py onednn_plan) | onednn (all of them) | torch (MKL)
     cpu_matmul: str = "auto"
+    # auto (flash_attention_2 on CUDA when the flash-attn package is installed, else sdpa) | sdpa | eager
+    # | flash_attention_2 (needs `pip install flash-attn` and a CUDA GPU)
+    attn_implementation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,11 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 16  # completions per micro-batch per device (a multiple of group_size)
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (derived when global_batch_prompts > 0)
+    # prompts per optimizer step over all ranks; > 0 fixes it, so grad_accum_steps follows from the number
+    # of processes (global / (batch_size / group_size x ranks)): the same training on 1 or 16 GPUs
+    global_batch_prompts: int = 0
+    strategy: str = "zero3"  # with more than one process: zero3 (DeepSpeed ZeRO-3) | ddp (replicated base)
     num_iterations: int = 1  # mu: policy updates per rollout batch (old log-probs used when > 1)
     epochs: float = 1.0  # passes over the training prompts (ignored when max_steps > 0)
     max_steps: int = 0  # rollout steps; 0 = derived from epochs
@@ -315,8 +325,9 @@ def _require(ok: bool, message: str):
 def validate(c: Config) -> None:
     """Check ranges and cross-field constraints once, at start."""
     m, d, r, t, lo, lg = c.model, c.data, c.rollout, c.train, c.loss, c.log
-    _require(m.dtype in ("float32", "bfloat16", "float16"),
-             f"model.dtype={m.dtype!r}: use float32, bfloat16 or float16")
+    _require(m.dtype in DTYPES, f"model.dtype={m.dtype!r}: use {', '.join(DTYPES)}")
+    _require(m.attn_implementation in ATTENTION,
+             f"model.attn_implementation={m.attn_implementation!r}: use {', '.join(ATTENTION)}")
     _require(m.cpu_matmul in CPU_MATMUL, f"model.cpu_matmul={m.cpu_matmul!r}: use auto, onednn or torch")
     _require(not m.load_in_4bit or m.use_lora,
              "model.load_in_4bit=true needs model.use_lora=true (4-bit weights cannot be trained)")
@@ -342,6 +353,9 @@ def validate(c: Config) -> None:
              f"train.batch_size={t.batch_size} must be a positive multiple of "
              f"rollout.group_size={r.group_size} (a group is scored together)")
     _require(t.grad_accum_steps >= 1, f"train.grad_accum_steps={t.grad_accum_steps}: must be >= 1")
+    _require(t.global_batch_prompts >= 0, f"train.global_batch_prompts={t.global_batch_prompts}: must be >= 0 "
+             "(0 = batch_size / group_size x grad_accum_steps x ranks)")
+    _require(t.strategy in STRATEGIES, f"train.strategy={t.strategy!r}: use {', '.join(STRATEGIES)}")
     _require(t.num_iterations >= 1, f"train.num_iterations={t.num_iterations}: must be >= 1")
     _require(t.max_steps > 0 or t.epochs > 0, "set train.max_steps > 0 or train.epochs > 0")
     _require(t.seed >= 0, f"train.seed={t.seed}: must be >= 0")
@@ -381,6 +395,28 @@ def validate(c: Config) -> None:
     _require(v.self_certainty_weight >= 0, "variants.self_certainty_weight must be >= 0")
     for i, spec in enumerate(c.rewards):
         _require(math.isfinite(spec.weight), f"rewards[{i}].weight={spec.weight}: must be finite")
+
+
+def for_world(config: Config, world_size: int) -> Config:
+    """The config as `world_size` processes run it: with train.global_batch_prompts set,
+    grad_accum_steps is derived from it; an impossible split is an error naming both numbers."""
+    t, g = config.train, config.rollout.group_size
+    if world_size < 1:
+        raise ConfigError(f"{world_size} processes: need at least one")
+    if t.global_batch_prompts == 0:
+        return config
+    per_micro = t.batch_size // g  # prompts per micro-batch per rank
+    per_pass = per_micro * world_size
+    if t.global_batch_prompts % per_pass:
+        raise ConfigError(
+            f"train.global_batch_prompts={t.global_batch_prompts} is not a multiple of {per_pass} "
+            f"(train.batch_size / rollout.group_size = {per_micro} prompts per micro-batch x {world_size} "
+            f"processes); change train.global_batch_prompts, train.batch_size or the number of processes")
+    accum = t.global_batch_prompts // per_pass
+    if t.grad_accum_steps not in (1, accum):
+        log.warning("train.grad_accum_steps=%d is replaced by %d: train.global_batch_prompts=%d over %d "
+                    "process(es) fixes it", t.grad_accum_steps, accum, t.global_batch_prompts, world_size)
+    return dataclasses.replace(config, train=dataclasses.replace(t, grad_accum_steps=accum))
 
 
 def to_dict(config: Config) -> dict:

@@ -1,10 +1,12 @@
-"""Training across processes: ranks, DeepSpeed ZeRO-3 setup, and the few collectives the loop needs.
+"""Training across processes: ranks, process groups, DeepSpeed's config, and the few collectives
+the loop needs.
 
 One process per device, started by `torchrun` or `deepspeed`. Each rank rolls out its own share
 of the step's prompts (a prompt's G completions stay on one rank, so groups are scored and
-normalized whole); ZeRO-3 shards parameters, gradients and optimizer state across the ranks.
-Metrics are reduced across ranks and only rank 0 writes. A plain `python train.py` is one rank
-and never imports DeepSpeed.
+normalized whole). Two strategies (grpo/runtime/backends.py): zero3, where DeepSpeed shards
+parameters, gradients and optimizer state across the ranks, and ddp, where every rank holds the
+whole frozen base and only the adapter's gradients are averaged. Metrics are reduced across
+ranks and only rank 0 writes. A plain `python train.py` is one rank and never imports DeepSpeed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,15 +39,13 @@ def world_from_env(env=os.environ) -> World:
     return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
-def check_recipe(cfg: Config) -> None:
-    """Recipe settings that ZeRO-3 cannot honour here, refused before anything loads."""
-    if cfg.model.load_in_4bit:
-        raise ConfigError("model.load_in_4bit=true (QLoRA) does not run under DeepSpeed ZeRO-3 here; "
-                          "set it to false or train with one process without --deepspeed")
+def check_recipe(cfg: Config, strategy: str = "zero3") -> None:
+    """Recipe settings that the multi-process strategy cannot honour, refused before anything loads."""
     if cfg.variants.dynamic_sampling:
         raise ConfigError("variants.dynamic_sampling=true keeps a varying number of groups per rank, but "
-                          "ZeRO-3 needs every rank to run the same passes; set it to false or train with "
-                          "one process without --deepspeed")
+                          "every rank must run the same passes and steps; set it to false or train with one process")
+    if strategy != "zero3":
+        return
     if not cfg.model.use_lora:
         raise ConfigError("model.use_lora=false under ZeRO-3: the reference model would be a full unsharded "
                           "copy on every rank and checkpoints would gather the whole model on each; "
@@ -59,14 +60,35 @@ def start(world: World) -> None:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    if world.size == 1:  # `python train.py --deepspeed ...`: a one-process group on this machine
-        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
-            os.environ.setdefault(key, value)
+    _single_process_group_env(world)
     accelerator = get_accelerator()
     if accelerator.device_name() != "cpu":
         accelerator.set_device(world.local_rank)
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+
+
+def start_process_group(world: World) -> torch.device:
+    """Join the process group without DeepSpeed (the ddp strategy): NCCL on GPUs, gloo on CPU.
+    Returns this rank's device."""
+    _single_process_group_env(world)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl", device_id=device)
+        return device
+    torch.distributed.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def _single_process_group_env(world: World) -> None:
+    """`python train.py --deepspeed ...`: a one-process group on this machine, on a free port."""
+    if world.size == 1:
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+            os.environ.setdefault(key, value)
+        if "MASTER_PORT" not in os.environ:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
 def rank_share(count: int, world: World) -> range:
@@ -82,6 +104,8 @@ def rank_share(count: int, world: World) -> range:
 def recipe_ds_values(cfg: Config, world_size: int) -> dict[str, tuple[object, str]]:
     """ds_config keys the recipe decides, as {dotted key: (value, where the recipe sets it)}."""
     t, dtype = cfg.train, cfg.model.dtype
+    if dtype == "auto":
+        raise ValueError("model.dtype=auto must be resolved for the device before DeepSpeed's config is made")
     return {
         "train_micro_batch_size_per_gpu": (t.batch_size, "train.batch_size"),
         "gradient_accumulation_steps": (t.grad_accum_steps, "train.grad_accum_steps"),
@@ -200,6 +224,20 @@ def weighted_mean(values: dict[str, float], world: World, weight: float = 1.0) -
         return {k: float("nan") for k in values}
     # a rank without rows (weight 0) may hold NaN means; it must add nothing
     return {k: sum(w * v[k] for w, v in shares if w) / total for k in values}
+
+
+def all_ranks_agree(flag: bool, world: World) -> bool:
+    """True when `flag` is True on every rank (a collective: every rank must call it)."""
+    if world.size == 1:
+        return flag
+    flags = [None] * world.size
+    torch.distributed.all_gather_object(flags, bool(flag))
+    return all(flags)
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """True when `flag` is True on any rank (a collective: every rank must call it)."""
+    return not all_ranks_agree(not flag, world)
 
 
 def barrier(world: World) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import logging
 import os
 import subprocess
@@ -11,6 +13,8 @@ import zipfile
 from pathlib import Path
 
 import torch
+
+from grpo.runtime.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,34 @@ def load_tokenizer(name: str, gguf_file: str | None = None):
     return tokenizer
 
 
+def resolve_dtype(dtype: str, cuda: bool) -> str:
+    """model.dtype as loaded: auto is bfloat16 on CUDA (tensor cores), float32 on CPU."""
+    if dtype == "auto":
+        return "bfloat16" if cuda else "float32"
+    return dtype
+
+
+def resolve_attention(attn_implementation: str, cuda: bool) -> str:
+    """model.attn_implementation as loaded: auto is flash_attention_2 on CUDA when the flash-attn
+    package is installed, else sdpa (PyTorch's fused attention). Asking for flash_attention_2
+    where it cannot run is an error naming the fix."""
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if attn_implementation == "auto":
+        return "flash_attention_2" if cuda and has_flash else "sdpa"
+    if attn_implementation == "flash_attention_2" and not (cuda and has_flash):
+        raise ConfigError("model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn "
+                          "package (pip install flash-attn); use sdpa or auto")
+    return attn_implementation
+
+
+def resolve_for_device(cfg: Config, cuda: bool) -> Config:
+    """The recipe with its device-dependent choices made (logged and saved as resolved)."""
+    m = cfg.model
+    model = dataclasses.replace(m, dtype=resolve_dtype(m.dtype, cuda),
+                                attn_implementation=resolve_attention(m.attn_implementation, cuda))
+    return dataclasses.replace(cfg, model=model)
+
+
 def load_model_and_tokenizer(
     name: str,
     *,
@@ -90,12 +122,22 @@ def load_model_and_tokenizer(
     dtype: str = "float32",
     load_in_4bit: bool = False,
     device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
 ):
-    """Load a causal LM and its tokenizer from a hub id, a local folder, a .gguf file or the demo alias."""
+    """Load a causal LM and its tokenizer from a hub id, a local folder, a .gguf file or the demo alias.
+
+    dtype: float32 | bfloat16 | float16 (already resolved). device None leaves the weights where
+    loading puts them (the CPU, or ZeRO-3's partitions when a DeepSpeed config is active).
+    load_in_4bit: QLoRA's NF4 base weights (bitsandbytes), stored in `dtype` as Hugging Face and
+    DeepSpeed document for ZeRO-3 (bnb_4bit_quant_storage = the compute dtype, so ZeRO-3 can
+    partition them like any other weight), and placed on `device` as they are quantized.
+    """
     from transformers import AutoModelForCausalLM
 
     source, gguf = resolve_source(name, gguf_file)
     kwargs = {"dtype": DTYPES[dtype], "gguf_file": gguf}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -104,7 +146,10 @@ def load_model_and_tokenizer(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=DTYPES[dtype],
             bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_storage=DTYPES[dtype],
         )
+        if device is not None:
+            kwargs["device_map"] = {"": torch.device(device)}
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if device is not None and not load_in_4bit:
         model.to(device)
@@ -112,8 +157,20 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: tuple[str, ...]):
-    """Wrap the model with a fresh LoRA adapter; only the adapter is trainable."""
+def hidden_size(name: str, gguf_file: str | None = None) -> int:
+    """The model's hidden size from its config alone (DeepSpeed's bucket sizes, before loading)."""
+    from transformers import AutoConfig
+
+    source, gguf = resolve_source(name, gguf_file)
+    return AutoConfig.from_pretrained(source, gguf_file=gguf).hidden_size
+
+
+def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: tuple[str, ...],
+                adapter_in_compute_dtype: bool = False):
+    """Wrap the model with a fresh LoRA adapter; only the adapter is trainable.
+
+    peft keeps the adapter in float32 over bfloat16/float16 weights unless `adapter_in_compute_dtype`
+    (ZeRO-3 wants every parameter in the compute dtype; its optimizer keeps float32 masters)."""
     from peft import LoraConfig, get_peft_model
 
     present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -130,7 +187,7 @@ def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: tuple
         target_modules=[t for t in target_modules if t in present],
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=not adapter_in_compute_dtype)
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

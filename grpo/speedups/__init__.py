@@ -1,5 +1,6 @@
 """Speed-ups, applied per device through this module: nothing else in the package names a backend.
 
+- `configure(device)`: process-wide settings (TF32 matrix products on CUDA).
 - `apply(model, device, cpu_matmul)`: on CPU, float32 linear and LoRA layers run their products
   on oneDNN where the CPU has AVX-512 (only the wide output head elsewhere) and the LoRA
   adapter's product accumulates into its layer's output (onednn_linear.py). On other devices
@@ -28,7 +29,18 @@ from grpo.speedups.onednn_linear import OneDnnLinear, onednn_plan, use_onednn_li
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GroupDecodeCache", "apply", "head_logprobs", "sampling_weights"]
+__all__ = ["GroupDecodeCache", "apply", "configure", "head_logprobs", "sampling_weights"]
+
+
+def configure(device: torch.device | str | None) -> None:
+    """Process-wide settings for the device the run trains on: on CUDA, float32 matrix products on
+    TF32 tensor cores (inputs rounded to a 10-bit mantissa, float32 accumulation: a precision
+    training tolerates; bfloat16 recipes do not need it). None (ZeRO-3, where DeepSpeed places the
+    weights) follows torch.cuda.is_available()."""
+    cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def apply(model: torch.nn.Module, device: torch.device | str | None, cpu_matmul: str = "auto") -> str | None:

@@ -12,6 +12,7 @@ import contextlib
 
 import torch
 
+from grpo.runtime.hf_compat import cache_argument
 from grpo.speedups.kv_cache import empty_in_place_cache, grow_in_place
 from grpo.speedups.prefix_attention import SharedPrefix, decode_with_shared_prefix, supports_shared_prefix
 
@@ -51,7 +52,7 @@ class GroupDecodeCache:
         """Keyword arguments of the model call that decodes one more token for the active rows."""
         if self.attention is not None:
             self.attention = torch.cat([self.attention, self.attention.new_ones(len(self.rows), 1)], dim=1)
-        inputs = {"attention_mask": self.attention, "past_key_values": self.cache, "use_cache": True}
+        inputs = {"attention_mask": self.attention, "use_cache": True, **cache_argument(self.model, self.cache)}
         if self.prefix is not None:
             self.prefix.rows = self.rows
             inputs["grpo_shared_prefix"] = self.prefix

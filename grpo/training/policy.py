@@ -21,20 +21,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_policy(cfg: Config, device: torch.device | None):
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed the global RNGs (LoRA dropout, anything a reward draws) from (seed, step, rank).
+
+    Sampling draws from per-prompt generators (training/prompts.py), so with this nothing random
+    carries state from one step to the next: a checkpoint needs no RNG state and resumes
+    exactly on any number of processes.
+    """
+    seed_everything(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+
+
+def build_policy(cfg: Config, device: torch.device | None, adapter_in_compute_dtype: bool = False):
     """The trainable policy, its tokenizer, and a frozen reference copy only when one is needed.
 
-    device None leaves the weights on the CPU for DeepSpeed, which moves each rank's shard.
-    The reference is the base model with the LoRA adapter disabled, so it costs no extra
-    memory; only full fine-tuning with beta > 0 keeps a frozen copy.
+    cfg: resolved for the device (runtime/model.py resolve_for_device). device None leaves the
+    weights to DeepSpeed, which places each rank's partition. The reference is the base model
+    with the LoRA adapter disabled, so it costs no extra memory; only full fine-tuning with
+    beta > 0 keeps a frozen copy.
     """
     m = cfg.model
+    speedups.configure(device)
     model, tokenizer = load_model_and_tokenizer(
-        m.name, gguf_file=m.gguf_file, dtype=m.dtype, load_in_4bit=m.load_in_4bit, device=device
+        m.name, gguf_file=m.gguf_file, dtype=m.dtype, load_in_4bit=m.load_in_4bit, device=device,
+        attn_implementation=m.attn_implementation,
     )
     reference = None
     if m.use_lora:
-        model = attach_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+        model = attach_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules,
+                            adapter_in_compute_dtype)
     elif cfg.loss.beta > 0:  # full fine-tuning: the reference must be a separate frozen copy
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     speedups.apply(model, device, m.cpu_matmul)
