@@ -22,6 +22,7 @@ in its config file, see README).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -57,6 +58,20 @@ SDK_CONTAINER_ARGUMENTS = [
     "chmod +x /opt/ml/input/data/sm_drivers/sm_train.sh && /opt/ml/input/data/sm_drivers/sm_train.sh",
 ]
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY", "CREDENTIAL")
+# GPUs per instance of the usual SageMaker training instance types; CPU families run one process.
+INSTANCE_GPUS = {
+    **{f"ml.g5.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "ml.g5.12xlarge": 4, "ml.g5.24xlarge": 4, "ml.g5.48xlarge": 8,
+    **{f"ml.g6.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "ml.g6.12xlarge": 4, "ml.g6.24xlarge": 4, "ml.g6.48xlarge": 8,
+    **{f"ml.g6e.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "ml.g6e.12xlarge": 4, "ml.g6e.24xlarge": 4, "ml.g6e.48xlarge": 8,
+    **{f"ml.g4dn.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "ml.g4dn.12xlarge": 4,
+    "ml.p3.2xlarge": 1, "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8, "ml.p3dn.24xlarge": 8,
+    "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8, "ml.p5e.48xlarge": 8, "ml.p5en.48xlarge": 8,
+}
+CPU_FAMILIES = ("ml.m", "ml.c", "ml.r", "ml.t")
 
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -95,6 +110,7 @@ class JobSpec:
     checkpoint_s3_uri: str | None  # None = per job, under the job's S3 folder
     environment: tuple[tuple[str, str], ...]
     tags: tuple[tuple[str, str], ...]
+    summary: str = ""  # the processes and global batch the recipe trains with
 
 
 # ---- command line ------------------------------------------------------------------------
@@ -129,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="SageMaker instance type (default: ml.g5.2xlarge, one 24 GB A10G)")
     compute.add_argument("--instance-count", type=int, default=1,
                          help="instances; more than 1 trains multi-node (default: 1)")
+    compute.add_argument("--gpus-per-instance", type=int,
+                         help="GPUs of one instance, for an instance type the launcher's table does not know "
+                              "(it sets the number of training processes the recipe is checked against)")
     compute.add_argument("--volume-size", type=int, default=100, help="EBS volume per instance in GB (default: 100)")
     compute.add_argument("--image-uri", help="training image (default: the SageMaker PyTorch training image "
                                              "for --pytorch-version, the region and the instance type)")
@@ -264,6 +283,52 @@ def _check_overrides(overrides: list[str], train: str | None, validation: str | 
             raise LaunchError(f"override {item!r}: {owned[key]}; drop the override")
 
 
+def processes_per_instance(instance_type: str, gpus_option: int | None) -> int:
+    """Training processes on one instance: one per GPU (scripts/sagemaker_entry.py), one on CPU types."""
+    if gpus_option is not None:
+        if gpus_option < 0:
+            raise LaunchError(f"--gpus-per-instance {gpus_option}: must be >= 0")
+        return max(gpus_option, 1)
+    if instance_type in INSTANCE_GPUS:
+        return INSTANCE_GPUS[instance_type]
+    if instance_type.startswith(CPU_FAMILIES):
+        return 1
+    raise LaunchError(f"--instance-type {instance_type}: the launcher does not know its GPU count; pass "
+                      "--gpus-per-instance N")
+
+
+def check_recipe_for_job(recipe: Path, overrides: list[str], processes: int, launcher: str,
+                         deepspeed_config: Path | None, default_ds_config: Path) -> str:
+    """Load the recipe and overrides through train.py's own validation, for `processes` training
+    processes; raise LaunchError with train.py's message for anything train.py would refuse.
+    deepspeed_config: --deepspeed-config; without it ZeRO-3 over several processes uses
+    `default_ds_config` (the uploaded ds_config.json). Returns a line describing the job's global batch."""
+    from grpo.runtime.config import ConfigError, for_world, load_config
+    from grpo.runtime.distributed import check_recipe, load_ds_config
+
+    try:
+        cfg = for_world(load_config(recipe, overrides), processes)
+        strategy = cfg.train.strategy
+        if launcher == "deepspeed" and strategy != "zero3":
+            raise ConfigError(f"--launcher deepspeed runs ZeRO-3 but train.strategy={strategy}; use --launcher "
+                              "torchrun or train.strategy=zero3")
+        multi = processes > 1 or deepspeed_config is not None
+        if multi:
+            check_recipe(cfg, strategy)
+        if multi and strategy == "zero3" and deepspeed_config is None and default_ds_config.is_file():
+            deepspeed_config = default_ds_config
+        if multi and strategy == "zero3":
+            resolved = cfg if cfg.model.dtype != "auto" else dataclasses.replace(
+                cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"))  # auto is bfloat16 on the GPUs
+            load_ds_config(deepspeed_config, resolved, processes, hidden_size=1)
+    except (ConfigError, ValueError) as err:
+        raise LaunchError(f"train.py would refuse this job: {err}") from None
+    t, g = cfg.train, cfg.rollout.group_size
+    prompts = t.batch_size // g * t.grad_accum_steps * processes
+    return (f"{processes} training process(es), {strategy if multi else 'single'}: "
+            f"{prompts} prompts x {g} = {prompts * g} completions per optimizer step")
+
+
 def resolve_spec(args: argparse.Namespace, shell_env: Mapping[str, str]) -> JobSpec:
     """Validate the options into a JobSpec; every problem raises LaunchError naming its fix."""
     if not args.recipe:
@@ -305,6 +370,12 @@ def resolve_spec(args: argparse.Namespace, shell_env: Mapping[str, str]) -> JobS
     train = _data_source(args.train, "--train")
     validation = _data_source(args.validation, "--validation")
     _check_overrides(args.overrides, train, validation)
+    processes = processes_per_instance(args.instance_type, args.gpus_per_instance) * args.instance_count
+    in_container = [f"data.train_file=/opt/ml/input/data/train/{_file_name(train)}"] if train else []
+    in_container += [f"data.validation_file=/opt/ml/input/data/validation/{_file_name(validation)}"] if validation else []
+    summary = check_recipe_for_job(recipe, [*args.overrides, *in_container], processes, args.launcher,
+                                   source_dir / args.deepspeed_config if args.deepspeed_config else None,
+                                   source_dir / "ds_config.json")
     return JobSpec(
         recipe=recipe.resolve(), region=region, role=args.role, bucket=args.bucket,
         prefix=args.prefix.strip("/"), job_name=job_name,
@@ -316,6 +387,7 @@ def resolve_spec(args: argparse.Namespace, shell_env: Mapping[str, str]) -> JobS
         checkpoint_s3_uri=args.checkpoint_s3_uri.rstrip("/") if args.checkpoint_s3_uri else None,
         environment=_environment(args.env, shell_env),
         tags=tuple(_key_value(item, "--tag") for item in args.tag),
+        summary=summary,
     )
 
 
@@ -530,6 +602,7 @@ def main(argv: list[str] | None = None, shell_env: Mapping[str, str] | None = No
         job_name = unique_job_name(spec.job_name, datetime.now())
         request = create_training_job_request(spec, job_name)
         request["Environment"] = mask_secrets(request["Environment"])
+        print(f"job: {spec.summary}", file=sys.stderr)
         for local, s3_uri in upload_plan(spec, job_name):
             print(f"would upload {local} -> {s3_uri}", file=sys.stderr)
         print(json.dumps(request, indent=2))

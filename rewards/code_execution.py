@@ -83,6 +83,13 @@ def _check_options(
         raise ValueError(f"code_execution: max_workers={max_workers!r} must be in 1..{sandbox.MAX_SLOTS}")
 
 
+def default_workers(environ=os.environ) -> int:
+    """Programs run at once: this node's CPUs shared by its training processes (torchrun and the
+    deepspeed launcher export LOCAL_WORLD_SIZE), so that 8 ranks on one node do not start 8 x CPUs."""
+    processes = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, (os.cpu_count() or 1) // max(processes, 1))
+
+
 def score(outcome: sandbox.Outcome, partial_credit: float, fractional: bool) -> float:
     if not outcome.loaded:
         return 0.0
@@ -117,7 +124,7 @@ def code_execution_reward(
     partial_credit: reward for a program that loads but fails a test.
     fractional: scale between partial_credit and 1.0 by the fraction of tests passed.
     timeout_s, memory_mb: per-program wall-clock and address-space limits.
-    max_workers: programs run at once (default: the number of CPUs).
+    max_workers: programs run at once (default: the node's CPUs divided by its training processes).
     """
     _check_options(partial_credit, fractional, timeout_s, memory_mb, max_workers)
     prompts = prompt if prompt is not None else columns.get("prompts")
@@ -148,7 +155,7 @@ def code_execution_reward(
         )
         job_rows.append(row)
     limits = sandbox.Limits(timeout_s=timeout_s, memory_mb=memory_mb)
-    workers = max_workers or os.cpu_count() or 1
+    workers = max_workers or default_workers()
     outcomes = sandbox.run_many(jobs, limits, min(workers, sandbox.MAX_SLOTS)) if jobs else []
     for row, outcome in zip(job_rows, outcomes):
         scores[row] = score(outcome, partial_credit, fractional)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo.runtime.config import ConfigError, load_config
+from grpo.runtime.config import ConfigError, for_world, load_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -18,7 +18,9 @@ def test_every_recipe_loads(recipe):
 def test_published_recipe_values():
     c = load_config(next(r for r in RECIPES if r.name == "qwen2.5-0.5b-gsm8k.yaml"))
     assert (c.model.name, c.model.load_in_4bit, c.model.lora_r, c.model.lora_alpha) == ("Qwen/Qwen2.5-0.5B", True, 16, 16)
-    assert (c.train.learning_rate, c.train.batch_size, c.train.grad_accum_steps, c.train.epochs) == (1.84e-4, 16, 2, 2.0)
+    assert (c.train.learning_rate, c.train.batch_size, c.train.global_batch_prompts, c.train.epochs) == (1.84e-4, 16, 64, 2.0)
+    # the published run's 16 GPUs take 2 micro-batches of 2 prompts per step; fewer GPUs take more
+    assert [for_world(c, n).train.grad_accum_steps for n in (16, 4, 1)] == [2, 8, 32]
     assert (c.rollout.group_size, c.loss.beta, c.loss.eps_low, c.rollout.max_new_tokens) == (8, 0.04, 0.2, 256)
     assert (c.data.n_shot, c.train.max_seq_length, c.train.warmup_ratio) == (8, 2048, 0.1)
 
@@ -103,3 +105,10 @@ def test_a_recipe_that_is_not_a_mapping_names_the_sections(tmp_path):
     recipe.write_text("- model\n- data\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping of sections"):
         load_config(recipe)
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_names_both_numbers():
+    c = load_config(None, ["train.global_batch_prompts=10"])  # batch_size 16 / group 8 = 2 prompts per micro-batch
+    assert for_world(c, 5).train.grad_accum_steps == 1
+    with pytest.raises(ConfigError, match="global_batch_prompts=10 is not a multiple of 4.*2 processes"):
+        for_world(c, 2)

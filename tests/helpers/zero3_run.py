@@ -1,4 +1,5 @@
-"""train.py under DeepSpeed ZeRO-3, for the two-process tests; each rank also writes what it stores.
+"""train.py for the multi-process tests, with the tests' reward registered; under ZeRO-3 each rank
+also writes what it stores.
 
 Run as `python -m torch.distributed.run --nproc_per_node 2 -m tests.helpers.zero3_run [train.py
 args]`. Right after sharding, each rank writes OUTPUT/shards/rank-N.json with the parameters and
