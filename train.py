@@ -37,6 +37,7 @@ from grpo.runtime.model import save_merged, trainable_parameters
 from grpo.runtime.tracking import RunTracker, plot_rewards
 from grpo.training import metrics, shaping
 from grpo.training.evaluation import log_eval, run_eval
+from grpo.training.metrics import device_memory
 from grpo.training.policy import build_policy, make_optimizer, seed_everything, seed_step
 from grpo.training.prompts import load_prompt_sets
 from grpo.training.rollouts import collect_rollouts, prompts_per_step
@@ -157,7 +158,8 @@ def main(argv=None) -> dict:
         scalars = distributed.weighted_mean({
             **rollout.info, **first_stats, "loss": stats["loss"],
             "time/step_s": step_time, "time/rollout_and_reward_s": generated - started,
-            "time/frozen_logprobs_s": scored - generated, "time/update_s": finished - scored}, world)
+            "time/frozen_logprobs_s": scored - generated, "time/update_s": finished - scored,
+            **device_memory()}, world)
         tracker.log(step, metrics.step_record([rf.name for rf in reward_fns], rows, scalars, r.group_size))
 
         # 7. checkpoint (and periodic held-out evaluation)

@@ -10,6 +10,8 @@ from grpo.rollout import (
     SamplingParams, completion_logprobs, concat_batches, cut_at_stop, draw_by_inverse_cdf, generate, left_pad,
     next_token_stats, sample_tokens,
 )
+from grpo.rollout.sampling import counter_uniforms
+from tests.helpers.host_reads import count
 
 
 @pytest.fixture(scope="module")
@@ -55,39 +57,70 @@ def test_sampling_is_reproducible_and_rows_differ(tiny):
     assert a.truncated.all()  # a random tiny model never says EOS in 8 tokens (prob ~ 8/259)
 
 
-def test_a_prompts_completions_do_not_depend_on_the_other_prompts_in_the_batch(tiny):
-    # what lets a step split across ranks sample exactly what one process samples
-    model, tokenizer = tiny
-    prompts = [tokenizer("abc")["input_ids"], tokenizer("Question: 3+4?")["input_ids"]]
-    params = SamplingParams(temperature=1.0, max_new_tokens=8)
-    both = generate(model, tokenizer, prompts, 3, params, seeds=[11, 22])
-    alone = generate(model, tokenizer, prompts[1:], 3, params, seeds=[22])
-    assert both.texts[3:] == alone.texts
-    assert both.texts[:3] != alone.texts
-
-
 def test_top_p_keeps_only_the_nucleus():
     # probs .6, .3, .1: top_p .5 keeps only the first token (mass before it is 0 < .5)
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(50, 1)
-    tokens = sample_tokens(logits, 1.0, 0.5, torch.Generator().manual_seed(0))
-    assert tokens.eq(0).all()
+    uniforms = torch.rand(50, generator=torch.Generator().manual_seed(0))
+    assert sample_tokens(logits, 1.0, 0.5, uniforms).eq(0).all()
     # top_p .7 keeps two tokens (mass before the 3rd is .9 >= .7)
-    tokens = sample_tokens(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
-    assert set(tokens.tolist()) == {0, 1}
+    assert set(sample_tokens(logits, 1.0, 0.7, uniforms).tolist()) == {0, 1}
 
 
 def test_inverse_cdf_draws_follow_the_weights_and_never_pick_a_zero_weight_token():
-    # Unnormalized weights 1 : 0 : 6 : 3 -> probabilities .1, 0, .6, .3.
-    weights = torch.tensor([[1.0, 0.0, 6.0, 3.0]]).repeat(20_000, 1)
-    counts = torch.bincount(draw_by_inverse_cdf(weights, torch.Generator().manual_seed(0)), minlength=4)
-    assert counts[1] == 0
-    # Binomial sd for n = 20,000: sqrt(n p (1 - p)) = 42 (p .1), 69 (p .6), 65 (p .3); allow 4 sd.
-    for token, p, sd in [(0, 0.1, 42), (2, 0.6, 69), (3, 0.3, 65)]:
-        assert abs(counts[token].item() - 20_000 * p) < 4 * sd
+    # Unnormalized weights 1 : 0 : 6 : 3 -> probabilities .1, 0, .6, .3: the uniform's interval decides.
+    weights = torch.tensor([[1.0, 0.0, 6.0, 3.0]]).repeat(5, 1)
+    drawn = draw_by_inverse_cdf(weights, torch.tensor([0.0, 0.0999, 0.1, 0.6999, 0.7]))
+    assert drawn.tolist() == [0, 0, 2, 2, 3]
     # Zero weight at both ends and a one-hot row.
     edges = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]).repeat(500, 1)
-    drawn = draw_by_inverse_cdf(edges, torch.Generator().manual_seed(1)).view(500, 2)
+    drawn = draw_by_inverse_cdf(edges, torch.rand(1000, generator=torch.Generator().manual_seed(1))).view(500, 2)
     assert set(drawn[:, 0].tolist()) == {1, 2} and drawn[:, 1].eq(3).all()
+
+
+# Chi-square critical values at p = 0.001 (a correct sampler fails one run in a thousand):
+# 3 degrees of freedom 16.27, 1 degree 10.83.
+@pytest.mark.parametrize("top_p, expected", [
+    pytest.param(1.0, [0.1, 0.2, 0.3, 0.4], id="full-distribution"),
+    # top_p .65: the nucleus is {.4, .3} (mass before .2 is .7 >= .65), renormalized to 4/7, 3/7
+    pytest.param(0.65, [0.0, 0.0, 3 / 7, 4 / 7], id="top-p-nucleus"),
+])
+def test_the_counter_based_sampler_draws_the_distribution(top_p, expected):
+    n = 40_000
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).repeat(n, 1)
+    # one row per (seed, slot, position) counter, as a generation spends them
+    seeds, slots = torch.arange(n) // 64 + 12345, torch.arange(n) % 8
+    uniforms = counter_uniforms(seeds, slots, position=3)
+    counts = torch.bincount(sample_tokens(logits, 1.0, top_p, uniforms), minlength=4).double()
+    expected = torch.tensor(expected, dtype=torch.float64) * n
+    kept = expected > 0
+    assert counts[~kept].sum() == 0  # tokens outside the nucleus are never drawn
+    chi2 = (((counts - expected) ** 2)[kept] / expected[kept]).sum().item()
+    assert chi2 < {4: 16.27, 2: 10.83}[int(kept.sum())], (counts.tolist(), chi2)
+
+
+def test_counter_uniforms_depend_on_the_counters_alone():
+    seeds, slots = torch.tensor([5, 5, 6, 2**40 + 5]), torch.tensor([0, 1, 0, 0])
+    u = counter_uniforms(seeds, slots, position=7)
+    assert len(set(u.tolist())) == 4  # another slot, seed or high seed bits: another number
+    assert torch.equal(u[1:2], counter_uniforms(seeds[1:2], slots[1:2], position=7))  # alone or in a batch
+    assert not torch.equal(u, counter_uniforms(seeds, slots, position=8))
+    assert ((u >= 0) & (u < 1)).all()
+
+
+def test_a_prompt_samples_the_same_completions_in_any_batch_and_sync_interval(tiny):
+    # what lets a step split across ranks sample exactly what one process samples, and an
+    # accelerator's less frequent looks change nothing
+    model, tokenizer = tiny
+    prompts = [tokenizer("abc")["input_ids"], tokenizer("Question: 3+4?")["input_ids"], tokenizer("x")["input_ids"]]
+    params = SamplingParams(temperature=1.0, max_new_tokens=10, stop_strings=("\n",))
+    every = generate(model, tokenizer, prompts, 3, params, seeds=[11, 22, 33])
+    alone = generate(model, tokenizer, prompts[1:2], 3, params, seeds=[22])
+    sparse = generate(model, tokenizer, prompts, 3, params, seeds=[11, 22, 33], sync_every=4)
+    assert every.texts[3:6] == alone.texts
+    assert torch.equal(every.completion_ids[3:6, : alone.completion_ids.shape[1]], alone.completion_ids)
+    assert every.texts == sparse.texts and torch.equal(every.completion_mask, sparse.completion_mask)
+    assert torch.equal(every.completion_ids, sparse.completion_ids)
+    torch.testing.assert_close(every.token_entropy, sparse.token_entropy)
 
 
 def test_eos_ends_a_completion_and_stop_strings_cut_text(tiny):
@@ -194,3 +227,77 @@ def test_select_and_concat_batches_keep_groups_together(tiny):
     assert both.texts == a.texts[2:] + b.texts
     n = int(b.completion_mask[0].sum())
     assert both.completion_ids[2, :n].tolist() == b.completion_ids[0, :n].tolist()
+
+
+# ---- stop strings on the device, against the per-token reference -------------------------------
+
+def favour(tokenizer, texts: list[str], boost: float = 6.0):
+    """A forward hook on the LM head that makes the bytes of `texts` likely, so stop strings occur."""
+    ids = sorted({i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]})
+
+    def hook(module, args, logits):
+        bias = torch.zeros(logits.shape[-1])
+        bias[ids] = boost
+        return logits + bias
+    return hook
+
+
+def reference_generate(model, tokenizer, prompt, seed, group_size, params):
+    """The textbook loop: full forwards, one row at a time, the tail decoded after every token."""
+    window = max(len(s.encode()) for s in params.stop_strings) + 1
+    eos = tokenizer.eos_token_id
+    rows = []
+    for slot in range(group_size):
+        tokens = []
+        for position in range(params.max_new_tokens):
+            logits = model(input_ids=torch.tensor([prompt + tokens])).logits[:, -1]
+            u = counter_uniforms(torch.tensor([seed]), torch.tensor([slot]), position)
+            tokens.append(int(sample_tokens(logits, params.temperature, params.top_p, u)))
+            tail = tokenizer.decode(tokens[-window:], skip_special_tokens=True)
+            if tokens[-1] == eos or any(s in tail for s in params.stop_strings):
+                break
+        rows.append(tokens)
+    return rows
+
+
+@pytest.mark.parametrize("stop_strings, likely", [
+    pytest.param(("xyx", "yy\n"), "xy\n!", id="ascii"),
+    pytest.param(("é!", "xé"), "é!", id="two-byte-utf8"),  # é is two byte tokens: its first alone is no "é"
+    pytest.param(("y",), "xy\n", id="one-byte"),
+])
+def test_stop_strings_end_completions_exactly_where_the_per_token_test_would(tiny, stop_strings, likely):
+    model, tokenizer = tiny
+    handle = model.get_output_embeddings().register_forward_hook(favour(tokenizer, [likely]))
+    try:
+        params = SamplingParams(temperature=1.0, max_new_tokens=24, stop_strings=stop_strings)
+        prompts = [tokenizer("Q: go")["input_ids"], tokenizer("x")["input_ids"]]
+        batch = generate(model, tokenizer, prompts, 4, params, seeds=[3, 4])
+        expected = [row for prompt, seed in zip(prompts, [3, 4])
+                    for row in reference_generate(model, tokenizer, prompt, seed, 4, params)]
+    finally:
+        handle.remove()
+    lengths = batch.completion_mask.sum(1).int().tolist()
+    assert [batch.completion_ids[r, :n].tolist() for r, n in enumerate(lengths)] == expected
+    assert sum(not t for t in batch.truncated.tolist()) >= 2  # some rows did stop on a string
+    for row, tokens in enumerate(expected):
+        assert batch.texts[row] == cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_strings)
+
+
+@pytest.mark.parametrize("prompts", [pytest.param(8, id="64-rows"), pytest.param(64, id="512-rows")])
+def test_the_decode_loop_reads_the_device_a_few_times_per_step_and_decodes_each_row_at_most_3_times(
+        tiny, prompts):
+    model, tokenizer = tiny
+    steps = 48
+    params = SamplingParams(1.0, 1.0, steps, ("xyx", "yy\n"))
+    token_lists = [tokenizer(f"Question: {i}+{i}?")["input_ids"] for i in range(prompts)]
+    handle = model.get_output_embeddings().register_forward_hook(favour(tokenizer, ["xy\n"]))
+    try:
+        with count(tokenizer) as counted:
+            batch = generate(model, tokenizer, token_lists, 8, params, seeds=list(range(prompts)))
+    finally:
+        handle.remove()
+    rows = prompts * 8
+    stopped = rows - int(batch.truncated.sum())
+    assert stopped > rows // 4  # the stop strings did end many rows
+    assert counted.reads / steps <= 4, counted.by_name
+    assert counted.decodes / rows <= 3

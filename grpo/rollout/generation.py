@@ -1,10 +1,21 @@
-"""Sampling G completions per prompt with a KV cache shared within the group.
+"""Sampling G completions per prompt, with the decode loop kept on the device.
 
 Each prompt is encoded once for its G completions (few-shot prompts are long and identical
-within a group); the decode steps run on the rows still decoding, through the cache of
-`grpo.speedups.GroupDecodeCache`. Finished completions leave the decode batch at once.
+within a group); the decode steps then run on the rows still decoding, through the cache of
+`grpo.speedups.GroupDecodeCache`.
 
-Shapes: N = prompts, G = group size, B = N * G rows, P = padded prompt length, V = vocab.
+Per decode step the loop reads nothing back to the host between its checkpoints: tokens,
+entropies and self-certainties go into preallocated (B, T) device buffers; every row draws with
+a counter-based uniform of (its prompt's seed, its slot in the group, the position), so all
+prompts sample in one call; EOS and stop strings are found on the device (grpo/rollout/stops.py).
+Every `sync_every` steps the loop looks: rows whose newest token may end a stop string are
+checked by decoding their tail (the exact test), finished rows leave the batch, and it stops
+when none is left. On CPU it looks at every step (a read costs nothing there and finished rows
+leave at once); on an accelerator every 8 steps (each read waits for the device). The buffers are
+read back once at the end, and each completion is decoded once for its text.
+
+Shapes: N = prompts, G = group size, B = N * G rows, A = rows still in the batch, P = padded
+prompt length, T = max_new_tokens, V = vocab.
 """
 
 from __future__ import annotations
@@ -14,14 +25,10 @@ from collections.abc import Sequence
 import torch
 
 from grpo import speedups
-from grpo.runtime.hf_compat import returned_cache
 from grpo.rollout.batch import RolloutBatch, left_pad
-from grpo.rollout.sampling import SamplingParams, next_token_stats, sample_by_prompt
-
-
-def _ends_with_stop(tokenizer, tokens: list[int], stop_strings: tuple[str, ...], window: int) -> bool:
-    tail = tokenizer.decode(tokens[-window:], skip_special_tokens=True)
-    return any(s in tail for s in stop_strings)
+from grpo.rollout.sampling import SamplingParams, counter_uniforms, next_token_stats, sample_tokens
+from grpo.rollout.stops import StopMatcher
+from grpo.runtime.hf_compat import returned_cache
 
 
 def cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
@@ -38,19 +45,21 @@ def generate(
     params: SamplingParams,
     seeds: Sequence[int] | None = None,
     share_prompt_kv: bool = True,
+    *,
+    sync_every: int | None = None,
 ) -> RolloutBatch:
     """Sample `group_size` completions for each prompt with a KV cache shared within the group.
 
-    share_prompt_kv: decode with the prompt's keys/values held once per group
+    seeds: one per prompt (None = torch's global generator). A prompt's rows draw uniforms that
+    depend only on (its seed, the row's slot in the group, the position), so a prompt's
+    completions do not depend on which prompts share its batch: a step split across ranks samples
+    what one process would.
+    share_prompt_kv: on CPU, decode with the prompt's keys/values held once per group
     (grpo/speedups/prefix_attention.py) where the model allows; False repeats them for every row.
-
-    seeds: one per prompt (None = torch's global RNG). Each prompt's rows draw from their own
-    generator, so a prompt's completions do not depend on which prompts share its batch: a step
-    split across ranks samples what one process would.
+    sync_every: decode steps between the loop's host reads (default: 1 on CPU, 8 elsewhere).
     """
     device = next(model.parameters()).device
-    generators = None if seeds is None else [torch.Generator(device).manual_seed(s) for s in seeds]
-    eos_ids = _eos_ids(tokenizer, model)
+    sync_every = sync_every or (1 if device.type == "cpu" else 8)
     prompt_ids, prompt_mask = left_pad(prompt_token_lists, tokenizer.pad_token_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     padded = not bool(prompt_mask.all())
@@ -62,67 +71,154 @@ def generate(
         logits_to_keep=1,
     )
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (B, V)
-    num_rows = logits.shape[0]
-    decode = speedups.GroupDecodeCache(model, returned_cache(out), prompt_mask, group_size,
-                                       params.max_new_tokens, share_prompt_kv)
-    positions = prompt_mask.sum(1).repeat_interleave(group_size)  # (B,) next position
-    tokens: list[list[int]] = [[] for _ in range(num_rows)]
-    entropies: list[list[float]] = [[] for _ in range(num_rows)]
-    certainties: list[list[float]] = [[] for _ in range(num_rows)]
-    truncated = torch.ones(num_rows, dtype=torch.bool)
-    window = max((len(s) for s in params.stop_strings), default=0) + 2
+    num_rows, max_tokens = logits.shape[0], params.max_new_tokens
+    decode = speedups.GroupDecodeCache(model, returned_cache(out), prompt_mask, group_size, max_tokens,
+                                       share_prompt_kv)
+    positions = prompt_mask.sum(1).repeat_interleave(group_size)  # (A,) next position of each active row
+
+    # Per-row results, written on the device; a row's entries past its length are never read.
+    tokens = torch.full((num_rows, max_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    entropies = torch.zeros((num_rows, max_tokens), device=device)
+    certainties = torch.zeros((num_rows, max_tokens), device=device)
+    lengths = torch.full((num_rows,), max_tokens, dtype=torch.long, device=device)
+    finished = torch.zeros(num_rows, dtype=torch.bool, device=device)  # ended by EOS or a confirmed stop string
+    fired = torch.zeros((num_rows, max_tokens), dtype=torch.bool, device=device)  # may end a stop string
+    looked = _Look(tokenizer, params.stop_strings, num_rows)
+    eos_ids = torch.tensor(sorted(_eos_ids(tokenizer, model)), dtype=torch.long, device=device)
+    stops = StopMatcher(tokenizer, params.stop_strings, device) if any(params.stop_strings) else None
+    window = stops.empty_window(num_rows) if stops else None  # (A, K) each active row's last bytes
+    row_seeds = None if seeds is None else torch.tensor(list(seeds), dtype=torch.long, device=device).repeat_interleave(
+        group_size)  # (B,)
+    slots = torch.arange(num_rows, device=device) % group_size  # (B,)
 
     with decode.attention_context():
-        for step in range(params.max_new_tokens):
-            active = decode.rows  # (A,) rows still decoding, in cache order
-            next_tokens = sample_by_prompt(logits, active // group_size, params, generators)  # (A,)
+        for step in range(max_tokens):
+            rows = decode.rows  # (A,) original row index of each active row
+            uniforms = None if row_seeds is None else counter_uniforms(row_seeds[rows], slots[rows], step)
+            next_tokens = sample_tokens(logits, params.temperature, params.top_p, uniforms)  # (A,)
             entropy, certainty = next_token_stats(logits, params.temperature)  # (A,), (A,)
-            keep = torch.ones(len(active), dtype=torch.bool)
-            step_stats = zip(active.tolist(), next_tokens.tolist(), entropy.tolist(), certainty.tolist())
-            for slot, (row, token, ent, cert) in enumerate(step_stats):
-                tokens[row].append(token)
-                entropies[row].append(ent)
-                certainties[row].append(cert)
-                if token in eos_ids or (
-                    params.stop_strings and _ends_with_stop(tokenizer, tokens[row], params.stop_strings, window)
-                ):
-                    keep[slot] = False
-                    truncated[row] = False
-            if not keep.any() or step == params.max_new_tokens - 1:
+            live = ~finished[rows]  # rows that finished since the last look still decode until they leave
+            tokens[rows, step] = torch.where(live, next_tokens, tokens[rows, step])
+            entropies[rows, step] = torch.where(live, entropy, 0.0)
+            certainties[rows, step] = torch.where(live, certainty, 0.0)
+            ended = live & torch.isin(next_tokens, eos_ids)
+            lengths[rows] = torch.where(ended, step + 1, lengths[rows])
+            finished[rows] = finished[rows] | ended
+            if stops is not None:
+                hit, window = stops.step(window, next_tokens)
+                fired[rows, step] = hit & live & ~ended
+            last = step == max_tokens - 1
+            if (step + 1) % sync_every and not last:
+                logits = _decode_step(model, decode, next_tokens, positions)
+                positions = positions + 1
+                continue
+            # ---- the loop's look (one read): confirm stop strings, drop finished rows, stop when none is left
+            keep = looked.look(tokens, fired, finished, lengths, step + 1)
+            if not keep or last:
                 break
-            if not keep.all():  # finished rows leave the batch: no wasted decode work
-                index = keep.nonzero().squeeze(1).to(device)
+            if len(keep) < len(looked.active):  # finished rows leave the batch: no wasted decode work
+                index = torch.tensor(keep, device=device)
                 decode.keep(index)
                 next_tokens, positions = next_tokens[index], positions[index]
-            out = model(input_ids=next_tokens.unsqueeze(1), position_ids=positions.unsqueeze(1),
-                        **decode.step_inputs())
+                window = window[index] if window is not None else None
+                looked.active = [looked.active[i] for i in keep]
+            logits = _decode_step(model, decode, next_tokens, positions)
             positions = positions + 1
-            logits = out.logits[:, -1]
 
-    width = max(len(t) for t in tokens)
-    completion_ids = torch.full((num_rows, width), tokenizer.pad_token_id, dtype=torch.long)
-    completion_mask = torch.zeros((num_rows, width))
-    token_entropy = torch.zeros((num_rows, width))
-    token_certainty = torch.zeros((num_rows, width))
-    for row, toks in enumerate(tokens):
-        completion_ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-        completion_mask[row, : len(toks)] = 1.0
-        token_entropy[row, : len(toks)] = torch.tensor(entropies[row])
-        token_certainty[row, : len(toks)] = torch.tensor(certainties[row])
-    texts = [
-        cut_at_stop(tokenizer.decode(t, skip_special_tokens=True), params.stop_strings) for t in tokens
-    ]
+    return _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entropies, certainties,
+                  lengths, finished)
+
+
+class _Look:
+    """What the loop knows on the host at its looks: each row's tokens so far (read a stretch of
+    columns at a time), which rows have finished, and which are still in the decode batch."""
+
+    def __init__(self, tokenizer, stop_strings: tuple[str, ...], num_rows: int):
+        self.tokenizer, self.stop_strings = tokenizer, stop_strings
+        # tokens decoded for the exact test: as many as the longest stop string has bytes, and a margin
+        self.window = max((len(s.encode()) for s in stop_strings), default=0) + 1
+        self.tokens: list[list[int]] = [[] for _ in range(num_rows)]
+        self.active = list(range(num_rows))  # original row of each position in the decode batch
+        self.read_to = 0
+
+    def look(self, tokens, fired, finished, lengths, stop: int) -> list[int]:
+        """Read columns [read_to, stop) of the tokens and stop flags, and the finished flags (one read);
+        end each flagged row at its first flag whose decoded tail holds a stop string (the exact
+        test; a flag before an EOS in the same stretch wins); return the positions in the decode
+        batch of the rows that go on."""
+        start, width = self.read_to, stop - self.read_to
+        block = torch.cat([tokens[:, start:stop], fired[:, start:stop].long(), finished.long().unsqueeze(1)], dim=1)
+        ended, done = {}, set()
+        for row, values in enumerate(block.tolist()):
+            self.tokens[row].extend(values[:width])
+            if values[-1]:
+                done.add(row)
+            for offset, flag in enumerate(values[width : 2 * width]):
+                if flag and self._tail_has_stop(row, start + offset):
+                    ended[row] = start + offset + 1
+                    break
+        self.read_to = stop
+        if ended:  # written back to the device (no read)
+            index = torch.tensor(list(ended), device=tokens.device)
+            lengths[index] = torch.tensor(list(ended.values()), device=tokens.device)
+            finished[index] = True
+        return [i for i, row in enumerate(self.active) if row not in done and row not in ended]
+
+    def _tail_has_stop(self, row: int, end: int) -> bool:
+        tail = self.tokenizer.decode(self.tokens[row][max(0, end + 1 - self.window) : end + 1], skip_special_tokens=True)
+        return any(s in tail for s in self.stop_strings)
+
+
+def _decode_step(model, decode, next_tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits (A, V) of the token after `next_tokens` (A,) for the active rows."""
+    out = model(input_ids=next_tokens.unsqueeze(1), position_ids=positions.unsqueeze(1), **decode.step_inputs())
+    return out.logits[:, -1]
+
+
+def _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entropies, certainties, lengths,
+           finished) -> RolloutBatch:
+    """Read the device buffers back once; each completion decoded once for its text."""
+    lengths_list, finished_list = lengths.tolist(), finished.tolist()
+    width = max(lengths_list)
+    tokens, entropies, certainties = tokens[:, :width].cpu(), entropies[:, :width].cpu(), certainties[:, :width].cpu()
+    rows = tokens.tolist()
+    texts = []
+    for row, n in enumerate(lengths_list):
+        text = tokenizer.decode(rows[row][:n], skip_special_tokens=True)
+        if not finished_list[row] and any(s in text for s in params.stop_strings if s):
+            # The byte-level check missed a stop string the decoded text holds (a tokenizer whose
+            # decode is not its tokens' bytes): end the row where today's per-token test would have.
+            n = _first_stop_end(tokenizer, rows[row][:n], params.stop_strings)
+            lengths_list[row], finished_list[row] = n, True
+            text = tokenizer.decode(rows[row][:n], skip_special_tokens=True)
+        texts.append(cut_at_stop(text, params.stop_strings))
+    lengths = torch.tensor(lengths_list)
+    mask = (torch.arange(width) < lengths.unsqueeze(1)).float()  # (B, T)
+    pad = tokenizer.pad_token_id
     return RolloutBatch(
         prompt_ids=prompt_ids.cpu(),
         prompt_mask=prompt_mask.cpu(),
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
-        truncated=truncated,
+        completion_ids=torch.where(mask.bool(), tokens, torch.full_like(tokens, pad)),
+        completion_mask=mask,
+        truncated=~torch.tensor(finished_list, dtype=torch.bool),
         texts=texts,
         group_size=group_size,
-        token_entropy=token_entropy,
-        token_certainty=token_certainty,
+        token_entropy=entropies * mask,
+        token_certainty=certainties * mask,
     )
+
+
+def _first_stop_end(tokenizer, tokens: list[int], stop_strings: tuple[str, ...]) -> int:
+    """The shortest prefix whose decoded text holds a stop string (its length), by bisection."""
+    low, high = 1, len(tokens)
+    while low < high:
+        middle = (low + high) // 2
+        text = tokenizer.decode(tokens[:middle], skip_special_tokens=True)
+        if any(s in text for s in stop_strings if s):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def _eos_ids(tokenizer, model) -> set[int]:

@@ -19,10 +19,10 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = ()
 
 
-def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Next tokens from (N, V) logits: greedy at temperature 0, else temperature + nucleus sampling."""
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor | None
+                  ) -> torch.Tensor:
+    """Next tokens (N,) from (N, V) logits: greedy at temperature 0, else temperature + nucleus
+    sampling, each row drawn with its uniform in [0, 1) (None: torch's global generator)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
@@ -32,29 +32,52 @@ def sample_tokens(
         drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return draw_by_inverse_cdf(probs, generator)
+    if uniforms is None:
+        uniforms = torch.rand(probs.shape[0], device=probs.device)
+    return draw_by_inverse_cdf(probs, uniforms)
 
 
-def draw_by_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def draw_by_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """One token per row of (N, V) non-negative weights: the first token whose cumulative weight
-    exceeds a uniform draw in [0, total). One random number per row, where torch.multinomial
-    races V exponential draws per row (bench/RESULTS.md has the timing)."""
+    exceeds uniforms (N,) in [0, 1) times the row's total. One random number per row, where
+    torch.multinomial races V exponential draws per row (bench/RESULTS.md has the timing)."""
     cdf = probs.cumsum(-1)  # (N, V)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    u = uniforms.to(cdf.dtype).unsqueeze(1) * cdf[:, -1:]  # (N, 1)
     # A zero-weight token never has cdf > u where its predecessor has not; clamp guards rounding.
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
-def sample_by_prompt(logits: torch.Tensor, prompt_of_row: torch.Tensor, params: SamplingParams,
-                     generators: list[torch.Generator] | None) -> torch.Tensor:
-    """Next tokens (A,) from (A, V) logits; the rows of prompt i draw from generators[i]."""
-    if generators is None:
-        return sample_tokens(logits, params.temperature, params.top_p, None)
-    tokens = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
-    for prompt in prompt_of_row.unique().tolist():
-        rows = (prompt_of_row == prompt).nonzero().squeeze(1)
-        tokens[rows] = sample_tokens(logits[rows], params.temperature, params.top_p, generators[prompt])
-    return tokens
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x * c mod 2^32 for int64 x in [0, 2^32), without int64 overflow (16-bit halves of c)."""
+    low, high = c & 0xFFFF, c >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finalizer: every input bit moves every output bit."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def counter_uniforms(seeds: torch.Tensor, slots: torch.Tensor, position: int) -> torch.Tensor:
+    """Uniforms in [0, 1) as a function of (seed, slot, position) alone, (A,) int64 x3 -> (A,) float32.
+
+    Counter-based (a hash of the counters, as Philox is a cipher of them): the number a row draws
+    at a position does not depend on which rows share its batch, its rank, or what was drawn
+    before, so every row of every prompt samples in one vectorized call and a prompt's completions
+    are the same on any number of ranks. 24 random bits per draw (float32's mantissa).
+    """
+    seed = seeds & _MASK32
+    h = _mix32(seed ^ _mix32((seeds >> 32) & _MASK32))
+    h = _mix32(h ^ _mul32(slots & _MASK32, 0x9E3779B1))
+    h = _mix32(h ^ _mul32(torch.full_like(h, position & _MASK32), 0x27D4EB2F) ^ 0x165667B1)
+    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
 
 
 def next_token_stats(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,10 @@ class GroupDecodeCache:
         self.model = model
         self.rows = torch.arange(num_rows, device=prompt_mask.device)
         self.prefix = None
-        if share_prompt_kv and group_size > 1 and supports_shared_prefix(model, prompt_cache):
+        # The shared-prefix attention is a CPU speed-up (reading the prompt once per group is what
+        # bounds decoding there); on an accelerator the repeated cache goes through the library's SDPA.
+        on_cpu = prompt_mask.device.type == "cpu"
+        if share_prompt_kv and on_cpu and group_size > 1 and supports_shared_prefix(model, prompt_cache):
             layers = prompt_cache.layers
             self.prefix = SharedPrefix([layer.keys for layer in layers], [layer.values for layer in layers],
                                        prompt_mask.bool(), group_size, self.rows)

@@ -39,6 +39,14 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return ((values * mask).sum() / mask.sum().clamp(min=1)).item()
 
 
+def device_memory() -> dict:
+    """Peak accelerator memory of this process so far, in GiB (nothing on CPU)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"memory/peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "memory/peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+
+
 def step_record(reward_names: list[str], rows: dict[str, torch.Tensor], scalars: dict, group_size: int) -> dict:
     """One step's log record from the rows of all ranks (matrix, total, mask, truncated, entropy,
     certainty) and the scalars already averaged over ranks."""
