@@ -35,7 +35,7 @@ def count(tokenizer):
             return original(self, *args, **kwargs)
         return counted
 
-    decode, batch_decode = tokenizer.decode, tokenizer.batch_decode
+    decode = tokenizer.decode
 
     def counted_decode(*args, **kwargs):
         counts.decodes += 1
