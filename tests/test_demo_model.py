@@ -23,3 +23,33 @@ def test_one_grpo_step_on_the_demo_model(tmp_path):
     assert record["completion/length_mean"] > 0 and record["entropy"] > 0
     assert (tmp_path / "final" / "adapter" / "adapter_model.safetensors").is_file()
     assert 0.0 <= summary["after"]["eval/accuracy"] <= 1.0
+
+
+def test_greedy_tokens_equal_transformers_generate_on_the_demo_model():
+    import torch
+
+    from grpo import speedups
+    from grpo.rollout import SamplingParams, generate
+    from grpo.runtime.model import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer("smollm2-135m-demo")
+    model.eval()
+    messages = [[{"role": "user", "content": q}] for q in ("What is 7 times 8?", "Name a prime number.",
+                                                             "Write one word.")]
+    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ours = {}
+    for plan in ("plain", "speed-ups"):
+        if plan == "speed-ups":
+            speedups.apply(model, "cpu")  # the CPU layers training uses: same tokens
+        batch = generate(model, tokenizer, prompts, 2, SamplingParams(temperature=0, max_new_tokens=20))
+        ours[plan] = batch
+    for row, prompt in enumerate(prompts):
+        out = model.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=20,
+                             pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+        eos = tokenizer.eos_token_id
+        expected = out[: out.index(eos) + 1] if eos in out else out
+        for batch in ours.values():
+            for slot in (2 * row, 2 * row + 1):
+                n = int(batch.completion_mask[slot].sum())
+                assert batch.completion_ids[slot, :n].tolist() == expected

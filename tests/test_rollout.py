@@ -301,3 +301,15 @@ def test_the_decode_loop_reads_the_device_a_few_times_per_step_and_decodes_each_
     assert stopped > rows // 4  # the stop strings did end many rows
     assert counted.reads / steps <= 4, counted.by_name
     assert counted.decodes / rows <= 3
+
+
+def test_the_compiled_decode_step_gives_the_eager_tokens(tiny):
+    model, tokenizer = tiny
+    prompts = [tokenizer("Question: 1+1?")["input_ids"], tokenizer("Hi")["input_ids"]]
+    for params, seeds in ((SamplingParams(temperature=0, max_new_tokens=8), None),
+                          (SamplingParams(temperature=1.0, max_new_tokens=8, stop_strings=("\n",)), [5, 6])):
+        eager = generate(model, tokenizer, prompts, 3, params, seeds)
+        compiled = generate(model, tokenizer, prompts, 3, params, seeds, compiled=True)
+        assert torch.equal(eager.completion_ids, compiled.completion_ids)
+        assert eager.texts == compiled.texts
+        torch.testing.assert_close(eager.token_entropy, compiled.token_entropy, atol=1e-4, rtol=1e-4)

@@ -124,3 +124,15 @@ def test_variants_train_with_finite_losses(tiny_model_dir, tmp_path, variant):
         assert "reward_weight/0" in record and "reward/overlong_penalty/mean" in record
     if "variants.dynamic_sampling=true" in variant:
         assert 1 <= record["dynamic_sampling/tries"] <= 4
+
+
+def test_a_step_with_the_compiled_decode_samples_what_the_eager_one_does(tiny_model_dir, tmp_path):
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    # The compiled step leaves float32 CPU products to PyTorch (no oneDNN layers): so does the eager run here.
+    train.main(tiny_args(tiny_model_dir, eager, 1, "model.cpu_matmul=torch"))
+    train.main(tiny_args(tiny_model_dir, compiled, 1, "model.cpu_matmul=torch", "rollout.compile=true"))
+    a, b = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if '"loss"' in x][0]
+            for d in (eager, compiled))
+    for key in ("reward/total/mean", "completion/length_mean", "completion/truncated_frac"):
+        assert a[key] == b[key], key
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)

@@ -47,6 +47,7 @@ def generate(
     share_prompt_kv: bool = True,
     *,
     sync_every: int | None = None,
+    compiled: bool = False,
 ) -> RolloutBatch:
     """Sample `group_size` completions for each prompt with a KV cache shared within the group.
 
@@ -57,6 +58,8 @@ def generate(
     share_prompt_kv: on CPU, decode with the prompt's keys/values held once per group
     (grpo/speedups/prefix_attention.py) where the model allows; False repeats them for every row.
     sync_every: decode steps between the loop's host reads (default: 1 on CPU, 8 elsewhere).
+    compiled: decode steps through torch.compile over a static cache (grpo/speedups/compiled_decode.py);
+    the first call per shape compiles, later ones reuse it.
     """
     device = next(model.parameters()).device
     sync_every = sync_every or (1 if device.type == "cpu" else 8)
@@ -72,8 +75,8 @@ def generate(
     )
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (B, V)
     num_rows, max_tokens = logits.shape[0], params.max_new_tokens
-    decode = speedups.GroupDecodeCache(model, returned_cache(out), prompt_mask, group_size, max_tokens,
-                                       share_prompt_kv)
+    decode = speedups.decode_cache(model, returned_cache(out), prompt_mask, group_size, max_tokens,
+                                   share_prompt_kv, compiled)
     positions = prompt_mask.sum(1).repeat_interleave(group_size)  # (A,) next position of each active row
 
     # Per-row results, written on the device; a row's entries past its length are never read.
@@ -116,7 +119,7 @@ def generate(
             keep = looked.look(tokens, fired, finished, lengths, step + 1)
             if not keep or last:
                 break
-            if len(keep) < len(looked.active):  # finished rows leave the batch: no wasted decode work
+            if decode.compacts and len(keep) < len(looked.active):  # finished rows leave: no wasted work
                 index = torch.tensor(keep, device=device)
                 decode.keep(index)
                 next_tokens, positions = next_tokens[index], positions[index]
@@ -171,7 +174,8 @@ class _Look:
 
 def _decode_step(model, decode, next_tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Logits (A, V) of the token after `next_tokens` (A,) for the active rows."""
-    out = model(input_ids=next_tokens.unsqueeze(1), position_ids=positions.unsqueeze(1), **decode.step_inputs())
+    out = decode.forward(input_ids=next_tokens.unsqueeze(1), position_ids=positions.unsqueeze(1),
+                         **decode.step_inputs())
     return out.logits[:, -1]
 
 

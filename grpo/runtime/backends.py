@@ -45,9 +45,10 @@ def _trainable(model) -> tuple[list[str], list[torch.nn.Parameter]]:
 class SingleProcess:
     """One process on one device: gradients accumulate in .grad; then clip, step, schedule, zero."""
 
-    def __init__(self, model, reference, optimizer, scheduler, max_grad_norm: float, world: World):
+    def __init__(self, model, reference, optimizer, scheduler, max_grad_norm: float, world: World,
+                 fold_lora: bool = True):
         self.model, self.optimizer, self.scheduler, self.world = model, optimizer, scheduler, world
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm, self.fold_lora = max_grad_norm, fold_lora
         self.names, self.params = _trainable(model)
         self.scorer = CompletionScorer(model)
         device = next(model.parameters()).device
@@ -58,8 +59,8 @@ class SingleProcess:
         """Eval mode while decoding (under gradient checkpointing HF turns the KV cache off in train
         mode), with the sampling speed-ups of this device (grpo/speedups)."""
         self.model.eval()
-        try:
-            with speedups.sampling_weights(self.model):
+        try:  # folding swaps weights under a compiled decode step: not with rollout.compile
+            with speedups.sampling_weights(self.model) if self.fold_lora else contextlib.nullcontext():
                 yield self.model
         finally:
             self.model.train()
@@ -120,8 +121,9 @@ class SingleProcess:
 class DataParallel(SingleProcess):
     """Replicas on every rank, the trainable parameters' gradients averaged once per step."""
 
-    def __init__(self, model, reference, optimizer, scheduler, max_grad_norm: float, world: World):
-        super().__init__(model, reference, optimizer, scheduler, max_grad_norm, world)
+    def __init__(self, model, reference, optimizer, scheduler, max_grad_norm: float, world: World,
+                 fold_lora: bool = True):
+        super().__init__(model, reference, optimizer, scheduler, max_grad_norm, world, fold_lora)
         with torch.no_grad():  # every replica starts from rank 0's adapter
             for param in self.params:
                 torch.distributed.broadcast(param.data, src=0)
@@ -337,9 +339,9 @@ def start_world(cfg: Config, deepspeed_config: str | None) -> tuple[Launch, Conf
 
 def create_backend(cfg: Config, launch: Launch, model, reference, optimizer, scheduler):
     """The backend of `launch` around the built policy and its optimizer."""
-    max_norm = cfg.train.max_grad_norm
+    max_norm, fold = cfg.train.max_grad_norm, not cfg.rollout.compile
     if launch.strategy == "single":
-        return SingleProcess(model, reference, optimizer, scheduler, max_norm, launch.world)
+        return SingleProcess(model, reference, optimizer, scheduler, max_norm, launch.world, fold)
     if launch.strategy == "ddp":
-        return DataParallel(model, reference, optimizer, scheduler, max_norm, launch.world)
+        return DataParallel(model, reference, optimizer, scheduler, max_norm, launch.world, fold)
     return DeepSpeedZero3(model, optimizer, scheduler, launch.ds_config, launch.world)

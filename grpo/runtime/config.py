@@ -85,6 +85,7 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling mass
     max_new_tokens: int = 256  # completion length cap; longer completions are truncated
     stop_strings: tuple[str, ...] = ("\n\nQuestion:",)  # text that ends a completion
+    compile: bool = False  # decode steps through torch.compile over a static KV cache (CUDA graphs on a GPU)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,9 @@ def check_recipe(cfg: Config, strategy: str = "zero3") -> None:
                           "every rank must run the same passes and steps; set it to false or train with one process")
     if strategy != "zero3":
         return
+    if cfg.rollout.compile:
+        raise ConfigError("rollout.compile=true under ZeRO-3: the compiled decode step would trace through the "
+                          "gathered shards; use train.strategy=ddp or rollout.compile=false")
     if not cfg.model.use_lora:
         raise ConfigError("model.use_lora=false under ZeRO-3: the reference model would be a full unsharded "
                           "copy on every rank and checkpoints would gather the whole model on each; "

@@ -10,8 +10,9 @@
   a plain frozen one.
 - `sampling_weights(model)`: while sampling, float32 LoRA adapters folded into a copy of their
   layers' weights (lora_fold.py).
-- `GroupDecodeCache`: the decode KV cache of G completions per prompt, the prompt's keys and
-  values held once per group (prefix_attention.py), written in place (kv_cache.py).
+- `decode_cache(...)`: the decode KV cache of G completions per prompt: the prompt's keys and
+  values held once per group on CPU (prefix_attention.py), written in place (kv_cache.py); or,
+  with rollout.compile, a static cache under a compiled decode step (compiled_decode.py).
 
 Each module's docstring says why it is faster; bench/RESULTS.md has the measurements.
 """
@@ -22,6 +23,7 @@ import logging
 
 import torch
 
+from grpo.speedups.compiled_decode import CompiledDecodeCache
 from grpo.speedups.decode_cache import GroupDecodeCache
 from grpo.speedups.head_logprobs import can_fuse_head, frozen_head_logprobs
 from grpo.speedups.lora_fold import lora_folded_for_sampling as sampling_weights
@@ -29,7 +31,7 @@ from grpo.speedups.onednn_linear import OneDnnLinear, onednn_plan, use_onednn_li
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GroupDecodeCache", "apply", "configure", "head_logprobs", "sampling_weights"]
+__all__ = ["apply", "configure", "decode_cache", "head_logprobs", "sampling_weights"]
 
 
 def configure(device: torch.device | str | None) -> None:
@@ -67,3 +69,13 @@ def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, tokens: torch.Ten
         return None
     return frozen_head_logprobs(hidden, head.weight, tokens, temperature, mask=mask,
                                 onednn=isinstance(head, OneDnnLinear))
+
+
+def decode_cache(model, prompt_cache, prompt_mask: torch.Tensor, group_size: int, max_new_tokens: int,
+                 share_prompt_kv: bool = True, compiled: bool = False):
+    """The cache and step of a group decode: a CompiledDecodeCache (rollout.compile) or a
+    GroupDecodeCache. Both give `rows`, `compacts`, `keep(index)`, `step_inputs()`, `forward(**inputs)`
+    and `attention_context()`."""
+    if compiled:
+        return CompiledDecodeCache(model, prompt_cache, prompt_mask, group_size, max_new_tokens)
+    return GroupDecodeCache(model, prompt_cache, prompt_mask, group_size, max_new_tokens, share_prompt_kv)

@@ -23,6 +23,8 @@ class GroupDecodeCache:
     rows: (A,) original row index (0..B-1) of each active row, in cache order.
     """
 
+    compacts = True  # finished rows can leave the batch (`keep`)
+
     def __init__(self, model, prompt_cache, prompt_mask: torch.Tensor, group_size: int, max_new_tokens: int,
                  share_prompt_kv: bool = True):
         num_rows = prompt_mask.shape[0] * group_size
@@ -60,6 +62,9 @@ class GroupDecodeCache:
             self.prefix.rows = self.rows
             inputs["grpo_shared_prefix"] = self.prefix
         return inputs
+
+    def forward(self, **inputs):
+        return self.model(**inputs)
 
     def attention_context(self):
         """The model's attention is the shared-prefix one inside the block, when it is used."""

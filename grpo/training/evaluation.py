@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[int]],
                   reward_fns: list[scoring.WeightedReward], max_new_tokens: int,
                   stop_strings: tuple[str, ...], batch_prompts: int,
-                  accuracy_reward: str | None) -> tuple[dict, list[str]]:
+                  accuracy_reward: str | None, compiled: bool = False) -> tuple[dict, list[str]]:
     """Greedy-decode one completion per row; report each reward's mean, the total and accuracy.
 
     Accuracy is the share of rows where `accuracy_reward` scores >= 1 (e.g. gsm8k_correctness).
@@ -36,7 +36,8 @@ def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[i
     model.eval()
     for start in range(0, len(rows), batch_prompts):
         chunk = rows[start : start + batch_prompts]
-        batch = generate(model, tokenizer, prompt_tokens[start : start + batch_prompts], 1, params)
+        batch = generate(model, tokenizer, prompt_tokens[start : start + batch_prompts], 1, params,
+                         compiled=compiled)
         columns = scoring.expand_columns(chunk, 1)
         matrices.append(scoring.score(reward_fns, batch.texts, columns))
         texts.extend(batch.texts)
@@ -66,7 +67,7 @@ def run_eval(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: li
         result, _ = evaluate_rows(
             policy, tokenizer, share.rows, share.tokens, reward_fns,
             cfg.log.eval_max_new_tokens or cfg.rollout.max_new_tokens, tuple(cfg.rollout.stop_strings),
-            cfg.log.eval_batch_size, cfg.log.accuracy_reward,
+            cfg.log.eval_batch_size, cfg.log.accuracy_reward, cfg.rollout.compile,
         )
     result = {**distributed.weighted_mean(result, world, weight=len(share)), "eval/num_rows": len(prompts)}
     result["eval/time_s"] = time.perf_counter() - started

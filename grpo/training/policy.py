@@ -51,9 +51,11 @@ def build_policy(cfg: Config, device: torch.device | None, adapter_in_compute_dt
                             adapter_in_compute_dtype)
     elif cfg.loss.beta > 0:  # full fine-tuning: the reference must be a separate frozen copy
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-    speedups.apply(model, device, m.cpu_matmul)
+    # The compiled decode step leaves products to Inductor, which cannot lower the oneDNN layers.
+    cpu_matmul = "torch" if cfg.rollout.compile else m.cpu_matmul
+    speedups.apply(model, device, cpu_matmul)
     if reference is not None:
-        speedups.apply(reference, device, m.cpu_matmul)
+        speedups.apply(reference, device, cpu_matmul)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -61,7 +61,7 @@ def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet,
         indices, seeds = rank_prompts(len(prompts), step, per_step, cfg.train.seed + attempt * 7_919, world)
         chosen = prompts.subset(indices)
         with backend.generation() as policy:
-            batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds)
+            batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds, compiled=cfg.rollout.compile)
         matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns(chosen.rows, g))  # (B, K)
         if not v.dynamic_sampling:
             total, info = shaping.shape_rewards(matrix, weights, batch, v, max_new)
