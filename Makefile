@@ -11,5 +11,5 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 bench: setup
-	EXTRAS=test,sagemaker,bench bash scripts/setup.sh
+	EXTRAS=test,sagemaker,mlflow,bench bash scripts/setup.sh
 	.venv/bin/python -m bench.run --workload a b

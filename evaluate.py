@@ -33,6 +33,7 @@ from tqdm import tqdm
 import rewards
 from data import SHOT_COUNTS, STOP_STRINGS, STYLES, gsm8k_files, load_task, with_prompts
 from grpo.runtime.config import CPU_MATMUL
+from grpo.runtime.tracking import MlflowSink, require
 
 logger = logging.getLogger("evaluate")
 
@@ -184,6 +185,26 @@ def write_report(result: dict, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def report_to_mlflow(result: dict, paths: dict[str, Path], args: argparse.Namespace) -> None:
+    """One MLflow run per evaluation: the settings as params, accuracy per model and shot count as
+    metrics, the table (every completion) and the chart as artifacts."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    sink = MlflowSink(args.out, args.experiment, args.out.resolve().name, settings, state={})
+    try:
+        for run in result["runs"]:
+            name = f"{run['label']}/{run['n_shot']}shot"
+            sink.log_metrics(run["n_shot"], {f"{name}/accuracy": run["accuracy"],
+                                             f"{name}/format_rate": run["format_rate"]})
+            samples = run.get("samples") or []
+            if samples:
+                table = {key: [s[key] for s in samples] for key in ("index", "question", "answer", "completion",
+                                                                   "correct")}
+                sink.mlflow.log_table(data=table, artifact_file=f"completions/{run['label']}-{run['n_shot']}shot.json")
+        sink.log_files(list(paths.values()), None)
+    finally:
+        sink.close()
+
+
 def _source_name(path: Path) -> str:
     return path.parent.name if path.stem == RESULTS_JSON.removesuffix(".json") else path.stem
 
@@ -236,6 +257,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", type=Path, nargs="+", metavar="RESULTS_JSON",
                         help="no evaluation: merge these results.json files into one table and chart")
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md, accuracy.png")
+    parser.add_argument("--report-to", nargs="*", default=[], choices=("mlflow",),
+                        help="also log the table and chart to MLflow (MLFLOW_TRACKING_URI, as train.py)")
+    parser.add_argument("--experiment", default="grpo-eval", help="MLflow experiment for --report-to mlflow")
     args = parser.parse_args(argv)
     if args.compare is None and args.model is None:
         parser.error("give --model to evaluate, or --compare RESULTS_JSON ... to merge earlier results")
@@ -283,8 +307,12 @@ def run_evaluation(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if "mlflow" in args.report_to:
+        require("mlflow")  # before any evaluation: a missing package names its extra
     result = merge_results(args.compare) if args.compare else run_evaluation(args)
     paths = write_report(result, args.out)
+    if "mlflow" in args.report_to:
+        report_to_mlflow(result, paths, args)
     print(markdown_table(result["runs"]), end="")
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return result

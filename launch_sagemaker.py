@@ -111,6 +111,7 @@ class JobSpec:
     environment: tuple[tuple[str, str], ...]
     tags: tuple[tuple[str, str], ...]
     summary: str = ""  # the processes and global batch the recipe trains with
+    extra_requirements: tuple[str, ...] = ()  # installed in the container before training
 
 
 # ---- command line ------------------------------------------------------------------------
@@ -170,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     time.add_argument("--max-wait", type=int,
                       help="spot only: max seconds including waiting for capacity, >= --max-run "
                            "(default: 2 x --max-run)")
+    time.add_argument("--mlflow-tracking-uri", metavar="URI",
+                      help="track the run in MLflow: a SageMaker managed MLflow tracking server ARN (the "
+                           "sagemaker-mlflow plugin is installed in the container) or an http(s) URI; sets "
+                           "MLFLOW_TRACKING_URI in the job and adds mlflow to log.report_to")
     time.add_argument("--checkpoint-s3-uri",
                       help="S3 folder mirrored with /opt/ml/checkpoints; reuse an earlier job's to "
                            "continue it (default: s3://BUCKET/PREFIX/JOB/<job name>/checkpoints)")
@@ -329,6 +334,32 @@ def check_recipe_for_job(recipe: Path, overrides: list[str], processes: int, lau
             f"{prompts} prompts x {g} = {prompts * g} completions per optimizer step")
 
 
+MLFLOW_ARN = re.compile(r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:mlflow-tracking-server/[\w-]+$")
+SAGEMAKER_MLFLOW = "sagemaker-mlflow==0.5.0"  # the plugin that resolves a tracking-server ARN to its URL
+
+
+def _with_mlflow(uri: str, recipe: Path, overrides: list[str], environment: tuple) -> tuple:
+    """The job's overrides, environment and extra requirements for tracking in MLflow at `uri`."""
+    if not (MLFLOW_ARN.match(uri) or uri.startswith(("http://", "https://"))):
+        raise LaunchError(f"--mlflow-tracking-uri {uri!r}: give a SageMaker MLflow tracking server ARN "
+                          "(arn:aws:sagemaker:REGION:ACCOUNT:mlflow-tracking-server/NAME) or an http(s) URI")
+    if any(name == "MLFLOW_TRACKING_URI" for name, _ in environment):
+        raise LaunchError("--mlflow-tracking-uri and --env MLFLOW_TRACKING_URI both set it; keep one")
+    from grpo.runtime.config import ConfigError, load_config
+
+    try:
+        report_to = list(load_config(recipe, overrides).log.report_to)
+    except ConfigError as err:
+        raise LaunchError(f"train.py would refuse this job: {err}") from None
+    if "mlflow" not in report_to:
+        overrides = [o for o in overrides if not o.startswith("log.report_to=")]
+        overrides.append("log.report_to=[" + ",".join([*report_to, "mlflow"]) + "]")
+    from importlib.metadata import version
+
+    extra = (f"mlflow=={version('mlflow')}",) + ((SAGEMAKER_MLFLOW,) if uri.startswith("arn:") else ())
+    return overrides, (*environment, ("MLFLOW_TRACKING_URI", uri)), extra
+
+
 def resolve_spec(args: argparse.Namespace, shell_env: Mapping[str, str]) -> JobSpec:
     """Validate the options into a JobSpec; every problem raises LaunchError naming its fix."""
     if not args.recipe:
@@ -371,9 +402,12 @@ def resolve_spec(args: argparse.Namespace, shell_env: Mapping[str, str]) -> JobS
     validation = _data_source(args.validation, "--validation")
     _check_overrides(args.overrides, train, validation)
     processes = processes_per_instance(args.instance_type, args.gpus_per_instance) * args.instance_count
+    overrides, environment, extra = list(args.overrides), _environment(args.env, shell_env), ()
+    if args.mlflow_tracking_uri:
+        overrides, environment, extra = _with_mlflow(args.mlflow_tracking_uri, recipe, overrides, environment)
     in_container = [f"data.train_file=/opt/ml/input/data/train/{_file_name(train)}"] if train else []
     in_container += [f"data.validation_file=/opt/ml/input/data/validation/{_file_name(validation)}"] if validation else []
-    summary = check_recipe_for_job(recipe, [*args.overrides, *in_container], processes, args.launcher,
+    summary = check_recipe_for_job(recipe, [*overrides, *in_container], processes, args.launcher,
                                    source_dir / args.deepspeed_config if args.deepspeed_config else None,
                                    source_dir / "ds_config.json")
     return JobSpec(
@@ -382,12 +416,13 @@ def resolve_spec(args: argparse.Namespace, shell_env: Mapping[str, str]) -> JobS
         image_uri=args.image_uri or default_image_uri(region, args.instance_type, args.pytorch_version),
         instance_type=args.instance_type, instance_count=args.instance_count,
         volume_size_gb=args.volume_size, source_dir=source_dir, train=train, validation=validation,
-        launcher=args.launcher, deepspeed_config=args.deepspeed_config, overrides=tuple(args.overrides),
+        launcher=args.launcher, deepspeed_config=args.deepspeed_config, overrides=tuple(overrides),
         max_run=args.max_run, spot=args.spot, max_wait=max_wait,
         checkpoint_s3_uri=args.checkpoint_s3_uri.rstrip("/") if args.checkpoint_s3_uri else None,
-        environment=_environment(args.env, shell_env),
+        environment=environment,
         tags=tuple(_key_value(item, "--tag") for item in args.tag),
         summary=summary,
+        extra_requirements=extra,
     )
 
 
@@ -419,6 +454,8 @@ def hyperparameters(spec: JobSpec) -> dict[str, str]:
         hps["train_file"] = _file_name(spec.train)
     if spec.validation:
         hps["validation_file"] = _file_name(spec.validation)
+    if spec.extra_requirements:
+        hps["extra_requirements"] = json.dumps(list(spec.extra_requirements))
     return hps
 
 

@@ -34,7 +34,7 @@ from grpo.runtime import checkpoint, distributed
 from grpo.runtime.backends import DEFAULT_DS_CONFIG, create_backend, start_world
 from grpo.runtime.config import ConfigError, load_config, to_dict
 from grpo.runtime.model import save_merged, trainable_parameters
-from grpo.runtime.tracking import RunTracker, plot_rewards
+from grpo.runtime.tracking import RunTracker, plot_rewards, require
 from grpo.training import metrics, shaping
 from grpo.training.evaluation import log_eval, run_eval
 from grpo.training.metrics import device_memory
@@ -69,6 +69,9 @@ def main(argv=None) -> dict:
     overrides = list(args.overrides) + ([f"log.output_dir={args.output_dir}"] if args.output_dir else [])
     launch, cfg = start_world(load_config(args.recipe, overrides), args.deepspeed)  # cfg as this world runs it
     world = launch.world
+    for tracker_name in cfg.log.report_to:  # a tracker that is not installed fails now, naming its extra
+        if tracker_name != "tensorboard":
+            require(tracker_name)
     logging.basicConfig(level=logging.INFO if world.is_main else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s %(name)s[{world.rank}]: %(message)s")
     if args.threads:
@@ -104,7 +107,9 @@ def main(argv=None) -> dict:
     if resume_from is not None:
         start_step = backend.load_checkpoint(resume_from)
         log.info("resumed from %s at step %d", resume_from, start_step)
-    tracker = RunTracker(out_dir, total_steps, start_step, cfg.log.tensorboard, enabled=world.is_main)
+    experiment = cfg.log.experiment or (Path(args.recipe).stem if args.recipe else "grpo")
+    tracker = RunTracker(out_dir, total_steps, start_step, cfg.log.report_to, enabled=world.is_main,
+                         experiment=experiment, params=to_dict(cfg))
 
     def evaluate(step: int, tag: str) -> dict:
         result = run_eval(backend, tokenizer, cfg, eval_prompts, reward_fns, world)
@@ -161,6 +166,9 @@ def main(argv=None) -> dict:
             "time/frozen_logprobs_s": scored - generated, "time/update_s": finished - scored,
             **device_memory()}, world)
         tracker.log(step, metrics.step_record([rf.name for rf in reward_fns], rows, scalars, r.group_size))
+        if cfg.log.completions_every and step % cfg.log.completions_every == 0 and world.is_main:
+            tracker.log_completions(step, metrics.completion_rows(
+                rollout, advantages, [rf.name for rf in reward_fns], cfg.log.completions_per_step))
 
         # 7. checkpoint (and periodic held-out evaluation)
         if step % cfg.log.save_every == 0 or step == total_steps:
@@ -170,7 +178,6 @@ def main(argv=None) -> dict:
 
     # ---- wrap up -------------------------------------------------------------------------
     summary["after"] = evaluate(total_steps, "after")
-    tracker.close()
     adapter_dir = out_dir / "final" / "adapter"
     backend.save_final_adapter(adapter_dir)
     summary.update(steps=total_steps, mean_step_s=float(np.mean(step_times)) if step_times else None)
@@ -181,6 +188,7 @@ def main(argv=None) -> dict:
         plot = plot_rewards(tracker.path, out_dir / "reward_curves.png")
         summary["plot"] = str(plot) if plot else None
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        tracker.finish([p for p in (plot, out_dir / "summary.json") if p], adapter_dir)
         print_summary(summary)
     distributed.finish()
     return summary

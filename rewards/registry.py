@@ -5,6 +5,12 @@ A reward is a plain function with TRL's signature
     fn(completions: list[str], <column>, ..., *, <option>=default, ..., **columns)
         -> list[float | None]
 
+Registered rewards also take what TRL's GRPOTrainer passes them: `completions` as strings, or as
+conversational message lists (with a chat dataset), of which the last assistant message's
+content is scored; and TRL's own keyword arguments (`prompts`, `completion_ids`,
+`trainer_state`, ...), which `**columns` takes and the reward ignores. A completion of any other
+form is a TypeError naming its row and the accepted forms.
+
 - positional-or-keyword parameters after `completions` are the dataset columns it
   reads (one value per row, e.g. `answer`);
 - keyword-only parameters with defaults are its *options*, bound once by
@@ -48,12 +54,43 @@ def register(name: str, check_options: Callable[..., None] | None = None):
             )
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             raise TypeError(f"reward {name!r}: must accept **columns so unused dataset columns can be passed")
-        _REWARDS[name] = fn
+
+        @functools.wraps(fn)
+        def reward(completions, *args, **columns):
+            return fn(completion_texts(completions, name), *args, **columns)
+
+        _REWARDS[name] = reward
         if check_options is not None:
             _OPTION_CHECKS[name] = check_options
-        return fn
+        return reward
 
     return decorator
+
+
+def completion_texts(completions, name: str = "reward") -> list[str]:
+    """The text each completion holds: a string as it is, or the content of the last assistant
+    message of a conversational completion (a list of {"role", "content"} messages, as TRL passes
+    them with a chat dataset)."""
+    if not isinstance(completions, (list, tuple)):
+        raise TypeError(f"{name}: completions must be a list, got {type(completions).__name__}")
+    texts = []
+    for row, completion in enumerate(completions):
+        if isinstance(completion, str):
+            texts.append(completion)
+            continue
+        content = None
+        if isinstance(completion, (list, tuple)):
+            assistant = [m for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
+            message = assistant[-1] if assistant else (completion[-1] if completion else None)
+            content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            raise TypeError(
+                f"{name}: completion {row} is {completion!r:.120}; a completion is a string or a list of "
+                f"messages whose last assistant message has string content, e.g. "
+                f"[{{'role': 'assistant', 'content': '...'}}]"
+            )
+        texts.append(content)
+    return texts
 
 
 def names() -> list[str]:

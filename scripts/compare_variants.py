@@ -55,7 +55,7 @@ VARIANTS = {
 def run_variant(name: str, overrides: list[str], steps: int, out: Path, extra: list[str]) -> dict:
     keep = ["log.keep_checkpoints=0"] if name == "plain" else []  # extrapolation needs them all
     argv = ["--recipe", RECIPE, "--output-dir", str(out / name), "--no-resume",
-            f"train.max_steps={steps}", "log.tensorboard=false", *keep, *overrides, *extra]
+            f"train.max_steps={steps}", "log.report_to=[]", *keep, *overrides, *extra]
     started = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / "train.py"), *argv], cwd=REPO, check=True)
     summary = json.loads((out / name / "summary.json").read_text())

@@ -105,6 +105,8 @@ def parse_hyperparameters(argv: list[str]) -> dict:
                         help='JSON list of recipe overrides, e.g. \'["train.learning_rate=1e-5"]\'')
     parser.add_argument("--train_file", help="file name inside the 'train' channel")
     parser.add_argument("--validation_file", help="file name inside the 'validation' channel")
+    parser.add_argument("--extra_requirements", type=_json_list, default=[],
+                        help='JSON list of packages to install before training, e.g. \'["sagemaker-mlflow==0.5.0"]\'')
     parser.add_argument("--print-command", action="store_true", help="print the launch command and exit")
     return vars(parser.parse_args(argv))
 
@@ -167,6 +169,12 @@ def build_launch_command(env: Mapping[str, str], hyperparameters: Mapping) -> li
     raise EntryError(f"launcher={launcher!r}: use one of {', '.join(LAUNCHERS)}")
 
 
+def install_command(hyperparameters: Mapping) -> list[str] | None:
+    """pip install of the job's extra requirements (the launcher adds e.g. the SageMaker MLflow plugin)."""
+    extra = list(hyperparameters.get("extra_requirements") or [])
+    return [sys.executable, "-m", "pip", "install", "--no-input", *extra] if extra else None
+
+
 def deepspeed_hostfile(cluster: Cluster) -> str:
     """DeepSpeed hostfile text: one `host slots=N` line per node, in rank order."""
     return "".join(f"{host} slots={cluster.gpus_per_host}\n" for host in cluster.hosts)
@@ -185,9 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     hyperparameters = parse_hyperparameters(sys.argv[1:] if argv is None else argv)
     env = os.environ
     command = build_launch_command(env, hyperparameters)
+    install = install_command(hyperparameters)
+    if install:
+        print("install:", " ".join(install), flush=True)
     print("launch:", " ".join(command), flush=True)
     if hyperparameters["print_command"]:
         return 0
+    if install and subprocess.run(install).returncode != 0:
+        raise EntryError(f"could not install {hyperparameters['extra_requirements']}; see pip's output above")
     cluster = read_cluster(env)
     if hyperparameters["launcher"] == "deepspeed" and cluster.num_nodes > 1:
         Path(DEEPSPEED_HOSTFILE).write_text(deepspeed_hostfile(cluster))

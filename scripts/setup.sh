@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the project into it: the CPU torch wheel first (so pip never
-# pulls a multi-GB CUDA build), then the project with its test and SageMaker extras.
+# pulls a multi-GB CUDA build), then the project with its test, SageMaker and MLflow extras.
 # Re-running is cheap: nothing is reinstalled unless pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${EXTRAS:-test,sagemaker}
+EXTRAS=${EXTRAS:-test,sagemaker,mlflow}
 stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-${EXTRAS//,/_}"
 if [ -f "$stamp" ]; then
   exit 0

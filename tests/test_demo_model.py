@@ -17,7 +17,7 @@ def test_one_grpo_step_on_the_demo_model(tmp_path):
         "--recipe", "recipes/cpu-demo.yaml", "--output-dir", str(tmp_path),
         "train.max_steps=1", "train.batch_size=4", "train.grad_accum_steps=1",
         "rollout.group_size=4", "rollout.max_new_tokens=12", "data.limit_eval=2",
-        "data.num_synthetic=50", "log.tensorboard=false",
+        "data.num_synthetic=50", "log.report_to=[]",
     ])
     record = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()][1]
     assert record["completion/length_mean"] > 0 and record["entropy"] > 0

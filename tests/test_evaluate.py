@@ -131,3 +131,19 @@ def test_end_to_end_base_and_adapter_on_a_tiny_model(tiny_model_dir, tiny_gsm8k,
         # pass@1 from n = 2 samples is the share of correct samples: c / 2 per problem.
         assert setting["pass@1"] == pytest.approx(sum(d["correct"] for s in samples for d in s["sampled"]) / 4)
     assert (out / "results.md").is_file() and (out / "accuracy.png").stat().st_size > 0
+
+
+def test_report_to_mlflow_logs_the_table_and_the_chart(tiny_model_dir, tiny_gsm8k, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    evaluate.main(["--model", tiny_model_dir, "--style", "chat", "--shots", "0", "--limit", "2",
+                   "--data-dir", str(tiny_gsm8k), "--max-new-tokens", "4", "--out", str(tmp_path / "eval"),
+                   "--report-to", "mlflow", "--experiment", "eval-tests"])
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("eval-tests").experiment_id])
+    assert "base/0shot/accuracy" in run.data.metrics and run.data.params["limit"] == "2"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"results.md", "accuracy.png", "results.json", "completions"} <= artifacts

@@ -497,3 +497,28 @@ def test_launcher_hyperparameters_reach_train_py_through_the_sdk_script_driver(s
         "--output-dir", "/opt/ml/checkpoints", "--deepspeed", "ds_config.json",
         'rollout.stop_strings=["\\n\\n"]', "loss.beta=0", "data.train_file=/opt/ml/input/data/train/train.jsonl",
     ]
+
+
+MLFLOW_ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/grpo-tracking"
+
+
+def test_mlflow_tracking_uri_reaches_the_job_with_its_plugin(source_dir, capsys):
+    argv = base_argv(source_dir) + ["--mlflow-tracking-uri", MLFLOW_ARN, "--dry-run"]
+    assert launcher.main(argv, shell_env={}) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["Environment"]["MLFLOW_TRACKING_URI"] == MLFLOW_ARN
+    hps = request["HyperParameters"]
+    extra = json.loads(hps["extra_requirements"])
+    assert "sagemaker-mlflow==0.5.0" in extra and any(r.startswith("mlflow==") for r in extra)
+    assert json.loads(hps["overrides"]) == ["log.report_to=[tensorboard,mlflow]"]
+    # in the container: installed before training starts
+    command = entry.install_command(entry.parse_hyperparameters(
+        ["--recipe", "r.yaml", "--extra_requirements", hps["extra_requirements"]]))
+    assert command[-2:] == extra and command[1:4] == ["-m", "pip", "install"]
+
+
+def test_a_bad_mlflow_uri_is_refused_before_anything_is_uploaded(source_dir, capsys):
+    with pytest.raises(SystemExit):
+        launcher.main(base_argv(source_dir) + ["--mlflow-tracking-uri", "grpo-tracking", "--dry-run"], shell_env={})
+    err = capsys.readouterr().err
+    assert "mlflow-tracking-server" in err and "would upload" not in err

@@ -28,7 +28,7 @@ def tiny_args(model_dir, out_dir, steps, *extra):
         "rollout.group_size=4", "rollout.max_new_tokens=8",
         "train.batch_size=8", "train.grad_accum_steps=2", f"train.max_steps={steps}",
         "train.learning_rate=0.05", "loss.beta=0.04", "train.max_seq_length=512",
-        "log.tensorboard=false", "log.eval_batch_size=4",
+        "log.report_to=[]", "log.eval_batch_size=4",
         'rewards=[{name: digit_share, weight: 1.0}, {name: gsm8k_format, weight: 0.5}]',
         *extra,
     ]

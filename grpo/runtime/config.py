@@ -30,6 +30,7 @@ CPU_MATMUL = ("auto", "onednn", "torch")  # model.cpu_matmul (grpo/speedups/oned
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # model.dtype
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # model.attn_implementation
 STRATEGIES = ("zero3", "ddp")  # train.strategy, with more than one process
+REPORT_TO = ("tensorboard", "mlflow", "wandb")  # log.report_to
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,10 @@ class LogConfig:
     eval_max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
     eval_batch_size: int = 16  # prompts decoded together during evaluation
     accuracy_reward: str = "gsm8k_correctness"  # eval accuracy = share of rows scoring >= 1 on it
-    tensorboard: bool = True  # also write TensorBoard event files
+    report_to: tuple[str, ...] = ("tensorboard",)  # trackers beside metrics.jsonl: tensorboard | mlflow | wandb
+    experiment: str = ""  # MLflow experiment / W&B project; "" = the recipe file's name
+    completions_every: int = 1  # append sampled completions to completions.jsonl every N steps; 0 = never
+    completions_per_step: int = 8  # completions logged per step (rounded up to whole groups)
     merge_final: bool = False  # also export the base model with the adapter merged in
 
 
@@ -238,6 +242,15 @@ MOVED_KEYS = {
 def _move_renamed_keys(raw: dict) -> dict:
     """A copy of `raw` with moved keys under their new names; a key given under both names is an error."""
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    section = merged.get("log")
+    if isinstance(section, dict) and "tensorboard" in section:  # log.tensorboard: bool became log.report_to
+        on = section.pop("tensorboard")
+        current = section.get("report_to", ["tensorboard"])
+        current = [current] if isinstance(current, str) else list(current or [])
+        if on is True and "tensorboard" not in current:
+            current.append("tensorboard")
+        section["report_to"] = current if on is True else [t for t in current if t != "tensorboard"]
+        log.warning("recipe key log.tensorboard is now log.report_to (a list: tensorboard, mlflow, wandb)")
     for old, new in MOVED_KEYS.items():
         old_section, old_key = old.split(".")
         new_section, new_key = new.split(".")
@@ -379,6 +392,11 @@ def validate(c: Config) -> None:
     _require(t.max_seq_length > r.max_new_tokens,
              f"train.max_seq_length={t.max_seq_length} must exceed rollout.max_new_tokens")
     _require(lg.eval_batch_size >= 1, f"log.eval_batch_size={lg.eval_batch_size}: must be >= 1")
+    unknown_trackers = [t for t in lg.report_to if t not in REPORT_TO]
+    _require(not unknown_trackers, f"log.report_to={list(lg.report_to)}: unknown {unknown_trackers}; use any of "
+             f"{', '.join(REPORT_TO)}")
+    _require(lg.completions_every >= 0 and lg.completions_per_step >= 0,
+             "log.completions_every and log.completions_per_step must be >= 0")
     _require(lg.save_every >= 1 and lg.keep_checkpoints >= 0,
              "log.save_every must be >= 1 and log.keep_checkpoints >= 0")
     v = c.variants

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from grpo.algorithm.groups import has_spread
@@ -58,3 +60,15 @@ def step_record(reward_names: list[str], rows: dict[str, torch.Tensor], scalars:
         "self_certainty": masked_mean(rows["certainty"], rows["mask"]),
         "tokens_per_s": rows["mask"].sum().item() / scalars["time/step_s"],
     }
+
+
+def completion_rows(rollout, advantages: torch.Tensor, reward_names: list[str], limit: int) -> list[dict]:
+    """The first whole groups of a step's rollout, at least `limit` completions, for the run's log:
+    {prompt, completion, rewards: {name: score or None}, total, advantage} each."""
+    g = rollout.batch.group_size
+    rows = min(-(-limit // g) * g, len(rollout.batch.texts))
+    scores = rollout.scores[:rows].tolist()
+    totals, advs = rollout.total[:rows].tolist(), advantages[:rows].tolist()
+    return [{"prompt": rollout.prompts[row // g], "completion": rollout.batch.texts[row],
+             "rewards": {name: (None if math.isnan(s) else s) for name, s in zip(reward_names, scores[row])},
+             "total": totals[row], "advantage": advs[row]} for row in range(rows)]

@@ -29,6 +29,7 @@ class StepRollout:
     scores: torch.Tensor
     total: torch.Tensor
     info: dict
+    prompts: list[str]  # each group's prompt text, in batch order
 
 
 def sampling_params(cfg: Config) -> SamplingParams:
@@ -63,20 +64,21 @@ def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet,
         with backend.generation() as policy:
             batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds, compiled=cfg.rollout.compile)
         matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns(chosen.rows, g))  # (B, K)
+        texts = [row["prompt"] for row in chosen.rows]
         if not v.dynamic_sampling:
             total, info = shaping.shape_rewards(matrix, weights, batch, v, max_new)
-            return StepRollout(batch, matrix, total, info)
+            return StepRollout(batch, matrix, total, info, texts)
         total, _ = shaping.shape_rewards(matrix, weights, batch, v, max_new)
         groups = has_spread(total, g).nonzero().squeeze(1).tolist()[:needed]
         rows_kept = [i * g + j for i in groups for j in range(g)]
-        kept.append((batch.select_groups(groups), matrix[rows_kept]))
+        kept.append((batch.select_groups(groups), matrix[rows_kept], [texts[i] for i in groups]))
         needed -= len(groups)
         if needed == 0:
             break
-    batch = concat_batches([b for b, _ in kept], tokenizer.pad_token_id)
-    matrix = torch.cat([m for _, m in kept])
+    batch = concat_batches([b for b, _, _ in kept], tokenizer.pad_token_id)
+    matrix = torch.cat([m for _, m, _ in kept])
     if batch.num_prompts == 0:  # nothing had signal: train on nothing rather than crash
         log.warning("step %d: no group with reward spread after %d tries", step, tries)
     total, info = shaping.shape_rewards(matrix, weights, batch, v, max_new)
     info.update({"dynamic_sampling/tries": attempt + 1, "dynamic_sampling/groups": batch.num_prompts})
-    return StepRollout(batch, matrix, total, info)
+    return StepRollout(batch, matrix, total, info, [t for _, _, texts in kept for t in texts])
