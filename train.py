@@ -28,12 +28,14 @@ import numpy as np
 import torch
 import yaml
 
+from data import BadRowError
 from grpo.algorithm import group_advantages
 from grpo.rollout import scoring
 from grpo.runtime import checkpoint, distributed
 from grpo.runtime.backends import DEFAULT_DS_CONFIG, create_backend, start_world
 from grpo.runtime.config import ConfigError, load_config, to_dict
 from grpo.runtime.model import save_merged, trainable_parameters
+from grpo.runtime.signals import StopRequest
 from grpo.runtime.tracking import RunTracker, plot_rewards, require
 from grpo.training import metrics, shaping
 from grpo.training.evaluation import log_eval, run_eval
@@ -41,9 +43,19 @@ from grpo.training.metrics import device_memory
 from grpo.training.policy import build_policy, make_optimizer, seed_everything, seed_step
 from grpo.training.prompts import load_prompt_sets
 from grpo.training.rollouts import collect_rollouts, prompts_per_step
-from grpo.training.update import UpdateTargets, frozen_logprobs, loss_settings, policy_update, scoring_plan
+from grpo.training.update import (
+    NonFiniteError,
+    NonFiniteGuard,
+    UpdateTargets,
+    frozen_logprobs,
+    loss_settings,
+    policy_update,
+    scoring_plan,
+)
+from rewards.registry import RewardInfrastructureError
 
 log = logging.getLogger("train")
+STOPPED = "stopped.json"  # written when SIGTERM ended the run early (scripts/sagemaker_entry.py reads it)
 
 
 def parse_args(argv):
@@ -78,6 +90,9 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     out_dir = Path(cfg.log.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stop = StopRequest()  # SIGTERM from here on: finish the step, checkpoint, exit 0
+    if world.is_main:
+        (out_dir / STOPPED).unlink(missing_ok=True)
     log.info("resolved config:\n%s", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if world.is_main:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -119,6 +134,7 @@ def main(argv=None) -> dict:
         return result
 
     summary = {"before": evaluate(0, "before") if start_step == 0 else None, "after": None}
+    guard = NonFiniteGuard(t.max_nonfinite_steps)
 
     # ---- the GRPO loop -------------------------------------------------------------------
     step_times = []
@@ -146,11 +162,11 @@ def main(argv=None) -> dict:
         targets = UpdateTargets(advantages, old_logp, ref_logp, loss_mask, token_weights)
         scored = time.perf_counter()
 
-        # 5. loss and optimizer step, mu times on the same rollout
-        for iteration in range(t.num_iterations):
-            stats = policy_update(backend.scorer, backend, batch, targets, loss, plan, collect_stats=iteration == 0)
-            if iteration == 0:
-                first_stats = stats
+        # 5. loss and optimizer step, mu times on the same rollout (a non-finite one is skipped)
+        updates = [policy_update(backend.scorer, backend, batch, targets, loss, plan, collect_stats=i == 0)
+                   for i in range(t.num_iterations)]
+        first_stats, stats = updates[0], updates[-1]
+        skipped = all(u["skipped"] for u in updates)  # nothing changed in this step
         finished = time.perf_counter()
 
         # 6. log: rows of all ranks, per-rank scalars averaged; rank 0 writes. kl and clip_frac are
@@ -161,7 +177,7 @@ def main(argv=None) -> dict:
             "matrix": rollout.scores, "total": total, "mask": batch.completion_mask, "truncated": batch.truncated,
             "entropy": batch.token_entropy, "certainty": batch.token_certainty}, world)
         scalars = distributed.weighted_mean({
-            **rollout.info, **first_stats, "loss": stats["loss"],
+            **rollout.info, **first_stats, "loss": stats["loss"], "skipped": sum(u["skipped"] for u in updates),
             "time/step_s": step_time, "time/rollout_and_reward_s": generated - started,
             "time/frozen_logprobs_s": scored - generated, "time/update_s": finished - scored,
             **device_memory()}, world)
@@ -170,11 +186,15 @@ def main(argv=None) -> dict:
             tracker.log_completions(step, metrics.completion_rows(
                 rollout, advantages, [rf.name for rf in reward_fns], cfg.log.completions_per_step))
 
-        # 7. checkpoint (and periodic held-out evaluation)
-        if step % cfg.log.save_every == 0 or step == total_steps:
+        # 7. checkpoint (none after a step that changed nothing), periodic evaluation, a stop request
+        guard.record(step, skipped, checkpoint.latest_checkpoint(out_dir))
+        saved = not skipped and (step % cfg.log.save_every == 0 or step == total_steps)
+        if saved:
             backend.save_checkpoint(out_dir, step, cfg.log.keep_checkpoints)
         if cfg.log.eval_every and step % cfg.log.eval_every == 0 and step != total_steps:
             evaluate(step, "periodic")
+        if distributed.any_rank(stop.requested, world):  # SIGTERM on any rank: all stop after this step
+            return stop_after(step, saved, backend, tracker, out_dir, cfg, world, stop)
 
     # ---- wrap up -------------------------------------------------------------------------
     summary["after"] = evaluate(total_steps, "after")
@@ -190,8 +210,23 @@ def main(argv=None) -> dict:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         tracker.finish([p for p in (plot, out_dir / "summary.json") if p], adapter_dir)
         print_summary(summary)
+    stop.restore()
     distributed.finish()
     return summary
+
+
+def stop_after(step, saved, backend, tracker, out_dir, cfg, world, stop) -> dict:
+    """SIGTERM: a checkpoint of this step (unless just written), a note for SageMaker's entry script
+    (there is no final adapter to export), and exit 0; the same command resumes from here."""
+    path = checkpoint.latest_checkpoint(out_dir) if saved else backend.save_checkpoint(out_dir, step,
+                                                                                       cfg.log.keep_checkpoints)
+    if world.is_main:
+        (out_dir / STOPPED).write_text(json.dumps({"step": step, "checkpoint": str(path), "signal": "SIGTERM"}))
+        log.warning("stopped by SIGTERM after step %d; checkpoint %s; run the same command to resume", step, path)
+    tracker.close()
+    stop.restore()
+    distributed.finish()
+    return {"stopped_at": step, "checkpoint": str(path)}
 
 
 def print_summary(summary: dict) -> None:
@@ -210,3 +245,5 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except ConfigError as err:
         sys.exit(f"config error: {err}")
+    except (BadRowError, checkpoint.CheckpointWriteError, NonFiniteError, RewardInfrastructureError) as err:
+        sys.exit(f"error: {err}")

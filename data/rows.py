@@ -1,7 +1,8 @@
 """Rows as plain dicts: JSONL reading/writing, the bad-row policy, the train/validation split.
 
-A "bad row" is a line the loader cannot turn into a usable example (not JSON, a missing
-field, an answer that does not parse). It is never silently kept: with on_bad_row="error"
+A "bad row" is a line the loader cannot turn into a usable example (not UTF-8, over 1 MB, not a
+JSON object, a missing or empty field, an answer that does not parse). It is never silently kept:
+with on_bad_row="error"
 the first one raises `BadRowError` naming the file and line; with on_bad_row="skip" each
 one is logged with its line number and the total is logged at the end.
 """
@@ -65,7 +66,16 @@ def parse_rows(
     return parsed
 
 
-def _decode_json_object(text: object) -> dict:
+MAX_ROW_BYTES = 1_000_000  # far above any real row (an 8-shot GSM8K prompt is ~10 KB)
+
+
+def _decode_json_object(line: object) -> dict:
+    if len(line) > MAX_ROW_BYTES:
+        raise RowProblem(f"the line is {len(line):,} bytes; a row is at most {MAX_ROW_BYTES:,}")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RowProblem(f"not valid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1})") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -80,8 +90,8 @@ def read_jsonl_numbered(path: str | Path, on_bad_row: str = "error") -> list[tup
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"JSONL file not found: {path} (check the path or the --data-dir)")
-    with path.open(encoding="utf-8") as handle:
-        numbered = [(i, text) for i, text in enumerate(handle, start=1) if text.strip()]
+    with path.open("rb") as handle:  # bytes: a line that is not UTF-8 is a bad row, named by its number
+        numbered = [(i, line) for i, line in enumerate(handle, start=1) if line.strip()]
     return parse_rows(numbered, _decode_json_object, str(path), on_bad_row)
 
 

@@ -289,7 +289,8 @@ def expose_python(libc, can_mount: bool) -> None:
     own /tmp and point sys.path there, or, without a mount namespace, import the
     common modules now.
     """
-    hidden = sorted(root for root in {sys.base_prefix, sys.prefix} if not _traversable_by_others(root))
+    roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
+    hidden = sorted(root for root in roots if not _traversable_by_others(root))
     if hidden and not can_mount:
         for name in COMMON_MODULES:
             __import__(name)
@@ -299,10 +300,10 @@ def expose_python(libc, can_mount: bool) -> None:
         os.mkdir(target, 0o755)
         if libc.mount(root.encode(), target.encode(), None, MS_BIND | MS_REC, None):
             raise OSError(ctypes.get_errno(), f"bind-mount {root} on {target}")
-        sys.path[:] = [_moved(p, root, target) for p in sys.path]
+        sys.path[:] = [_moved(os.path.realpath(p), root, target) for p in sys.path]
         for module in list(sys.modules.values()):  # packages already imported find submodules via __path__
             if isinstance(getattr(module, "__path__", None), list):
-                module.__path__[:] = [_moved(p, root, target) for p in module.__path__]
+                module.__path__[:] = [_moved(os.path.realpath(p), root, target) for p in module.__path__]
     sys.path_importer_cache.clear()
 
 
@@ -313,9 +314,10 @@ def confine(job: dict) -> None:
     if job["mount_tmpfs"]:
         # A Python installed under a directory about to be masked (e.g. a venv in /tmp) is
         # held open now and bound back at its own path inside the fresh tmpfs.
-        masked = [d for d in WORLD_WRITABLE_DIRS if os.path.isdir(d)]
-        keep = {root: os.open(root, os.O_PATH) for root in {sys.base_prefix, sys.prefix}
-                if any(_moved(root, d, "") != root for d in masked)}
+        # Real paths: a venv reached through a symlink (e.g. ./.venv -> /tmp/...) lives under /tmp too.
+        masked = [os.path.realpath(d) for d in WORLD_WRITABLE_DIRS if os.path.isdir(d)]
+        roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
+        keep = {root: os.open(root, os.O_PATH) for root in roots if any(_moved(root, d, "") != root for d in masked)}
         options = f"size={job['tmpfs_mb']}m,mode=1777".encode()
         for target in masked:
             if libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options):

@@ -73,7 +73,10 @@ def _check_options(
     timeout_s: float = 5.0,
     memory_mb: int = 1024,
     max_workers: int | None = None,
+    allow_unisolated: bool = False,
 ) -> None:
+    if not isinstance(allow_unisolated, bool):
+        raise ValueError(f"code_execution: allow_unisolated={allow_unisolated!r} must be true or false")
     if not 0.0 <= partial_credit < 1.0:
         raise ValueError(f"code_execution: partial_credit={partial_credit!r} must be in [0, 1)")
     if not isinstance(fractional, bool):
@@ -112,6 +115,7 @@ def code_execution_reward(
     timeout_s: float = 5.0,
     memory_mb: int = 1024,
     max_workers: int | None = None,
+    allow_unisolated: bool = False,
     **columns,
 ) -> list[float | None]:
     """Run each completion's program against its row's `test` in a sandbox.
@@ -125,8 +129,12 @@ def code_execution_reward(
     fractional: scale between partial_credit and 1.0 by the fraction of tests passed.
     timeout_s, memory_mb: per-program wall-clock and address-space limits.
     max_workers: programs run at once (default: the node's CPUs divided by its training processes).
+    allow_unisolated: run programs even where the host cannot isolate them fully (no namespaces,
+        or not root); without it that is a SandboxUnavailable error at the first call, naming the fix.
+    A sandbox failure that is not the program's doing raises SandboxError (after one retry).
     """
-    _check_options(partial_credit, fractional, timeout_s, memory_mb, max_workers)
+    _check_options(partial_credit, fractional, timeout_s, memory_mb, max_workers, allow_unisolated)
+    sandbox.require_isolation(allow_unisolated)
     prompts = prompt if prompt is not None else columns.get("prompts")
     if prompts is None:
         prompts = [""] * len(completions)

@@ -27,6 +27,11 @@ from collections.abc import Callable
 
 RewardFn = Callable[..., list]
 
+
+class RewardInfrastructureError(RuntimeError):
+    """A reward could not score because its machinery failed (not because of the completion): the
+    trainer stops on it instead of training on scores that mean nothing."""
+
 _REWARDS: dict[str, RewardFn] = {}
 _OPTION_CHECKS: dict[str, Callable[..., None]] = {}
 

@@ -71,6 +71,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from rewards.registry import RewardInfrastructureError
+
 logger = logging.getLogger(__name__)
 
 JUDGE = Path(__file__).with_name("_sandbox_judge.py")
@@ -109,37 +111,77 @@ class Outcome:
     status: str  # "ready", "syntax_error", "load_error", "timeout", ... (for logs)
 
 
+class SandboxUnavailable(RewardInfrastructureError):
+    """This host cannot isolate programs as the threat model needs; the message says why and the fix."""
+
+
+class SandboxError(RewardInfrastructureError):
+    """The sandbox failed for a reason that is not the program's doing (the judge crashed, could
+    not start, or returned nothing), twice in a row; the message holds the judge's traceback."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Isolation:
     command_prefix: tuple[str, ...]  # the `unshare ...` prefix, or () when unavailable
     switch_uid: bool  # running as root: drop to a slot uid
+    missing: str = ""  # what is missing for full isolation, "" when nothing is
 
     @property
     def namespaces(self) -> bool:
         return bool(self.command_prefix)
 
 
-@functools.cache
 def isolation() -> Isolation:
-    """What this host allows, probed once: namespaces via `unshare`, uid switching via root."""
-    is_root = os.geteuid() == 0
-    unshare = shutil.which("unshare")
+    """What this host allows: namespaces via `unshare`, uid switching via root. Probed once per
+    PATH and effective uid."""
+    return _probe(os.environ.get("PATH", ""), os.geteuid())
+
+
+@functools.cache
+def _probe(path: str, euid: int) -> Isolation:
+    is_root = euid == 0
+    unshare = shutil.which("unshare", path=path)
     flags = ("--net", "--pid", "--fork", "--kill-child", "--mount-proc")
     if not is_root:
         flags = ("--map-root-user",) + flags
     prefix = (unshare, *flags) if unshare else ()
+    missing = []
     if prefix:
         probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30, check=False)
         if probe.returncode != 0:
-            logger.warning("sandbox: `unshare` failed (%s); running without namespaces", probe.stderr.decode()[-300:])
+            missing.append(f"`unshare` failed ({probe.stderr.decode(errors='replace')[-300:].strip()}): no "
+                           "network, PID or mount namespaces, so programs can reach the network and leave "
+                           "processes behind")
             prefix = ()
     else:
-        logger.warning("sandbox: `unshare` not found; running without namespaces")
-    if not prefix:
-        logger.warning("sandbox: the program can reach the network and leave processes behind")
+        missing.append("`unshare` is not on PATH: no network, PID or mount namespaces, so programs can reach "
+                       "the network and leave processes behind")
     if not is_root:
-        logger.warning("sandbox: not root, cannot switch uid; files of user %d are writable by programs", os.getuid())
-    return Isolation(command_prefix=prefix, switch_uid=is_root)
+        missing.append(f"not running as root: programs cannot be moved to an unprivileged uid, so they can "
+                       f"write the files of user {os.getuid()}")
+    return Isolation(command_prefix=prefix, switch_uid=is_root, missing="; ".join(missing))
+
+
+_WARNED: set = set()
+
+
+def require_isolation(allow_unisolated: bool) -> Isolation:
+    """The host's isolation, if it is full; else a SandboxUnavailable error naming what is missing
+    and the fix, unless the reward option allow_unisolated is set (then one warning)."""
+    iso = isolation()
+    if not iso.missing:
+        return iso
+    if not allow_unisolated:
+        raise SandboxUnavailable(
+            f"code_execution cannot isolate the programs it runs on this host: {iso.missing}. Fix: run as root "
+            "with util-linux's `unshare` on PATH and user namespaces allowed (as in CI and containers), or accept "
+            "the weaker isolation with the reward option allow_unisolated: true (recipe: "
+            "`options: {allow_unisolated: true}`)"
+        )
+    if iso.missing not in _WARNED:
+        _WARNED.add(iso.missing)
+        logger.warning("code_execution runs programs with weaker isolation (allow_unisolated): %s", iso.missing)
+    return iso
 
 
 def _user_task_count(uid: int) -> int:
@@ -173,16 +215,13 @@ def _parse_result(stdout: bytes) -> dict | None:
 
 def _reap_slot_uid(uid: int) -> None:
     """Without a PID namespace, kill whatever a timed-out program left running as `uid`."""
-    subprocess.run(["kill", "-KILL", "-1"], user=uid, group=uid, extra_groups=[], capture_output=True, check=False)
+    subprocess.run([sys.executable, "-I", "-c", "import os, signal; os.kill(-1, signal.SIGKILL)"],
+                   user=uid, group=uid, extra_groups=[], capture_output=True, check=False)
 
 
-def run_program(programs: list[str], entry_point: str, test: str, context: str, limits: Limits, slot: int) -> Outcome:
-    """Run the first of `programs` that compiles, then `test`'s `check`, in one sandbox.
-
-    programs: candidate program texts, tried in order (e.g. prompt + code, code).
-    context: trusted code the tests may need (the HumanEval prompt's helpers).
-    slot: index of the concurrency slot, which picks the uid.
-    """
+def _run_once(programs: list[str], entry_point: str, test: str, context: str, limits: Limits,
+              slot: int) -> Outcome | str:
+    """One sandboxed run: its Outcome, or the judge's stderr when it gave no result."""
     iso = isolation()
     uid = SLOT_UID_BASE + MAX_SLOTS * (os.getpid() % 100_000) + slot if iso.switch_uid else None
     max_processes = limits.max_processes
@@ -229,15 +268,33 @@ def run_program(programs: list[str], entry_point: str, test: str, context: str, 
                 process.wait()
     result = _parse_result(stdout)
     if result is None:
-        if b"Traceback" in stderr:
-            logger.warning("sandbox: the judge crashed:\n%s", stderr.decode(errors="replace")[-2000:])
-        return Outcome(loaded=False, passed=0, total=0, status="no result")
+        return f"exit code {process.returncode}; stderr:\n{stderr.decode(errors='replace')[-3000:]}"
     return Outcome(
         loaded=bool(result.get("loaded")),
         passed=int(result.get("passed", 0)),
         total=int(result.get("total", 0)),
         status=str(result.get("status")),
     )
+
+
+def run_program(programs: list[str], entry_point: str, test: str, context: str, limits: Limits, slot: int) -> Outcome:
+    """Run the first of `programs` that compiles, then `test`'s `check`, in one sandbox.
+
+    programs: candidate program texts, tried in order (e.g. prompt + code, code).
+    context: trusted code the tests may need (the HumanEval prompt's helpers).
+    slot: index of the concurrency slot, which picks the uid.
+    What the program does (fail, hang, misbehave) is its score; a judge that gives no result is
+    not the program's doing (the judge's own process and descriptor are out of its reach): it is
+    tried once more, then raised as SandboxError with the judge's traceback.
+    """
+    first = _run_once(programs, entry_point, test, context, limits, slot)
+    if isinstance(first, Outcome):
+        return first
+    logger.warning("sandbox: the judge gave no result (%s); trying once more", first.splitlines()[0])
+    second = _run_once(programs, entry_point, test, context, limits, slot)
+    if isinstance(second, Outcome):
+        return second
+    raise SandboxError(f"the sandbox's judge failed twice without a result: {second}")
 
 
 def run_many(jobs: list[dict], limits: Limits, max_workers: int) -> list[Outcome]:

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_DIR = "/opt/ml/checkpoints"  # the CheckpointConfig local_path set by launch_sagemaker.py
 FINAL_SUBDIR = "final"  # train.py writes the finished adapter to <output dir>/final
+STOPPED = "stopped.json"  # train.py writes it when SIGTERM ended the run early (train.STOPPED)
 MASTER_PORT = 29500
 DEEPSPEED_HOSTFILE = "/tmp/deepspeed_hostfile"
 LAUNCHERS = ("torchrun", "deepspeed")
@@ -204,10 +206,32 @@ def main(argv: list[str] | None = None) -> int:
     cluster = read_cluster(env)
     if hyperparameters["launcher"] == "deepspeed" and cluster.num_nodes > 1:
         Path(DEEPSPEED_HOSTFILE).write_text(deepspeed_hostfile(cluster))
-    returncode = subprocess.run(command, cwd=REPO_ROOT).returncode
+    returncode = run_forwarding_sigterm(command)
     if returncode == 0 and cluster.node_rank == 0:
-        export_final_adapter(Path(OUTPUT_DIR), Path(env.get("SM_MODEL_DIR", "/opt/ml/model")))
+        after_training(Path(OUTPUT_DIR), Path(env.get("SM_MODEL_DIR", "/opt/ml/model")))
     return returncode
+
+
+def after_training(output_dir: Path, model_dir: Path) -> None:
+    """Node 0, after train.py exited 0: export the final adapter, unless SIGTERM stopped the run
+    early (train.py's note): then its checkpoints resume it and there is nothing to export."""
+    stopped = output_dir / STOPPED
+    if stopped.is_file():
+        print(f"training stopped early ({stopped.read_text()}): no final adapter to export; the checkpoints "
+              f"in {output_dir} resume it", flush=True)
+        return
+    export_final_adapter(output_dir, model_dir)
+
+
+def run_forwarding_sigterm(command: list[str]) -> int:
+    """Run the launcher, passing on the SIGTERM SageMaker sends this process before a stop or a spot
+    interruption (torchrun and deepspeed pass it to train.py, which checkpoints and exits 0)."""
+    process = subprocess.Popen(command, cwd=REPO_ROOT)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -522,3 +522,20 @@ def test_a_bad_mlflow_uri_is_refused_before_anything_is_uploaded(source_dir, cap
         launcher.main(base_argv(source_dir) + ["--mlflow-tracking-uri", "grpo-tracking", "--dry-run"], shell_env={})
     err = capsys.readouterr().err
     assert "mlflow-tracking-server" in err and "would upload" not in err
+
+
+def test_sigterm_reaches_training_and_an_early_stop_exports_nothing(tmp_path, capsys):
+    import os
+    import signal
+    import threading
+
+    marker = tmp_path / "got-sigterm"
+    child = (f"import signal, sys, time\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\n"
+             f"time.sleep(60)\n")
+    threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()  # SageMaker stopping the job
+    assert entry.run_forwarding_sigterm([sys.executable, "-c", child]) == 0
+    assert marker.is_file()
+    (tmp_path / "stopped.json").write_text('{"step": 3}')
+    entry.after_training(tmp_path, tmp_path / "model")  # no final/ and no error: the checkpoints resume it
+    assert "stopped early" in capsys.readouterr().out and not (tmp_path / "model").exists()

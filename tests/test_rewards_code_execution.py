@@ -1,5 +1,8 @@
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -27,6 +30,8 @@ needs_isolation = pytest.mark.skipif(not ISOLATED, reason="hostile programs need
 
 
 def score(completion: str, **options) -> float:
+    # Hostile programs are tested only under full isolation (needs_isolation); plain scoring runs anywhere.
+    options.setdefault("allow_unisolated", not ISOLATED)
     reward = rewards.get("code_execution", timeout_s=options.pop("timeout_s", 3.0), **options)
     (value,) = reward([completion], prompts=["chat text"], prompt=[ADD_PROMPT], test=[ADD_TEST], entry_point=["add"])
     return value
@@ -158,7 +163,7 @@ def test_rows_without_tests_are_skipped_and_extra_columns_ignored():
         pytest.param({"max_workers": 0}, r"max_workers=0 must be in 1\.\.256", id="zero-workers"),
         pytest.param(
             {"timeout": 5},
-            r"valid options: \['partial_credit', 'fractional', 'timeout_s', 'memory_mb', 'max_workers'\]",
+            r"valid options: \['partial_credit', 'fractional', 'timeout_s', 'memory_mb', 'max_workers', 'allow_unisolated'\]",
             id="unknown-option",
         ),
     ],
@@ -329,7 +334,8 @@ LINGERER = (  # leaves a detached process behind, then fails the tests
 )
 def test_weaker_isolation_modes_still_score_and_clean_up(isolation, monkeypatch):
     monkeypatch.setattr(sandbox, "isolation", lambda: isolation)
-    assert [score(RIGHT), score("def add(a, b):\n    return a - b\n"), score(LINGERER)] == [1.0, 0.2, 0.2]
+    scores = [score(code, allow_unisolated=True) for code in (RIGHT, "def add(a, b):\n    return a - b\n", LINGERER)]
+    assert scores == [1.0, 0.2, 0.2]
     assert leftover_sandbox_processes() == []
 
 
@@ -363,3 +369,77 @@ def test_default_workers_share_the_node_cpus_between_its_ranks(monkeypatch, loca
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     env = {} if local_world_size is None else {"LOCAL_WORLD_SIZE": local_world_size}
     assert code_execution.default_workers(env) == expected
+
+
+# ---- failing closed, and failures that are not the program's ------------------------------------
+
+
+def test_without_unshare_the_reward_refuses_unless_allowed(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no `unshare` to be found
+    reward = rewards.get("code_execution", timeout_s=3.0)
+    columns = {"prompt": [ADD_PROMPT], "test": [ADD_TEST], "entry_point": ["add"]}
+    with pytest.raises(sandbox.SandboxUnavailable, match="unshare.*allow_unisolated"):
+        reward([RIGHT], **columns)
+    allowed = rewards.get("code_execution", timeout_s=3.0, allow_unisolated=True)
+    assert allowed([RIGHT], **columns) == [1.0]
+
+
+def crashing_judge(tmp_path: Path, crashes: int) -> Path:
+    """A judge that dies with a traceback on its first `crashes` runs, then is the real one."""
+    script = tmp_path / "judge.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, runpy, sys
+        count = "{tmp_path / 'runs'}"
+        runs = len(open(count).read()) if os.path.exists(count) else 0
+        open(count, "a").write("x")
+        if runs < {crashes}:
+            raise FileNotFoundError("the judge's Python is gone")
+        runpy.run_path("{sandbox.JUDGE}", run_name="__main__")
+    """))
+    os.chmod(tmp_path, 0o755)  # the judge reads its run count as the slot uid too
+    return script
+
+
+def test_a_judge_that_crashes_is_retried_once_then_raised_with_its_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "JUDGE", crashing_judge(tmp_path, crashes=2))
+    with pytest.raises(sandbox.SandboxError, match="(?s)failed twice.*FileNotFoundError: the judge's Python is gone"):
+        score(RIGHT)
+
+
+def test_a_judge_that_crashes_once_is_retried(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "JUDGE", crashing_judge(tmp_path, crashes=1))
+    assert score(RIGHT) == 1.0
+
+
+def test_a_sandbox_failure_stops_training_instead_of_scoring_zero(tmp_path, monkeypatch):
+    from grpo.rollout import scoring
+
+    monkeypatch.setattr(sandbox, "JUDGE", crashing_judge(tmp_path, crashes=9))
+    reward = scoring.WeightedReward("code_execution", 1.0, rewards.get("code_execution", timeout_s=3.0,
+                                                                       allow_unisolated=not ISOLATED))
+    with pytest.raises(sandbox.SandboxError):
+        scoring.score([reward], [RIGHT], {"prompt": [ADD_PROMPT], "test": [ADD_TEST], "entry_point": ["add"]})
+
+
+@needs_isolation
+def test_a_venv_reached_through_a_symlink_into_tmp_scores(tmp_path):
+    import sys as _sys
+    import venv
+
+    real = Path(tempfile.mkdtemp(prefix="grpo-venv-", dir="/tmp"))
+    link = Path.home() / ".cache" / "grpo" / f"linked-venv-{os.getpid()}"
+    try:
+        venv.create(real, with_pip=False)
+        site = next(real.glob("lib/python*/site-packages"))
+        (site / "project.pth").write_text("\n".join(p for p in _sys.path if p.endswith("site-packages")) + "\n")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(real)
+        code = ("import rewards; print(rewards.get('code_execution', timeout_s=5.0)("
+                f"[{RIGHT!r}], prompt=[{ADD_PROMPT!r}], test=[{ADD_TEST!r}], entry_point=['add']))")
+        out = subprocess.run([str(link / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == "[1.0]"
+    finally:
+        link.unlink(missing_ok=True)
+        shutil.rmtree(real, ignore_errors=True)

@@ -13,7 +13,9 @@ Each one owns what differs:
 - `scorer`: what the log-prob passes call, `scorer(batch, temperature, shared_prefix) -> (B, T)`;
 - `generation()`: the context the sampler runs in, yielding the policy to decode with;
 - `reference_scorer()`: the context that yields the scorer of the frozen reference;
-- `backward(loss)` per micro-batch and `step() -> {"grad_norm", "lr"}` per optimizer step;
+- `backward(loss)` per micro-batch and `step(loss_finite) -> {"grad_norm", "lr", "skipped"}` per
+  optimizer step: a step whose loss or gradient norm is not finite changes nothing (no optimizer
+  or schedule step) and says so with skipped = 1;
 - `save_checkpoint`, `load_checkpoint` (one format for all of them: grpo/runtime/checkpoint.py),
   `save_final_adapter`.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +80,20 @@ class SingleProcess:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self) -> dict:
+    def step(self, loss_finite: bool = True) -> dict:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
-        )
+        ).item()
         lr = self.scheduler.get_last_lr()[0]  # the rate this step used
-        self.optimizer.step()
-        self.scheduler.step()
+        skipped = self._skip(not (loss_finite and math.isfinite(grad_norm)))
+        if not skipped:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": grad_norm.item(), "lr": lr}
+        return {"grad_norm": grad_norm, "lr": lr, "skipped": float(skipped)}
+
+    def _skip(self, non_finite: bool) -> bool:
+        return non_finite
 
     def _trainer_state(self) -> dict:
         moments = checkpoint.optimizer_state_by_name(self.optimizer, self.names)
@@ -130,14 +138,17 @@ class DataParallel(SingleProcess):
         log.info("ddp over %d ranks: the base model replicated, %d trainable tensors averaged per step",
                  world.size, len(self.params))
 
-    def step(self) -> dict:
+    def step(self, loss_finite: bool = True) -> dict:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         torch.distributed.all_reduce(flat)
         flat /= self.world.size
         for param, part in zip(self.params, flat.split([p.numel() for p in self.params])):
             param.grad = part.view_as(param)
-        return super().step()
+        return super().step(loss_finite)
+
+    def _skip(self, non_finite: bool) -> bool:
+        return distributed.any_rank(non_finite, self.world)  # the replicas stay equal: all skip, or none
 
     def save_checkpoint(self, output_dir: Path, step: int, keep: int) -> Path:
         return _written_by_rank_zero(self.world, lambda: super(DataParallel, self).save_checkpoint(output_dir, step,
@@ -201,14 +212,19 @@ class DeepSpeedZero3:
         self.engine.backward(loss, scale_wrt_gas=False)  # the loss is already divided by the micro-batch count
         self.engine.step()  # a no-op until the accumulation boundary
 
-    def step(self) -> dict:
+    def step(self, loss_finite: bool = True) -> dict:
+        """DeepSpeed has already stepped at the last micro-batch's boundary; it skips a step whose
+        gradient norm is not finite by itself (the norm it reports is then inf or NaN)."""
         if self.engine.global_steps != self.steps_taken + 1:
             raise RuntimeError(f"DeepSpeed took {self.engine.global_steps - self.steps_taken} steps for one "
                                "rollout: this rank's micro-batches differ from gradient_accumulation_steps")
         self.steps_taken = self.engine.global_steps
         lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
-        return {"grad_norm": float(self.engine.get_global_grad_norm()), "lr": lr}
+        grad_norm = float(self.engine.get_global_grad_norm())
+        skipped = not math.isfinite(grad_norm)
+        if not skipped:
+            self.scheduler.step()
+        return {"grad_norm": grad_norm, "lr": lr, "skipped": float(skipped)}
 
     def _gathered_adapter(self) -> dict[str, torch.Tensor]:
         """The adapter's weights, whole, on every rank (a collective)."""

@@ -105,6 +105,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas
     warmup_ratio: float = 0.0  # share of optimizer steps with linear warmup, then cosine decay
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables
+    max_nonfinite_steps: int = 3  # steps in a row with a non-finite loss or gradient (skipped) before the run stops
     advantage_scale: str = "group"  # group | batch | none (Dr. GRPO)
     max_seq_length: int = 2048  # prompt + completion tokens; longer prompts are an error
     seed: int = 0  # seeds data order, sampling and initialization
@@ -377,6 +378,7 @@ def validate(c: Config) -> None:
              f"train.learning_rate={t.learning_rate}: must be a finite number > 0")
     _require(0 <= t.warmup_ratio < 1, f"train.warmup_ratio={t.warmup_ratio}: use [0, 1)")
     _require(t.max_grad_norm >= 0, f"train.max_grad_norm={t.max_grad_norm}: must be >= 0")
+    _require(t.max_nonfinite_steps >= 1, f"train.max_nonfinite_steps={t.max_nonfinite_steps}: must be >= 1")
     _require(t.advantage_scale in ADVANTAGE_SCALES,
              f"train.advantage_scale={t.advantage_scale!r}: use {', '.join(ADVANTAGE_SCALES)}")
     _require(lo.beta >= 0, f"loss.beta={lo.beta}: must be >= 0")

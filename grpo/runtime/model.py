@@ -72,8 +72,10 @@ def resolve_source(name: str, gguf_file: str | None) -> tuple[str, str | None]:
     if name.endswith(".gguf"):
         path = Path(name)
         if not path.is_file():
-            raise FileNotFoundError(f"model.name={name!r}: no such GGUF file")
+            raise ConfigError(f"model.name={name!r}: no such GGUF file")
         return str(path.parent), path.name
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"model.name={name!r}: no such folder (a hub id has no leading / or ./)")
     return name, gguf_file
 
 

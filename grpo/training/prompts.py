@@ -8,6 +8,7 @@ number of ranks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +35,10 @@ class PromptSet:
 def load_rows(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
     """(training rows, held-out rows of data.eval_split)."""
     d = cfg.data
+    for key in ("train_file", "validation_file", "test_file"):
+        path = getattr(d, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"data.{key}={path!r}: no such file")
     splits = data.load_task(
         d.task, n_shot=d.n_shot, style=d.prompt_style, tokenizer=tokenizer,
         train_file=d.train_file, validation_file=d.validation_file, test_file=d.test_file,

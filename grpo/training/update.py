@@ -10,6 +10,7 @@ is exactly 1 and old == current, detached).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -97,7 +98,8 @@ def policy_update(score, backend, batch: RolloutBatch, targets: UpdateTargets, l
     """One optimizer step over all micro-batches of the rollout; returns logging stats.
 
     score: a CompletionScorer, or the DeepSpeed engine wrapping one; backend: its `backward(loss)`
-    and `step() -> {"grad_norm", "lr"}` (grpo/runtime/backends.py). Stats: the loss, and with
+    and `step(loss_finite) -> {"grad_norm", "lr", "skipped"}` (grpo/runtime/backends.py; a
+    non-finite loss or gradient norm changes nothing). Stats: the loss, and with
     collect_stats the token means of the KL and of each of the policy loss's indicators
     (e.g. clip_frac). Values stay on the device until the step is over (one host read).
     """
@@ -129,9 +131,31 @@ def policy_update(score, backend, batch: RolloutBatch, targets: UpdateTargets, l
                     counted[name] = (indicator.float() * mask).sum()
                 for name, value in counted.items():
                     sums[name] = sums.get(name, 0) + value
-    stats = {"loss": loss_sum.item(), **backend.step()}
+    loss_value = loss_sum.item()
+    stats = {"loss": loss_value, **backend.step(loss_finite=math.isfinite(loss_value))}
     if collect_stats:
         tokens = max(sums.pop("tokens").item(), 1.0)
         stats.update({name: value.item() / tokens for name, value in sums.items()})
         stats.setdefault("kl", float("nan"))  # no reference pass (beta = 0)
     return stats
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
+
+
+class NonFiniteGuard:
+    """Counts steps in a row whose every update was skipped as non-finite (the backend skips them:
+    no optimizer or schedule step); at `limit` it stops the run, naming the last good checkpoint."""
+
+    def __init__(self, limit: int):
+        self.limit, self.steps = limit, []
+
+    def record(self, step: int, skipped: bool, last_checkpoint) -> None:
+        self.steps = [*self.steps, step] if skipped else []
+        if len(self.steps) >= self.limit:
+            raise NonFiniteError(
+                f"{len(self.steps)} steps in a row ({self.steps[0]}-{self.steps[-1]}) had a non-finite loss or "
+                f"gradient norm and changed nothing; the last good checkpoint is {last_checkpoint}. Lower "
+                "train.learning_rate, look at the rewards in metrics.jsonl, or raise train.max_nonfinite_steps"
+            )
