@@ -1,4 +1,4 @@
-"""Datasets and prompts: GSM8K (hub or local JSONL), synthetic arithmetic, HumanEval.
+"""Datasets and prompts: GSM8K (hub or local JSONL), synthetic arithmetic, multi-hop questions, HumanEval.
 
 The trainer and evaluate.py need only `load_task`, `build_prompt`, `STOP_STRINGS` and
 `ANSWER_PREFIX`; see data/tasks.py for the row format.
@@ -14,6 +14,7 @@ from data.gsm8k import (
     strip_calculator_annotations,
 )
 from data.humaneval import load_humaneval
+from data.multihop import generate_multihop
 from data.prompts import EXEMPLARS, SHOT_COUNTS, STOP_STRINGS, STYLES, build_prompt, chat_messages
 from data.rows import BadRowError, read_jsonl, split_train_validation, write_jsonl
 from data.synthetic import generate_synthetic
@@ -29,6 +30,7 @@ __all__ = [
     "BadRowError",
     "build_prompt",
     "chat_messages",
+    "generate_multihop",
     "generate_synthetic",
     "gsm8k_files",
     "load_gsm8k_file",

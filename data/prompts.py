@@ -16,6 +16,10 @@ chat (instruct models): a system instruction asking for the answer line, then ea
 as a user/assistant turn pair, then the problem as the last user turn, rendered with the
 tokenizer's own chat template and its generation prompt.
 
+A task with its own answer format (multihop: data/multihop.py) passes its `instruction`: it
+replaces the system instruction in chat style and opens the prompt in plain style. Such a task
+takes n_shot=0, since the exemplars teach GSM8K's answer line.
+
 The sampler (grpo.rollout) stops a completion at the first of STOP_STRINGS: in plain
 style a base model that has answered goes on to invent the next "Question:".
 """
@@ -50,9 +54,9 @@ def check_prompt_args(n_shot: int, style: str, tokenizer) -> None:
         raise ValueError("style='chat' needs the model's tokenizer (its apply_chat_template renders the turns)")
 
 
-def chat_messages(question: str, n_shot: int) -> list[dict]:
+def chat_messages(question: str, n_shot: int, instruction: str = CHAT_INSTRUCTION) -> list[dict]:
     """The chat turns of an n-shot prompt: system instruction, exemplar pairs, the question."""
-    messages = [{"role": "system", "content": CHAT_INSTRUCTION}]
+    messages = [{"role": "system", "content": instruction}]
     for exemplar_question, solution in EXEMPLARS[:n_shot]:
         messages.append({"role": "user", "content": exemplar_question})
         messages.append({"role": "assistant", "content": solution})
@@ -60,14 +64,20 @@ def chat_messages(question: str, n_shot: int) -> list[dict]:
     return messages
 
 
-def build_prompt(question: str, n_shot: int, style: str, tokenizer=None) -> str:
-    """The exact text fed to the model for `question` with the first `n_shot` exemplars."""
+def build_prompt(question: str, n_shot: int, style: str, tokenizer=None, instruction: str | None = None) -> str:
+    """The exact text fed to the model for `question` with the first `n_shot` exemplars.
+
+    instruction: the task's own answer-format instruction; None is GSM8K's (CHAT_INSTRUCTION in
+    chat style, none in plain style, where the exemplars show the format).
+    """
     check_prompt_args(n_shot, style, tokenizer)
     if style == "chat":
         return tokenizer.apply_chat_template(
-            chat_messages(question, n_shot), tokenize=False, add_generation_prompt=True
+            chat_messages(question, n_shot, CHAT_INSTRUCTION if instruction is None else instruction), tokenize=False,
+            add_generation_prompt=True,
         )
-    blocks = [f"Question: {q}\nAnswer: {solution}" for q, solution in EXEMPLARS[:n_shot]]
+    blocks = [] if instruction is None else [instruction]
+    blocks += [f"Question: {q}\nAnswer: {solution}" for q, solution in EXEMPLARS[:n_shot]]
     blocks.append(f"Question: {question}\nAnswer:")
     return "\n\n".join(blocks)
 

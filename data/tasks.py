@@ -8,6 +8,9 @@ Every returned row is a new dict with at least `prompt` (the exact model input) 
                Local JSONL files when train_file and test_file are given, else the hub (openai/gsm8k).
     synthetic  the arithmetic generator (difficulty 1-3), split the same way; no "test".
                Few-shot prompts use the same GSM8K exemplars (they teach the answer format).
+    multihop   knowledge-graph random-walk questions (data/multihop.py), split the same way; no
+               "test". Zero-shot only (n_shot=0): the exemplars teach GSM8K's answer line, and the
+               prompt carries the task's own instruction (`Final answer: NAME`).
     jsonl      rows already prepared (e.g. by `python -m data.prepare`) with `prompt` and
                `answer`; validation from validation_file, else split off train_file.
 """
@@ -18,18 +21,22 @@ import logging
 from pathlib import Path
 
 from data.gsm8k import load_gsm8k_file, load_gsm8k_hub
+from data.multihop import ANSWER_INSTRUCTION as MULTIHOP_INSTRUCTION
+from data.multihop import generate_multihop
 from data.prompts import EXEMPLAR_QUESTIONS, build_prompt, check_prompt_args
 from data.rows import RowProblem, check_bad_row_policy, parse_rows, read_jsonl_numbered, split_train_validation
 from data.synthetic import generate_synthetic
 
 logger = logging.getLogger(__name__)
 
-TASK_NAMES = ("gsm8k", "synthetic", "jsonl")
+TASK_NAMES = ("gsm8k", "synthetic", "multihop", "jsonl")
 
 
-def with_prompts(rows: list[dict], n_shot: int, style: str, tokenizer=None) -> list[dict]:
-    """New rows with a `prompt` built from each row's `question`."""
-    return [{**row, "prompt": build_prompt(row["question"], n_shot, style, tokenizer)} for row in rows]
+def with_prompts(
+    rows: list[dict], n_shot: int, style: str, tokenizer=None, instruction: str | None = None
+) -> list[dict]:
+    """New rows with a `prompt` built from each row's `question` (instruction: see `build_prompt`)."""
+    return [{**row, "prompt": build_prompt(row["question"], n_shot, style, tokenizer, instruction)} for row in rows]
 
 
 def drop_exemplars(rows: list[dict]) -> list[dict]:
@@ -86,6 +93,11 @@ def load_task(
     on_bad_row: str = "error",
     difficulty: int = 1,
     num_synthetic: int = 5000,
+    multihop_hops: int = 2,
+    num_multihop: int = 2000,
+    multihop_entities: int = 1000,
+    multihop_passages: int = 8,
+    multihop_context_chars: int | None = None,
 ) -> dict[str, list[dict]]:
     """Splits of task `name` as {"train", "validation"[, "test"]} -> rows.
 
@@ -96,6 +108,9 @@ def load_task(
     limit_train / limit_eval: keep the first N rows of train / of validation and test.
     on_bad_row: "error" (raise BadRowError naming file and line) or "skip" (log and drop).
     difficulty, num_synthetic: the generator's level (1-3) and how many problems it makes.
+    multihop_hops, num_multihop, multihop_entities, multihop_passages, multihop_context_chars: the multihop
+        generator's walk length, question count, graph size, passages per context and optional
+        character bound on the context (see `data.multihop.generate_multihop`).
     """
     if name not in TASK_NAMES:
         raise ValueError(f"task {name!r} is not one of {TASK_NAMES}")
@@ -104,6 +119,12 @@ def load_task(
     _check_limit("limit_eval", limit_eval)
     if name != "jsonl":
         check_prompt_args(n_shot, style, tokenizer)
+    if name == "multihop" and n_shot != 0:
+        raise ValueError(
+            f"task 'multihop' takes n_shot=0 only, got n_shot={n_shot}: the few-shot exemplars are GSM8K "
+            "arithmetic ending in '#### The final answer is N' and would teach the wrong answer format; "
+            "set n_shot=0 (data.n_shot=0), the prompt's instruction asks for 'Final answer: NAME'"
+        )
 
     test = None
     if name == "gsm8k":
@@ -111,6 +132,10 @@ def load_task(
         train, validation = split_train_validation(drop_exemplars(train_rows), val_fraction, seed)
     elif name == "synthetic":
         rows = generate_synthetic(num_synthetic, difficulty=difficulty, seed=seed)
+        train, validation = split_train_validation(rows, val_fraction, seed)
+    elif name == "multihop":
+        rows = generate_multihop(num_multihop, hops=multihop_hops, num_entities=multihop_entities,
+                                 num_passages=multihop_passages, max_context_chars=multihop_context_chars, seed=seed)
         train, validation = split_train_validation(rows, val_fraction, seed)
     else:
         if train_file is None:
@@ -127,6 +152,7 @@ def load_task(
     if test is not None:
         splits["test"] = test[:limit_eval]
     if name != "jsonl":
-        splits = {split: with_prompts(rows, n_shot, style, tokenizer) for split, rows in splits.items()}
+        instruction = MULTIHOP_INSTRUCTION if name == "multihop" else None
+        splits = {split: with_prompts(rows, n_shot, style, tokenizer, instruction) for split, rows in splits.items()}
     logger.info("task %s: %s", name, {split: len(rows) for split, rows in splits.items()})
     return splits

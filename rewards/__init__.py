@@ -4,11 +4,12 @@ Every reward has TRL's signature `fn(completions, **columns) -> list[float | Non
 (see `rewards.registry`); `None` marks a row the reward does not apply to.
 """
 
-from rewards import code_execution, gsm8k, keywords, majority_vote, math_answer
+from rewards import code_execution, gsm8k, keywords, majority_vote, math_answer, multihop
 from rewards.code_execution import code_execution_reward
 from rewards.gsm8k import correctness_reward, format_reward
 from rewards.keywords import keywords_reward
 from rewards.math_answer import math_verify_reward
+from rewards.multihop import multihop_answer, multihop_rubric
 from rewards.registry import get, names, register
 
 __all__ = [
@@ -23,6 +24,9 @@ __all__ = [
     "majority_vote",
     "math_answer",
     "math_verify_reward",
+    "multihop",
+    "multihop_answer",
+    "multihop_rubric",
     "names",
     "register",
 ]

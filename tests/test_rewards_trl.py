@@ -20,6 +20,10 @@ CASES = {
                        [CODE, "no code"]),
     "majority_vote": ({"prompts": ["p", "p"]}, ["#### The final answer is 4", "#### The final answer is 4"]),
     "digit_share": ({}, ["1234", "abcd"]),
+    "multihop_answer": ({"answer": ["Kestia", "Kestia"]}, ["Rivoford is in Kestia.\nFinal answer: Kestia",
+                                                           "Final answer: Dunmere"]),
+    "multihop_rubric": ({"answer": ["Kestia", "Kestia"], "path": [["Rivoford"], ["Rivoford"]]},
+                        ["Rivoford is in Kestia.\nFinal answer: Kestia", "Final answer: Kestia"]),
 }
 TRL_KEYWORDS = {"completion_ids": [[1, 2], [3]], "trainer_state": object(), "log_extra": None, "log_metric": None}
 

@@ -44,7 +44,9 @@ def load_rows(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
         train_file=d.train_file, validation_file=d.validation_file, test_file=d.test_file,
         val_fraction=d.val_fraction, seed=cfg.train.seed, limit_train=d.limit_train,
         limit_eval=d.limit_eval, on_bad_row=d.on_bad_row, difficulty=d.difficulty,
-        num_synthetic=d.num_synthetic,
+        num_synthetic=d.num_synthetic, multihop_hops=d.multihop_hops, num_multihop=d.num_multihop,
+        multihop_entities=d.multihop_entities, multihop_passages=d.multihop_passages,
+        multihop_context_chars=d.multihop_context_chars,
     )
     if not splits["train"]:
         raise ConfigError(f"data.task={d.task!r} produced no training rows; check data.train_file")
