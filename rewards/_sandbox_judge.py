@@ -19,6 +19,13 @@ host allows it). It then
    (the judge's own prints go to /dev/null; its stderr goes to the parent, for
    crashes of the judge itself).
 
+For a program that fails, the result's `detail` says what went wrong, for a
+teacher to read: the syntax or load error, or the first failing statement of
+`check` with the exception it raised, or the timeout or death of the program,
+cut to the job's `detail_chars`. Exceptions the program raised are formatted in
+the candidate process (formatting them runs the program's code); the judge only
+clips the text it gets back.
+
 Self-contained on purpose: under `-I` nothing from the repository is importable.
 """
 
@@ -29,8 +36,10 @@ import json
 import os
 import resource
 import select
+import signal
 import struct
 import sys
+import textwrap
 import time
 
 PR_SET_DUMPABLE = 4
@@ -59,11 +68,28 @@ COMMON_MODULES = (
     "typing",
 )
 MAX_MESSAGE_BYTES = 16 * 2**20
+# Statuses of a program that did not load: its own report, or the judge's (CandidateProxy.failure).
+FAILURES = ("syntax_error", "load_error", "timeout", "died", "bad_reply")
 _HEADER = struct.Struct("<I")
+_CUT = " [... cut]"
 
 
 class CandidateError(Exception):
-    """The candidate failed a call: it raised, timed out, died or sent bad data."""
+    """The candidate failed a call: it raised, timed out, died or sent bad data. The message is
+    the detail a teacher reads (e.g. "ZeroDivisionError: division by zero (line 2: return a / b)")."""
+
+
+class CandidateTimeout(CandidateError):
+    """The candidate did not answer before the deadline."""
+
+
+class CandidateGone(CandidateError):
+    """The candidate process closed its end of the pipe: it exited, or was killed."""
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, the cut marked."""
+    return text if len(text) <= limit else text[: max(limit - len(_CUT), 0)] + _CUT
 
 
 # ---- wire format: JSON with tagged containers, decoded into exact builtin types ----
@@ -118,10 +144,10 @@ def _read_exactly(fd: int, n: int, deadline: float | None) -> bytes:
         if deadline is not None:
             wait = deadline - time.monotonic()
             if wait <= 0 or not select.select([fd], [], [], wait)[0]:
-                raise CandidateError("timed out")
+                raise CandidateTimeout("timed out")
         chunk = os.read(fd, min(remaining, 1 << 20))
         if not chunk:
-            raise CandidateError("the candidate process closed its pipe")
+            raise CandidateGone("The program's process closed its channel to the judge.")
         chunks.append(chunk)
         remaining -= len(chunk)
     return b"".join(chunks)
@@ -130,7 +156,7 @@ def _read_exactly(fd: int, n: int, deadline: float | None) -> bytes:
 def receive(fd: int, deadline: float | None = None):
     (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size, deadline))
     if size > MAX_MESSAGE_BYTES:
-        raise CandidateError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
+        raise CandidateError(f"The program's reply of {size} bytes is over the {MAX_MESSAGE_BYTES}-byte limit.")
     return json.loads(_read_exactly(fd, size, deadline))
 
 
@@ -148,31 +174,65 @@ def _close_inherited_fds(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def run_candidate(programs: list[str], entry_point: str, requests: int, replies: int) -> None:
+def _line(program: str, lineno) -> str:
+    """` (line N: source)` for line `lineno` of `program`, or "" when there is no such line."""
+    lines = program.splitlines()
+    if type(lineno) is not int or not 0 < lineno <= len(lines):
+        return ""
+    return f" (line {lineno}: {lines[lineno - 1].strip()})"
+
+
+def describe_syntax_error(error: BaseException, program: str, limit: int) -> str:
+    """`SyntaxError: msg (line N: source)` for an error of compile() on `program`, in `limit` // 2 characters."""
+    if isinstance(error, SyntaxError):
+        return clip(f"{type(error).__name__}: {error.msg}", limit // 3) + clip(_line(program, error.lineno), limit // 6)
+    return clip(f"{type(error).__name__}: {error}", limit // 2)
+
+
+def describe(error: BaseException, program: str, limit: int) -> str:
+    """`Type: message (line N: source)` for an exception the program raised, N being the line of
+    `program` where it was raised, in `limit` // 2 characters, so that it fits beside a test's source.
+    Formatting it runs the program's code (`__str__`, a metaclass's `__name__`), which is why this
+    runs in the candidate process only; if that fails, a fixed text."""
+    try:
+        name, message = type(error).__name__, str(error)
+        text = clip(f"{name}: {message}" if message else str(name), limit // 3)
+        lineno, frame = None, error.__traceback__
+        while frame is not None:  # the innermost frame of the program's own code
+            if frame.tb_frame.f_code.co_filename == "<completion>":
+                lineno = frame.tb_lineno
+            frame = frame.tb_next
+        return text + clip(_line(program, lineno), limit // 6)
+    except BaseException:  # noqa: BLE001 - the exception object is the program's and may do anything
+        return "an exception that cannot be displayed"
+
+
+def run_candidate(programs: list[str], entry_point: str, requests: int, replies: int, detail_chars: int) -> None:
     """Child side: load the first program that compiles, then serve calls. Never returns."""
     _close_inherited_fds({requests, replies})
     namespace = {"__name__": "__candidate__"}
     # The program is arbitrary code: it may raise anything, SystemExit included,
     # and every such outcome means "did not load".
     try:
-        code = None
+        code = syntax_error = None
         for program in programs:
             try:
                 code = compile(program, "<completion>", "exec")
                 break
-            except (SyntaxError, ValueError, MemoryError, RecursionError):
+            except (SyntaxError, ValueError, MemoryError, RecursionError) as error:
+                syntax_error = describe_syntax_error(error, program, detail_chars)  # the last program's
                 continue
         if code is None:
-            send(replies, ["syntax_error"])
+            send(replies, ["syntax_error", syntax_error])
             os._exit(0)
         exec(code, namespace)
         function = namespace.get(entry_point)
         if not callable(function):
-            send(replies, ["load_error", f"no function named {entry_point!r}"])
+            send(replies, ["load_error", f"The program does not define a function named {entry_point!r}."])
             os._exit(0)
         send(replies, ["ready"])
     except BaseException as error:  # noqa: BLE001 - see comment above
-        send(replies, ["load_error", f"{type(error).__name__}: {error}"[:300]])
+        send(replies, ["load_error", "Running the program raised " + describe(error, program, detail_chars)])
         os._exit(0)
     while True:
         try:
@@ -181,35 +241,72 @@ def run_candidate(programs: list[str], entry_point: str, requests: int, replies:
         except CandidateError:
             os._exit(0)  # the judge closed the pipe: done
         except BaseException as error:  # noqa: BLE001 - untrusted code may raise anything
-            reply = ["raise", type(error).__name__]
+            reply = ["raise", describe(error, program, detail_chars)]
         send(replies, reply)
 
 
 # ---- the judge ----
 
 
+def how_it_ended(pid: int) -> str:
+    """"exited with code N" or "was killed by signal SIGKILL" once process `pid` has ended (waiting
+    up to 0.1 s for it), else "". WNOWAIT leaves it unreaped, so its pid is not reused before kill()."""
+    for _ in range(10):
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return ""
+        if info is not None:
+            if info.si_code == os.CLD_EXITED:
+                return f"exited with code {info.si_status}"
+            with contextlib.suppress(ValueError):  # a number with no name
+                return f"was killed by signal {signal.Signals(info.si_status).name}"
+            return f"was killed by signal {info.si_status}"
+        time.sleep(0.01)
+    return ""
+
+
 class CandidateProxy:
     """Stands in for the candidate function inside the judge's test code."""
 
-    def __init__(self, pid: int, requests: int, replies: int, deadline: float):
+    def __init__(self, pid: int, requests: int, replies: int, deadline: float, timeout_s: float):
         self.pid, self.requests, self.replies, self.deadline = pid, requests, replies, deadline
+        self.timeout_s = timeout_s
         self.dead = False
 
     def __call__(self, *args):
         if self.dead:
-            raise CandidateError("the candidate timed out or died earlier")
+            raise CandidateError("The program timed out or died earlier.")
         try:
             send(self.requests, encode(list(args)))
             reply = receive(self.replies, self.deadline)
         except (CandidateError, OSError, ValueError, RecursionError) as error:
+            _, detail = self.failure(error)
             self.kill()
-            raise CandidateError(str(error)) from None
+            raise CandidateError(detail) from None
         if type(reply) is list and len(reply) == 2 and reply[0] == "return":
             try:
                 return decode(reply[1])
             except (ValueError, TypeError, RecursionError) as error:
-                raise CandidateError(f"bad return value: {error}") from None
-        raise CandidateError(f"the candidate raised {reply[1:]!r}")
+                raise CandidateError(f"The program returned a value the judge cannot read: {error}.") from None
+        if type(reply) is list and len(reply) == 2 and reply[0] == "raise" and type(reply[1]) is str:
+            raise CandidateError(reply[1])  # formatted by the candidate: "Type: message (line N: source)"
+        raise CandidateError("The program sent a malformed reply.")
+
+    def failure(self, error: Exception) -> tuple[str, str]:
+        """(status, detail) for an exchange with the candidate process that raised `error`."""
+        if isinstance(error, CandidateTimeout):
+            return "timeout", f"Timeout: the program ran past its {self.timeout_s:g} s time limit."
+        if isinstance(error, (CandidateGone, OSError)):  # OSError: a broken pipe on send
+            ended = how_it_ended(self.pid)
+            if ended:
+                return "died", f"The program's process {ended}."
+            if isinstance(error, CandidateGone):
+                return "died", str(error)
+            return "died", f"The program's process stopped ({error})."
+        if isinstance(error, (ValueError, RecursionError)):  # not JSON, or nested too deeply to read
+            return "bad_reply", "The program sent a malformed reply."
+        return "bad_reply", str(error)  # e.g. over MAX_MESSAGE_BYTES
 
     def kill(self) -> None:
         self.dead = True
@@ -217,8 +314,8 @@ class CandidateProxy:
             os.kill(self.pid, 9)
 
 
-def test_units(test_source: str) -> tuple[str, list[tuple[object, bool]]] | None:
-    """(`check`'s parameter name, [(compiled statement, contains an assert)]) for
+def test_units(test_source: str) -> tuple[str, list[tuple[object, bool, str]]] | None:
+    """(`check`'s parameter name, [(compiled statement, contains an assert, its source)]) for
     each top-level statement of `check`, or None if they cannot run one by one."""
     check = [n for n in ast.parse(test_source).body if isinstance(n, ast.FunctionDef) and n.name == "check"][-1]
     units = []
@@ -229,14 +326,39 @@ def test_units(test_source: str) -> tuple[str, list[tuple[object, bool]]] | None
             code = compile(ast.Module(body=[statement], type_ignores=[]), "<test>", "exec")
         except SyntaxError:
             return None  # e.g. `return` inside check: run it whole instead
-        units.append((code, any(isinstance(n, ast.Assert) for n in ast.walk(statement))))
-    if not any(counted for _, counted in units):
+        source = textwrap.dedent(ast.get_source_segment(test_source, statement, padded=True) or "")
+        units.append((code, any(isinstance(n, ast.Assert) for n in ast.walk(statement)), source))
+    if not any(counted for _, counted, _ in units):
         return None
     return check.args.args[0].arg, units
 
 
-def run_tests(context: str, test_source: str, entry_point: str, proxy: CandidateProxy) -> tuple[int, int]:
-    """(passed, total) test units; each top-level assert statement of `check` is one unit."""
+def failed_test(source: str, error: Exception, limit: int) -> str:
+    """What a teacher reads about a failed test statement: its source and what it raised."""
+    if isinstance(error, CandidateError):
+        raised = str(error)  # already a sentence about the program: its exception, timeout or death
+    else:  # raised in the judge by the trusted test code (AssertionError, or e.g. a TypeError on a None result)
+        raised = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    statement = textwrap.indent(clip(source.strip(), limit // 3), "  ")
+    return clip(f"The program failed this test:\n{statement}\n{clip(raised, limit // 2)}", limit)
+
+
+def failing_line(test_source: str, error: BaseException) -> str:
+    """The line of the test program where `error` was raised (innermost), or "check(candidate)"."""
+    lines, lineno, frame = test_source.splitlines(), None, error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename == "<test>":
+            lineno = frame.tb_lineno
+        frame = frame.tb_next
+    return lines[lineno - 1].strip() if lineno and 0 < lineno <= len(lines) else "check(candidate)"
+
+
+def run_tests(
+    context: str, test_source: str, entry_point: str, proxy: CandidateProxy, detail_chars: int
+) -> tuple[int, int, str]:
+    """(passed, total, detail) over the test units; each top-level assert statement of `check` is one
+    unit. detail: "" when all pass, else the first statement of `check` that failed (an assert, or a
+    statement before it whose failure caused it) and what it raised."""
     namespace = {"__name__": "__judge__"}
     try:
         exec(compile(context, "<prompt>", "exec"), namespace)  # helpers the tests use
@@ -249,20 +371,21 @@ def run_tests(context: str, test_source: str, entry_point: str, proxy: Candidate
     if split is None:
         try:
             namespace["check"](proxy)
-            return 1, 1
-        except Exception:  # noqa: BLE001 - any failure of the test program is a failed test
-            return 0, 1
+            return 1, 1, ""
+        except Exception as error:  # noqa: BLE001 - any failure of the test program is a failed test
+            return 0, 1, failed_test(failing_line(test_source, error), error, detail_chars)
     parameter, units = split
     namespace[parameter] = proxy
     passed = total = 0
-    for code, counted in units:
+    detail = ""
+    for code, counted, source in units:
         total += counted
         try:
             exec(code, namespace)
             passed += counted
-        except Exception:  # noqa: BLE001 - any failure of a test statement fails that unit
-            pass  # counted as not passed
-    return passed, total
+        except Exception as error:  # noqa: BLE001 - any failure of a test statement fails that unit
+            detail = detail or failed_test(source, error, detail_chars)
+    return passed, total, detail if passed < total else ""
 
 
 def _traversable_by_others(path: str) -> bool:
@@ -361,20 +484,29 @@ def main() -> None:
     replies_r, replies_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        run_candidate(job["programs"], job["entry_point"], requests_r, replies_w)
+        try:
+            run_candidate(job["programs"], job["entry_point"], requests_r, replies_w, job["detail_chars"])
+        finally:
+            os._exit(1)  # never run the judge's code below in the candidate process
     os.close(requests_r)
     os.close(replies_w)
     tests = receive(0)  # read only now: the candidate never had the tests in memory
-    result = {"loaded": False, "passed": 0, "total": 0, "status": "no reply"}
-    proxy = CandidateProxy(pid, requests_w, replies_r, deadline)
+    result = {"loaded": False, "passed": 0, "total": 0, "status": "no reply", "detail": ""}
+    proxy = CandidateProxy(pid, requests_w, replies_r, deadline, job["timeout_s"])
     try:
         hello = receive(replies_r, deadline)
-        result["status"] = " ".join(map(str, hello)) if type(hello) is list and hello else "bad reply"
     except (CandidateError, OSError, ValueError, RecursionError) as error:
-        result["status"] = str(error)
-    if result["status"] == "ready":
-        result["loaded"] = True
-        result["passed"], result["total"] = run_tests(job["context"], tests["test"], job["entry_point"], proxy)
+        hello = list(proxy.failure(error))
+    if hello == ["ready"]:
+        result["status"], result["loaded"] = "ready", True
+        result["passed"], result["total"], detail = run_tests(
+            job["context"], tests["test"], job["entry_point"], proxy, job["detail_chars"]
+        )
+    elif type(hello) is list and len(hello) == 2 and hello[0] in FAILURES and type(hello[1]) is str:
+        result["status"], detail = hello  # syntax_error/load_error from the candidate, or a failure above
+    else:
+        result["status"], detail = "bad_reply", "The program wrote a malformed message to the judge's channel."
+    result["detail"] = clip(detail, job["detail_chars"])
     proxy.kill()
     if job["uid"] is not None and not job["pid_namespace"]:
         # The slot uid is ours alone: take every process the candidate left behind.

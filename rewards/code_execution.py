@@ -9,6 +9,9 @@ docstring for the threat model) and scored:
 - 1.0 when every test passes. With `fractional=True`, a program that loads
   scores `partial_credit + (1 - partial_credit) * passed / total`, where a
   test is one top-level assert statement of `check`.
+
+`code_feedback` runs the same programs and returns what went wrong in words
+(the failing test and its error), for a teacher's prompt (DistIL).
 """
 
 import os
@@ -103,6 +106,53 @@ def score(outcome: sandbox.Outcome, partial_credit: float, fractional: bool) -> 
     return partial_credit
 
 
+def _run_rows(
+    completions: list[str],
+    test: list[str | None],
+    entry_point: list[str | None],
+    prompts: list,
+    timeout_s: float,
+    memory_mb: int,
+    max_workers: int | None,
+    allow_unisolated: bool,
+) -> list[sandbox.Outcome | None]:
+    """Each completion's program run against its row's test: an Outcome per code row, None for rows
+    without a test. Code that is missing or over MAX_CODE_CHARS gets an Outcome without a run."""
+    sandbox.require_isolation(allow_unisolated)
+    check_rows("code_execution", completions, test=test, entry_point=entry_point, prompt=prompts)
+    jobs, job_rows = [], []
+    outcomes: list[sandbox.Outcome | None] = [None] * len(completions)
+    for row, (completion, row_test, name, row_prompt) in enumerate(zip(completions, test, entry_point, prompts)):
+        if row_test is None:
+            continue
+        if not isinstance(name, str) or not name.isidentifier() or "def check(" not in row_test:
+            raise ValueError(
+                f"code_execution: row {row} needs `entry_point` (a function name, got {name!r}) and a "
+                f"`test` program that defines check(candidate)"
+            )
+        code = extract_code(completion, name)
+        if not code.strip() or len(code) > MAX_CODE_CHARS:
+            detail = (f"The code is {len(code):,} characters long, over the {MAX_CODE_CHARS:,} limit."
+                      if code.strip() else "The completion contains no Python code.")
+            outcomes[row] = sandbox.Outcome(loaded=False, passed=0, total=0, status="not_run", detail=detail)
+            continue
+        context = row_prompt if isinstance(row_prompt, str) else ""
+        jobs.append(
+            {
+                "programs": candidate_programs(code, context, name),
+                "entry_point": name,
+                "test": row_test,
+                "context": context,
+            }
+        )
+        job_rows.append(row)
+    limits = sandbox.Limits(timeout_s=timeout_s, memory_mb=memory_mb)
+    workers = min(max_workers or default_workers(), sandbox.MAX_SLOTS)
+    for row, outcome in zip(job_rows, sandbox.run_many(jobs, limits, workers) if jobs else []):
+        outcomes[row] = outcome
+    return outcomes
+
+
 @register("code_execution", check_options=_check_options)
 def code_execution_reward(
     completions: list[str],
@@ -134,37 +184,41 @@ def code_execution_reward(
     A sandbox failure that is not the program's doing raises SandboxError (after one retry).
     """
     _check_options(partial_credit, fractional, timeout_s, memory_mb, max_workers, allow_unisolated)
-    sandbox.require_isolation(allow_unisolated)
     prompts = prompt if prompt is not None else columns.get("prompts")
     if prompts is None:
         prompts = [""] * len(completions)
-    check_rows("code_execution", completions, test=test, entry_point=entry_point, prompt=prompts)
-    jobs, job_rows, scores = [], [], [None] * len(completions)
-    for row, (completion, row_test, name, row_prompt) in enumerate(zip(completions, test, entry_point, prompts)):
-        if row_test is None:
-            continue
-        if not isinstance(name, str) or not name.isidentifier() or "def check(" not in row_test:
-            raise ValueError(
-                f"code_execution: row {row} needs `entry_point` (a function name, got {name!r}) and a "
-                f"`test` program that defines check(candidate)"
-            )
-        code = extract_code(completion, name)
-        if not code.strip() or len(code) > MAX_CODE_CHARS:
-            scores[row] = 0.0
-            continue
-        context = row_prompt if isinstance(row_prompt, str) else ""
-        jobs.append(
-            {
-                "programs": candidate_programs(code, context, name),
-                "entry_point": name,
-                "test": row_test,
-                "context": context,
-            }
-        )
-        job_rows.append(row)
-    limits = sandbox.Limits(timeout_s=timeout_s, memory_mb=memory_mb)
-    workers = max_workers or default_workers()
-    outcomes = sandbox.run_many(jobs, limits, min(workers, sandbox.MAX_SLOTS)) if jobs else []
-    for row, outcome in zip(job_rows, outcomes):
-        scores[row] = score(outcome, partial_credit, fractional)
-    return scores
+    outcomes = _run_rows(completions, test, entry_point, prompts, timeout_s, memory_mb, max_workers, allow_unisolated)
+    return [None if outcome is None else score(outcome, partial_credit, fractional) for outcome in outcomes]
+
+
+def code_feedback(
+    completions: list[str],
+    test: list[str | None],
+    entry_point: list[str | None],
+    prompt: list[str] | None = None,
+    *,
+    timeout_s: float = 5.0,
+    memory_mb: int = 1024,
+    max_workers: int | None = None,
+    allow_unisolated: bool = False,
+) -> list[str | None]:
+    """What each completion's program got wrong, in words, for a teacher's prompt.
+
+    Runs the programs `code_execution_reward` runs (same arguments, same sandbox) and returns, per
+    row: None for a row without a test (not a code row), "All tests passed." for a program that
+    passes, else `sandbox.Outcome.detail` (at most sandbox.MAX_DETAIL_CHARS), e.g.
+    "The program failed this test:\n  assert candidate(2) == 4\nAssertionError" or
+    "SyntaxError: expected ':' (line 1: def add(a, b))". Pass the same `prompt` as to the reward.
+    Failures of the sandbox itself raise (SandboxUnavailable, SandboxError), never become feedback.
+    """
+    _check_options(timeout_s=timeout_s, memory_mb=memory_mb, max_workers=max_workers, allow_unisolated=allow_unisolated)
+    prompts = prompt if prompt is not None else [""] * len(completions)
+    outcomes = _run_rows(completions, test, entry_point, prompts, timeout_s, memory_mb, max_workers, allow_unisolated)
+    return [None if outcome is None else feedback(outcome) for outcome in outcomes]
+
+
+def feedback(outcome: sandbox.Outcome) -> str:
+    """The text `code_feedback` gives for one program's Outcome."""
+    if outcome.loaded and outcome.total > 0 and outcome.passed == outcome.total:
+        return "All tests passed."
+    return outcome.detail or f"The program failed ({outcome.status})."

