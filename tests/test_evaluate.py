@@ -139,6 +139,7 @@ def test_report_to_mlflow_logs_the_table_and_the_chart(tiny_model_dir, tiny_gsm8
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns: not in the repository
     evaluate.main(["--model", tiny_model_dir, "--style", "chat", "--shots", "0", "--limit", "2",
                    "--data-dir", str(tiny_gsm8k), "--max-new-tokens", "4", "--out", str(tmp_path / "eval"),
                    "--report-to", "mlflow", "--experiment", "eval-tests"])

@@ -90,6 +90,7 @@ def test_an_mlflow_sqlite_uri_and_the_completions_log(tiny_model_dir, tmp_path, 
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns: not in the repository
     out = tmp_path / "run"
     train.main(tiny_args(tiny_model_dir, out, 1, "log.report_to=[mlflow]", "log.completions_per_step=5"))
     (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("grpo").experiment_id])
