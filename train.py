@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from data import BadRowError
-from grpo.algorithm import group_advantages
+from grpo.research.distillation import rollout_horizon
 from grpo.rollout import scoring
 from grpo.runtime import checkpoint, distributed
 from grpo.runtime.backends import DEFAULT_DS_CONFIG, create_backend, start_world
@@ -43,6 +43,15 @@ from grpo.training.metrics import device_memory
 from grpo.training.policy import build_policy, make_optimizer, seed_everything, seed_step
 from grpo.training.prompts import load_prompt_sets
 from grpo.training.rollouts import collect_rollouts, prompts_per_step
+from grpo.training.teacher import (
+    check_feedback_rows,
+    code_feedback_for,
+    feedback_batch,
+    feedback_notes,
+    load_teacher,
+    teacher_device,
+    teacher_distribution,
+)
 from grpo.training.update import (
     NonFiniteError,
     NonFiniteGuard,
@@ -109,6 +118,11 @@ def main(argv=None) -> dict:
     optimizer, scheduler = make_optimizer(params, t, total_steps * t.num_iterations)
     backend = create_backend(cfg, launch, model, reference, optimizer, scheduler)
     loss, plan = loss_settings(cfg), scoring_plan(cfg)
+    teacher = None  # the objective's teacher (grpo/training/teacher.py)
+    if t.objective == "opd":
+        teacher = load_teacher(cfg, teacher_device(launch.device, world.local_rank), tokenizer)
+    elif t.objective == "distil":
+        check_feedback_rows(train_prompts.rows, cfg.data.task)
     log.info("%d train prompts, %d eval prompts, %d trainable parameters, %d steps", len(train_prompts),
              len(eval_prompts), sum(p.numel() for p in params), total_steps)
     log.info("global batch: %d prompts x %d = %d completions per optimizer step (%s over %d process(es): "
@@ -127,13 +141,14 @@ def main(argv=None) -> dict:
                          experiment=experiment, params=to_dict(cfg))
 
     def evaluate(step: int, tag: str) -> dict:
-        result = run_eval(backend, tokenizer, cfg, eval_prompts, reward_fns, world)
+        result, rows = run_eval(backend, tokenizer, cfg, eval_prompts, reward_fns, world)
         if result:
             tracker.log(step, result)
+            tracker.log_eval_rows(step, tag, rows)  # rank 0 writes OUTPUT/eval_rows.jsonl, one line per row
             log_eval(result, step, tag)
         return result
 
-    summary = {"before": evaluate(0, "before") if start_step == 0 else None, "after": None}
+    summary = {"before": evaluate(0, "before") if start_step == 0 and cfg.log.eval_before else None, "after": None}
     guard = NonFiniteGuard(t.max_nonfinite_steps)
 
     # ---- the GRPO loop -------------------------------------------------------------------
@@ -142,24 +157,34 @@ def main(argv=None) -> dict:
         started = time.perf_counter()
         seed_step(t.seed, step, world.rank)  # no RNG state crosses steps: resume is exact on any world size
 
-        # 1-2. rollout (G completions per prompt) and reward (each reward by name, then the total)
-        rollout = collect_rollouts(backend, tokenizer, cfg, train_prompts, reward_fns, step, world)
+        # 1-2. rollout (G completions per prompt; opd: over the step's horizon) and reward (each by name)
+        horizon = rollout_horizon(cfg.distill.horizon, r.max_new_tokens, step, cfg.distill.horizon_fraction,
+                                  cfg.distill.horizon_growth_steps or total_steps)
+        rollout = collect_rollouts(backend, tokenizer, cfg, train_prompts, reward_fns, step, world, horizon)
         batch, total = rollout.batch, rollout.total  # this rank's prompts; (B,) totals
         generated = time.perf_counter()
         if batch.num_prompts == 0:
             continue
 
-        # 3. advantage: group-relative; then which tokens train, with what weight
-        advantages = group_advantages(total, r.group_size, t.advantage_scale)  # (B,)
+        # 3. advantage: group-relative (GRPO's or GDPO's); then which tokens train, with what weight
+        advantages = shaping.advantages(rollout.shaped, r.group_size, cfg.variants, t.advantage_scale)  # (B,)
         loss_mask, token_weights = shaping.loss_mask_and_weights(batch, total, cfg.variants)  # (B, T)
 
-        # 4. frozen log-probs: reference (KL) and old policy (only when mu > 1)
+        # 4. frozen log-probs: reference (KL), old policy (only when mu > 1), the objective's teacher
         ref_logp = None
         if lo.beta > 0:
             with backend.reference_scorer() as reference_score:
                 ref_logp = frozen_logprobs(reference_score, batch, plan)
         old_logp = frozen_logprobs(backend.scorer, batch, plan) if t.num_iterations > 1 else None
         targets = UpdateTargets(advantages, old_logp, ref_logp, loss_mask, token_weights)
+        if teacher is not None:  # opd: the teacher's log-probs of the student's tokens
+            targets.teacher_logp = frozen_logprobs(teacher, batch, plan)
+        elif t.objective == "distil":  # the policy shown each completion's feedback: its top-K distribution
+            rows = [row for row in rollout.rows for _ in range(r.group_size)]
+            notes = feedback_notes(rows, batch.texts, code_feedback_for(cfg))
+            targets.teacher_ids, targets.teacher_probs = teacher_distribution(
+                backend.scorer, feedback_batch(batch, rows, notes, cfg, tokenizer), plan, t.batch_size,
+                cfg.distill.top_k)
         scored = time.perf_counter()
 
         # 5. loss and optimizer step, mu times on the same rollout (a non-finite one is skipped)

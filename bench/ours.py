@@ -1,7 +1,7 @@
 """This project's GRPO step on a benchmark workload, in its own process: `python -m bench.ours a`.
 
 The step is train.py's loop body, stage by stage, with the same package functions (generate,
-the reward scoring, group_advantages, frozen_logprobs, policy_update, the one-process backend)
+the reward scoring, the advantages, frozen_logprobs, policy_update, the one-process backend)
 and a Config built the way a recipe is. Around them only timers: the update is split into backward (time inside
 `Tensor.backward`, which includes the recomputed LM-head chunks), optimizer (AdamW step,
 timed by optimizer hooks) and forward (the rest: forward passes, loss math, grad clipping).
@@ -17,7 +17,6 @@ import time
 import torch
 
 from bench.workloads import WORKLOADS, Shared, child_parser, load_rows
-from grpo.algorithm import group_advantages
 from grpo.rollout import generate, scoring
 from grpo.runtime.backends import SingleProcess
 from grpo.runtime.config import CPU_MATMUL, config_from_dict
@@ -125,8 +124,9 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
         t1 = time.perf_counter()
         matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns([rows[i] for i in indices],
                                                                                  r.group_size))
-        total, _ = shaping.shape_rewards(matrix, weights, batch, cfg.variants, r.max_new_tokens)
-        advantages = group_advantages(total, r.group_size, t.advantage_scale)
+        shaped = shaping.shape_rewards(matrix, weights, batch, cfg.variants, r.max_new_tokens)
+        total = shaped.total
+        advantages = shaping.advantages(shaped, r.group_size, cfg.variants, t.advantage_scale)
         loss_mask, token_weights = shaping.loss_mask_and_weights(batch, total, cfg.variants)
         t2 = time.perf_counter()
         with backend.reference_scorer() as reference:

@@ -92,6 +92,11 @@ def step_records(out_dir):
     return [json.loads(x) for x in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
 
 
+def eval_row_keys(out_dir):
+    records = map(json.loads, (Path(out_dir) / "eval_rows.jsonl").read_text().splitlines())
+    return [(r["step"], r["tag"], r["row"]) for r in records]
+
+
 @pytest.fixture(scope="module")
 def two_rank_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("zero3") / "run"
@@ -142,6 +147,9 @@ def test_one_step_on_two_ranks_matches_one_step_on_one_process(tiny_model_dir, t
     (a,), (b,) = step_records(one), step_records(two)
     assert a["reward/total/mean"] == b["reward/total/mean"]  # the same completions were sampled
     assert a["completion/length_mean"] == b["completion/length_mean"]
+    # the two ranks' shares of the held-out rows are gathered back in row order
+    assert eval_row_keys(two) == eval_row_keys(one) == [(0, "before", 0), (0, "before", 1), (1, "after", 0),
+                                                        (1, "after", 1)]
     wa, wb = adapter_weights(one), adapter_weights(two)
     assert wa.keys() == wb.keys()
     moved = max(wa[k].abs().max().item() for k in wa if "lora_B" in k)  # B starts at 0: this is the step

@@ -55,7 +55,9 @@ def test_dual_clip_rejects_c_not_above_one():
 def test_dual_clip_rejects_wrong_advantage_shape():
     logp, old = _logp_for_ratios([[1.0, 1.0]])
     with pytest.raises(AssertionError):
-        dual_clip(logp, old, torch.ones(1, 2, dtype=torch.float64), torch.ones(1, 2), ClipRange())
+        dual_clip(logp, old, torch.ones(2, dtype=torch.float64), torch.ones(1, 2), ClipRange())  # (B,) = (1,)
+    with pytest.raises(AssertionError):
+        dual_clip(logp, old, torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 2), ClipRange())  # (B, T) = (1, 2)
 
 
 # ---------------------------------------------------------------- GSPO

@@ -106,7 +106,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tiny_mod
     "variant",
     [
         pytest.param(["loss.policy=dual_clip", "variants.overlong=soft", "variants.overlong_cache_len=4",
-                      "variants.entropy_top_fraction=0.5", "variants.token_credit=true",
+                      "variants.entropy_top_fraction=0.5", "variants.token_credit=proxy",
                       "variants.reward_weighting=dynamic", "variants.self_certainty_weight=0.5"],
                      id="dual-clip-soft-overlong-entropy-credit-weighting-certainty"),
         pytest.param(["loss.policy=gspo", "loss.eps_low=3e-4", "loss.eps_high=4e-4",

@@ -36,3 +36,36 @@ def group_advantages(
     # All-equal groups: force an exact 0 so float rounding in the mean leaks no signal.
     flat = ~has_spread(rewards, group_size).unsqueeze(1)  # (P, 1)
     return torch.where(flat, torch.zeros_like(centered), centered).view(-1)
+
+
+def decoupled_advantages(scores: torch.Tensor, weights: torch.Tensor, group_size: int,
+                         eps: float = 1e-4) -> torch.Tensor:
+    """GDPO's advantages (Liu et al. 2026, "Group reward-Decoupled Normalization Policy
+    Optimization", arXiv:2601.05242): each reward normalized within its group on its own, the
+    weighted sum of those, then normalized over the batch.
+
+    scores: (B, K), NaN = the reward does not apply to that row; weights: (K,). Returns (B,):
+        n_ik = (r_ik - mean_g(r_k)) / (std_g(r_k) + eps)   over the group's rows where r_k applies
+        s_i  = sum_k w_k * n_ik
+        A_i  = (s_i - mean(s)) / (std(s) + eps)             over the batch's rows
+    Why: summed first (GRPO), different reward combinations collapse to the same advantage (a
+    {format, no answer} and a {no format, answer} completion tie); normalized apart, each reward keeps
+    its own resolution, and the batch step keeps the scale from growing with the number of rewards.
+    Pinned as in `group_advantages`: Bessel-corrected stds, eps added to the std; n_ik = 0 where r_k
+    does not apply or where the group's applicable values of r_k are all equal (or fewer than two);
+    a group with no spread in s gets exactly 0.
+    """
+    assert scores.dim() == 2 and weights.shape == (scores.shape[1],), (scores.shape, weights.shape)
+    grouped = group_view(scores.float(), group_size, min_size=2)  # (P, G, K)
+    applies = ~torch.isnan(grouped)  # (P, G, K)
+    values = torch.where(applies, grouped, torch.zeros_like(grouped))
+    count = applies.sum(dim=1, keepdim=True)  # (P, 1, K)
+    mean = values.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    centered = torch.where(applies, values - mean, torch.zeros_like(values))  # (P, G, K)
+    std = ((centered**2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+    spread = (std > 0) & (count >= 2)  # (P, 1, K)
+    normalized = torch.where(spread & applies, centered / (std + eps), torch.zeros_like(centered))
+    summed = (normalized * weights.to(normalized.dtype)).sum(dim=2).reshape(-1)  # (B,)
+    out = (summed - summed.mean()) / (summed.std() + eps) if summed.numel() > 1 else torch.zeros_like(summed)
+    flat = ~has_spread(summed, group_size).repeat_interleave(group_size)  # (B,)
+    return torch.where(flat, torch.zeros_like(out), out)

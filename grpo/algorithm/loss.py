@@ -7,7 +7,8 @@ counts.
 Which policy loss runs is a name looked up in `POLICY_LOSSES` (as verl's `core_algos.py`):
 each entry is a pure function with one signature that returns the per-token loss and the
 per-token indicators of its own clipping, and says which aggregations it is valid with.
-`policy_loss_with_kl` is the one place the KL term is added. Then `aggregate_loss` reduces.
+`with_kl` is the one place the KL term is added (`policy_loss_with_kl` calls it). Then
+`aggregate_loss` reduces.
 
 Choices the reference implementations disagree on, pinned here:
 - KL to the reference uses the k3 estimator exp(r) - r - 1 with r = ref - logp
@@ -26,12 +27,19 @@ import torch
 
 @dataclass(frozen=True)
 class ClipRange:
-    """The trust region of the importance ratio: [1 - low, 1 + high]; high > low is DAPO's
-    clip-higher. dual_clip_c: dual-clip's cap on the loss of negative-advantage tokens (> 1)."""
+    """How far a policy loss lets the new policy move from the old one.
+
+    low, high: the trust region of the importance ratio, [1 - low, 1 + high]; high > low is
+    DAPO's clip-higher. dual_clip_c: dual-clip's cap on the loss of negative-advantage tokens (> 1).
+    kl_cov_ratio, kl_cov_coef: KL-Cov's share of tokens penalized and the penalty's weight (it
+    replaces the clip).
+    """
 
     low: float = 0.2
     high: float = 0.2
     dual_clip_c: float = 3.0
+    kl_cov_ratio: float = 0.0002
+    kl_cov_coef: float = 1.0
 
 
 @dataclass
@@ -77,7 +85,13 @@ def policy_loss_spec(name: str) -> PolicyLossSpec:
 
 def _check_pair(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor) -> None:
     assert logp.dim() == 2 and old_logp.shape == logp.shape, (logp.shape, old_logp.shape)
-    assert advantages.shape == (logp.shape[0],), (advantages.shape, logp.shape)
+    assert advantages.shape in ((logp.shape[0],), logp.shape), (advantages.shape, logp.shape)
+
+
+def per_token(advantages: torch.Tensor) -> torch.Tensor:
+    """Advantages as (B, 1) (one per completion, broadcast over its tokens) or (B, T) as given
+    (one per token: on-policy distillation's per-token reverse KL)."""
+    return advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -96,12 +110,12 @@ def clipped_surrogate(
 ) -> torch.Tensor:
     """PPO clipped objective as a per-token loss: -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A).
 
-    logp, old_logp: (B, T); advantages: (B,), broadcast over tokens. Returns (B, T).
+    logp, old_logp: (B, T); advantages: (B,), broadcast over tokens, or (B, T). Returns (B, T).
     eps_high > eps_low is DAPO's clip-higher.
     """
     _check_pair(logp, old_logp, advantages)
     ratio = torch.exp(logp - old_logp)  # (B, T)
-    adv = advantages.unsqueeze(1)  # (B, 1)
+    adv = per_token(advantages)  # (B, 1) or (B, T)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
     return -torch.minimum(unclipped, clipped)
@@ -110,7 +124,7 @@ def clipped_surrogate(
 def _clipped_tokens(ratio: torch.Tensor, advantages: torch.Tensor, clip: ClipRange) -> torch.Tensor:
     """(B, T) bool: the ratio left the trust region on the side the advantage pushes towards,
     so the clip removed the token's gradient."""
-    adv = advantages.unsqueeze(1)  # (B, 1)
+    adv = per_token(advantages)  # (B, 1) or (B, T)
     return ((ratio > 1 + clip.high) & (adv > 0)) | ((ratio < 1 - clip.low) & (adv < 0))
 
 
@@ -136,7 +150,7 @@ def dual_clip_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyL
     """
     if not clip.dual_clip_c > 1.0:
         raise ValueError(f"dual-clip needs dual_clip_c > 1, got {clip.dual_clip_c}")
-    adv = advantages.unsqueeze(-1)  # (B, 1)
+    adv = per_token(advantages)  # (B, 1) or (B, T)
     ppo = clipped_surrogate(logp, old_logp, advantages, clip.low, clip.high)  # (B, T)
     cap = -clip.dual_clip_c * adv  # (B, 1)
     loss = torch.where(adv < 0, torch.minimum(ppo, cap), ppo)
@@ -167,6 +181,9 @@ def gspo_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
     """
     _check_pair(logp, old_logp, advantages)
     assert mask.shape == logp.shape, (mask.shape, logp.shape)
+    if advantages.dim() != 1:
+        raise ValueError("gspo clips whole sequences and needs one advantage per completion (B,), got per-token "
+                         "advantages; use loss.policy=ppo or dual_clip with per-token advantages")
     m = mask.to(logp.dtype)
     lengths = m.sum(dim=-1).clamp(min=1.0)  # (B,)
     seq_log_ratio = ((logp - old_logp) * m).sum(dim=-1) / lengths  # (B,)
@@ -175,6 +192,49 @@ def gspo_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
     adv = advantages.unsqueeze(-1)  # (B, 1)
     loss = torch.maximum(-ratio * adv, -torch.clamp(ratio, 1.0 - clip.low, 1.0 + clip.high) * adv)
     return PolicyLoss(loss, {"clip_frac": _clipped_tokens(ratio.detach(), advantages, clip)})
+
+
+def top_covariance_tokens(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                          ratio: float) -> torch.Tensor:
+    """(B, T) bool: the max(1, floor(ratio * n)) unmasked tokens with the largest centered
+    covariance term (logp - mean logp) * (A - mean A), means over the n unmasked tokens
+    (KL-Cov's selection, Cui et al. 2025, arXiv:2505.22617, as verl's compute_policy_loss_kl_cov).
+
+    Ties go to the earlier position in the flattened batch. No host read: the count stays a tensor.
+    """
+    valid = mask.bool()  # (B, T)
+    adv = per_token(advantages).expand_as(logp).detach().float()  # (B, T)
+    lp = logp.detach().float()
+    count = valid.sum().clamp(min=1)
+    centered_lp = lp - (lp * valid).sum() / count
+    centered_adv = adv - (adv * valid).sum() / count
+    cov = (centered_lp * centered_adv).masked_fill(~valid, float("-inf")).flatten()  # (B*T,)
+    order = torch.sort(cov, descending=True, stable=True).indices
+    k = torch.clamp(torch.floor(valid.sum() * ratio), min=1)  # a tensor: no sync
+    chosen_in_order = torch.arange(cov.numel(), device=cov.device) < k
+    keep = torch.zeros_like(chosen_in_order).scatter(0, order, chosen_in_order)
+    return keep.view(logp.shape) & valid
+
+
+@register_policy_loss("kl_cov")
+def kl_cov_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
+    """KL-Cov (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning
+    Language Models", arXiv:2505.22617), as verl's `kl_cov` policy loss.
+
+    With rho = exp(logp - old_logp): every token's loss is -rho*A, unclipped; the tokens with the
+    largest covariance between log-prob and advantage (`top_covariance_tokens`, a share
+    clip.kl_cov_ratio of them, at least one) add clip.kl_cov_coef * |logp - old_logp|.
+    Why: entropy collapses through those few tokens (confident and rewarded); a KL penalty on them
+    alone keeps entropy up without clipping every token. The penalty is 0, with zero gradient, while
+    logp == old_logp: it acts from the second update on a rollout (train.num_iterations >= 2).
+    Indicator "kl_cov_frac": the penalized tokens.
+    """
+    _check_pair(logp, old_logp, advantages)
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    loss = -per_token(advantages) * ratio
+    chosen = top_covariance_tokens(logp, advantages, mask, clip.kl_cov_ratio)
+    penalty = clip.kl_cov_coef * (logp - old_logp).abs()
+    return PolicyLoss(torch.where(chosen, loss + penalty, loss), {"kl_cov_frac": chosen})
 
 
 def policy_loss_with_kl(
@@ -187,16 +247,23 @@ def policy_loss_with_kl(
     clip: ClipRange,
     beta: float,
 ) -> PolicyLoss:
-    """The registered policy loss `name` plus beta * k3 KL per token: the one place the KL is added.
+    """The registered policy loss `name` plus beta * k3 KL per token (added by `with_kl`).
 
-    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,). The KL term is skipped at beta == 0.
+    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,) or (B, T). The KL term is skipped at beta == 0.
     """
     out = policy_loss_spec(name).fn(logp, old_logp, advantages, mask, clip)
-    if beta != 0:
-        if ref_logp is None:
-            raise ValueError("beta != 0 needs reference log-probs (ref_logp is None)")
-        out.per_token = out.per_token + beta * kl_k3(logp, ref_logp)
+    out.per_token = with_kl(out.per_token, logp, ref_logp, beta)
     return out
+
+
+def with_kl(per_token: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None, beta: float) -> torch.Tensor:
+    """per_token + beta * k3 KL(policy || reference) per token (B, T); unchanged at beta == 0. Every
+    objective's loss (the policy losses above, DistIL's) gets its KL term here."""
+    if beta == 0:
+        return per_token
+    if ref_logp is None:
+        raise ValueError("beta != 0 needs reference log-probs (ref_logp is None)")
+    return per_token + beta * kl_k3(logp, ref_logp)
 
 
 def _seq_mean_token_mean(per_token_loss, mask, max_tokens):

@@ -8,6 +8,8 @@ Shapes: N = prompts, G = group size, B = N * G rows, T = padded completion lengt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.utils.checkpoint
 
@@ -27,40 +29,48 @@ def _chunk_logprobs(head, hidden, tokens, temperature):
     return token_logprobs(head(hidden) / temperature, tokens, chunk_rows=hidden.shape[0])  # (b, T)
 
 
+@dataclass
+class ScoredCompletions:
+    """What a scoring pass returns when more than the sampled tokens' log-probs is asked for.
+
+    logp (B, T): the sampled tokens' log-probs; hidden (B, T, H) detached: the final hidden states
+    feeding the head (DelTA's token-gradient features); gathered (B, T, K): log-probs of the
+    token ids asked for (DistIL's teacher tokens); topk_ids (B, T, K) and topk_probs (B, T, K):
+    the K most likely tokens and their probabilities renormalized over those K (a teacher).
+    """
+
+    logp: torch.Tensor
+    hidden: torch.Tensor | None = None
+    gathered: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+    topk_probs: torch.Tensor | None = None
+
+
 class CompletionScorer(torch.nn.Module):
-    """`completion_logprobs` of a policy as a module's forward.
+    """`score_completions` of a policy as a module's forward.
 
     DeepSpeed wraps this module: ZeRO-3 does its per-pass bookkeeping (gradient accumulation,
     backward prologue, parameter trace) only for forwards that go through its engine.
+    Returns the (B, T) log-probs, or a ScoredCompletions when an extra output is asked for.
     """
 
     def __init__(self, policy):
         super().__init__()
         self.policy = policy
 
-    def forward(self, batch: RolloutBatch, temperature: float, shared_prefix: bool) -> torch.Tensor:
-        return completion_logprobs(self.policy, batch, temperature, shared_prefix)
+    def forward(self, batch: RolloutBatch, temperature: float, shared_prefix: bool,
+                with_hidden: bool = False, gather_ids: torch.Tensor | None = None, top_k: int = 0):
+        if not (with_hidden or gather_ids is not None or top_k):
+            return completion_logprobs(self.policy, batch, temperature, shared_prefix)
+        return score_completions(self.policy, batch, temperature, shared_prefix, with_hidden, gather_ids, top_k)
 
 
-def completion_logprobs(
-    model,
-    batch: RolloutBatch,
-    temperature: float = 1.0,
-    shared_prefix: bool = True,
-    chunk_rows: int = 4,
-) -> torch.Tensor:
-    """Log-probs (B, T) of the sampled completion tokens (with a frozen head: 0 on the padding
-    after a finished completion, which every loss masks out).
+def completion_hidden(model, batch: RolloutBatch, shared_prefix: bool = True):
+    """(hidden (B, T, H) that predicts each completion token, the LM head, completion ids on the device).
 
     shared_prefix=True runs each prompt through the model once and repeats its KV cache for
     the G completions (gradients flow back through the one prompt pass); False runs the
     concatenated prompt+completion rows, the textbook way (used to test the first).
-    (B, T, V) logits never exist at once. A frozen head (LoRA) runs 128 tokens at a time and
-    makes each token's gradient in its forward pass (grpo/speedups/head_logprobs.py). Another head (full
-    fine-tuning, or a ZeRO-3 shard) runs `chunk_rows` rows at a time and is re-computed in the
-    backward pass. The re-computation is reentrant: ZeRO-3
-    frees the head's weight after each forward and fetches it again only through module hooks,
-    which a non-reentrant re-computation (run inside the backward of the head) comes too late for.
     """
     decoder, head = _decoder_and_head(model)
     device = next(model.parameters()).device
@@ -109,9 +119,12 @@ def completion_logprobs(
         )
         p = prompt_ids.shape[1]
         hidden = out.last_hidden_state[:, p - 1 : p - 1 + width]  # (B, T, H): predicts each completion token
+    return hidden, head, completion_ids
 
+
+def _head_logprobs(head, hidden, completion_ids, temperature, mask, chunk_rows):
     # Padding after a finished completion gets no logits (0 there, as the loss masks it anyway).
-    fused = speedups.head_logprobs(head, hidden, completion_ids, temperature, batch.completion_mask.to(device))
+    fused = speedups.head_logprobs(head, hidden, completion_ids, temperature, mask)
     if fused is not None:
         return fused
     logps = []
@@ -122,3 +135,75 @@ def completion_logprobs(
         else:
             logps.append(_chunk_logprobs(head, h, t, temperature))
     return torch.cat(logps)
+
+
+def completion_logprobs(
+    model,
+    batch: RolloutBatch,
+    temperature: float = 1.0,
+    shared_prefix: bool = True,
+    chunk_rows: int = 4,
+) -> torch.Tensor:
+    """Log-probs (B, T) of the sampled completion tokens (with a frozen head: 0 on the padding
+    after a finished completion, which every loss masks out).
+
+    The hidden states come from `completion_hidden`. (B, T, V) logits never exist at once. A frozen
+    head (LoRA) runs 128 tokens at a time and makes each token's gradient in its forward pass
+    (grpo/speedups/head_logprobs.py). Another head (full fine-tuning, or a ZeRO-3 shard) runs
+    `chunk_rows` rows at a time and is re-computed in the backward pass. The re-computation is
+    reentrant: ZeRO-3 frees the head's weight after each forward and fetches it again only through
+    module hooks, which a non-reentrant re-computation (run inside the backward of the head) comes
+    too late for.
+    """
+    hidden, head, completion_ids = completion_hidden(model, batch, shared_prefix)
+    mask = batch.completion_mask.to(completion_ids.device)
+    return _head_logprobs(head, hidden, completion_ids, temperature, mask, chunk_rows)
+
+
+def _chunk_gathered(head, hidden, tokens, gather_ids, temperature):
+    logits = head(hidden).float() / temperature  # (b, T, V)
+    norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (b, T, 1)
+    picked = torch.gather(logits, 2, tokens.unsqueeze(-1)).squeeze(-1) - norm.squeeze(-1)  # (b, T)
+    return picked, torch.gather(logits, 2, gather_ids) - norm  # (b, T), (b, T, K)
+
+
+def _chunk_top_k(head, hidden, temperature, k):
+    logits = head(hidden).float() / temperature  # (b, T, V)
+    top = torch.topk(logits, k, dim=-1)  # (b, T, K)
+    return top.indices, torch.softmax(top.values, dim=-1)
+
+
+def score_completions(model, batch: RolloutBatch, temperature: float = 1.0, shared_prefix: bool = True,
+                      with_hidden: bool = False, gather_ids: torch.Tensor | None = None, top_k: int = 0,
+                      chunk_rows: int = 4) -> ScoredCompletions:
+    """`completion_logprobs` plus what the research objectives need (see ScoredCompletions).
+
+    gather_ids (B, T, K): token ids whose log-probs to return with their gradient (the full
+    softmax is needed, so this runs the re-computing head path, `chunk_rows` rows at a time).
+    top_k > 0: the K most likely tokens at each position and their renormalized probabilities,
+    under no_grad (a teacher's distribution).
+    """
+    hidden, head, completion_ids = completion_hidden(model, batch, shared_prefix)
+    mask = batch.completion_mask.to(completion_ids.device)
+    out = ScoredCompletions(logp=torch.empty(0), hidden=hidden.detach() if with_hidden else None)
+    if gather_ids is None:
+        out.logp = _head_logprobs(head, hidden, completion_ids, temperature, mask, chunk_rows)
+    else:
+        gather_ids = gather_ids.to(completion_ids.device)
+        assert gather_ids.shape[:2] == completion_ids.shape, (gather_ids.shape, completion_ids.shape)
+        picked, gathered = [], []
+        for h, t, ids in zip(hidden.split(chunk_rows), completion_ids.split(chunk_rows), gather_ids.split(chunk_rows)):
+            if torch.is_grad_enabled():
+                p, gth = torch.utils.checkpoint.checkpoint(_chunk_gathered, head, h, t, ids, temperature,
+                                                           use_reentrant=True)
+            else:
+                p, gth = _chunk_gathered(head, h, t, ids, temperature)
+            picked.append(p)
+            gathered.append(gth)
+        out.logp, out.gathered = torch.cat(picked), torch.cat(gathered)
+    if top_k:
+        with torch.no_grad():
+            parts = [_chunk_top_k(head, h, temperature, top_k) for h in hidden.detach().split(chunk_rows)]
+        out.topk_ids = torch.cat([ids for ids, _ in parts])
+        out.topk_probs = torch.cat([probs for _, probs in parts])
+    return out

@@ -31,6 +31,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")  # model.dtype
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # model.attn_implementation
 STRATEGIES = ("zero3", "ddp")  # train.strategy, with more than one process
 REPORT_TO = ("tensorboard", "mlflow", "wandb")  # log.report_to
+TOKEN_CREDIT = ("none", "paper", "proxy")  # variants.token_credit
+OBJECTIVES = ("grpo", "opd", "distil")  # train.objective
+HORIZONS = ("full", "truncated", "progressive")  # distill.horizon
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    task: str = "synthetic"  # gsm8k | synthetic | jsonl (prepared rows with prompt/answer)
+    task: str = "synthetic"  # gsm8k | synthetic | multihop | jsonl (prepared rows with prompt/answer)
     train_file: str | None = None  # local JSONL; gsm8k without it loads openai/gsm8k from the hub
     validation_file: str | None = None  # local JSONL; without it validation is split off train
     test_file: str | None = None  # gsm8k only: local test JSONL (else the hub's test split)
@@ -70,6 +73,11 @@ class DataConfig:
     limit_eval: int | None = None  # evaluate on the first N held-out rows
     on_bad_row: str = "error"  # error | skip (skipped rows are logged with their line)
     num_synthetic: int = 5000  # synthetic task only: problems generated
+    multihop_hops: int = 2  # multihop task only: edges of each knowledge-graph walk (>= 2; 2-4 typical)
+    num_multihop: int = 2000  # multihop task only: distinct questions generated
+    multihop_entities: int = 1000  # multihop task only: entities in the synthetic knowledge graph (>= 25)
+    multihop_passages: int = 8  # multihop task only: passages per context, gold ones included (>= hops)
+    multihop_context_chars: int | None = None  # multihop task only: character cap on the passages; None = no cap
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,9 @@ class TrainConfig:
     global_batch_prompts: int = 0
     strategy: str = "zero3"  # with more than one process: zero3 (DeepSpeed ZeRO-3) | ddp (replicated base)
     num_iterations: int = 1  # mu: policy updates per rollout batch (old log-probs used when > 1)
+    # grpo (rewards -> group advantages) | opd (on-policy distillation from distill.teacher: per-token
+    # reverse KL) | distil (DistIL: forward cross-entropy to the policy conditioned on rich feedback)
+    objective: str = "grpo"
     epochs: float = 1.0  # passes over the training prompts (ignored when max_steps > 0)
     max_steps: int = 0  # rollout steps; 0 = derived from epochs
     learning_rate: float = 1e-5  # AdamW peak learning rate
@@ -120,6 +131,8 @@ class LossConfig:
     eps_low: float = 0.2  # lower clip range of the ratio
     eps_high: float = 0.2  # upper clip range (> eps_low is DAPO clip-higher)
     dual_clip_c: float = 3.0  # dual_clip: cap on the loss of negative-advantage tokens, c > 1
+    kl_cov_ratio: float = 0.0002  # kl_cov: share of tokens (largest logp/advantage covariance) penalized
+    kl_cov_coef: float = 1.0  # kl_cov: weight of |logp - old_logp| on them
     aggregation: str = "seq-mean-token-mean"  # see grpo.algorithm.AGGREGATIONS
 
 
@@ -130,14 +143,37 @@ class VariantsConfig:
     overlong: str = "none"  # none | mask (truncated completions leave the loss) | soft (DAPO length penalty)
     overlong_cache_len: int = 16  # soft: the penalty ramps from 0 to -1 over the last N tokens
     entropy_top_fraction: float = 1.0  # < 1: only the highest-entropy tokens train (Wang et al. 2025)
-    token_credit: bool = False  # DelTA-style weights: discriminative tokens up, shared ones down
-    token_credit_min: float = 0.1  # token credit: weight of a token equally frequent in good and bad
-    token_credit_max: float = 2.0  # token credit: weight of a token found on one side only
+    # DelTA token credit: none | paper (coefficients on token-gradient features, grpo/research/delta.py)
+    # | proxy (the cheap token-id frequency proxy, grpo/research/token_credit.py)
+    token_credit: str = "none"
+    token_credit_min: float = 0.1  # proxy: weight of a token equally frequent in good and bad
+    token_credit_max: float = 2.0  # proxy: weight of a token found on one side only
+    delta_lam_min: float = 0.8  # paper: coefficient of a token on the wrong side of the discriminator (and A = 0)
+    delta_lam_max: float = 1.2  # paper: coefficient of a token clearly on its own side
+    delta_refine_steps: int = 1  # paper: refinements of the centroids with the soft scores (K)
     dynamic_sampling: bool = False  # DAPO: drop groups with equal rewards, draw more prompts
     dynamic_sampling_max_tries: int = 3  # extra draws per step before training on a short batch
     reward_weighting: str = "static"  # static | dynamic (POW3R: weight by within-group separation)
     reward_weighting_floor: float = 0.0  # dynamic: least share a criterion keeps
     self_certainty_weight: float = 0.0  # label-free: + weight x rank of self-certainty in the group
+    # total (GRPO: the weighted total normalized in its group) | gdpo (each reward normalized in its group,
+    # the weighted sum normalized over the batch; train.advantage_scale stays group)
+    reward_normalization: str = "total"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The teacher and rollout horizon of train.objective=opd, and DistIL's settings (objective=distil)."""
+
+    teacher: str = ""  # opd: HF hub id, local folder or the demo alias; "" = the student's base model.name
+    teacher_adapter: str = ""  # opd: a PEFT adapter folder applied to the teacher (e.g. a run's final/adapter)
+    # full | truncated (TOPD: horizon_fraction of rollout.max_new_tokens, every step) | progressive (POPD:
+    # from horizon_fraction at step 1 growing linearly to the whole horizon over horizon_growth_steps)
+    horizon: str = "full"
+    horizon_fraction: float = 0.1  # truncated: share of rollout.max_new_tokens sampled; progressive: at step 1
+    horizon_growth_steps: int = 0  # progressive: steps to reach the whole horizon; 0 = the run's steps
+    top_k: int = 64  # distil: the teacher's most likely tokens kept per position (renormalized over them)
+    future_weight: float = 1.0  # distil: weight of the sequence term (later cross-entropy credited to earlier tokens)
 
 
 @dataclass(frozen=True)
@@ -146,6 +182,7 @@ class LogConfig:
     save_every: int = 1  # checkpoint every N steps (a kill loses at most N steps)
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all (trajectory extrapolation)
     eval_every: int = 0  # held-out evaluation every N steps; 0 = only before and after
+    eval_before: bool = True  # evaluate before the first step too (false: only after, e.g. paired comparisons)
     eval_max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
     eval_batch_size: int = 16  # prompts decoded together during evaluation
     accuracy_reward: str = "gsm8k_correctness"  # eval accuracy = share of rows scoring >= 1 on it
@@ -165,6 +202,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     log: LogConfig = field(default_factory=LogConfig)
     variants: VariantsConfig = field(default_factory=VariantsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     rewards: tuple[RewardSpec, ...] = (
         RewardSpec("gsm8k_format", 1.0),
         RewardSpec("gsm8k_correctness", 1.0),
@@ -227,7 +265,8 @@ def _build(cls, values: dict, where: str):
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig,
-            "train": TrainConfig, "loss": LossConfig, "log": LogConfig, "variants": VariantsConfig}
+            "train": TrainConfig, "loss": LossConfig, "log": LogConfig, "variants": VariantsConfig,
+            "distill": DistillConfig}
 
 # Keys that moved: old "section.key" -> new one. Recipes that use the old name keep working.
 MOVED_KEYS = {
@@ -252,6 +291,10 @@ def _move_renamed_keys(raw: dict) -> dict:
             current.append("tensorboard")
         section["report_to"] = current if on is True else [t for t in current if t != "tensorboard"]
         log.warning("recipe key log.tensorboard is now log.report_to (a list: tensorboard, mlflow, wandb)")
+    section = merged.get("variants")
+    if isinstance(section, dict) and isinstance(section.get("token_credit"), bool):  # was a bool: the proxy
+        section["token_credit"] = "proxy" if section["token_credit"] else "none"
+        log.warning("variants.token_credit is now none | paper | proxy; true means proxy (the token-id proxy)")
     for old, new in MOVED_KEYS.items():
         old_section, old_key = old.split(".")
         new_section, new_key = new.split(".")
@@ -348,8 +391,18 @@ def validate(c: Config) -> None:
              "model.load_in_4bit=true needs model.use_lora=true (4-bit weights cannot be trained)")
     _require(m.lora_r > 0 and m.lora_alpha > 0, "model.lora_r and model.lora_alpha must be > 0")
     _require(0 <= m.lora_dropout < 1, f"model.lora_dropout={m.lora_dropout}: use [0, 1)")
-    _require(d.task in ("gsm8k", "synthetic", "jsonl"),
-             f"data.task={d.task!r}: use gsm8k, synthetic or jsonl")
+    _require(d.task in ("gsm8k", "synthetic", "multihop", "jsonl"),
+             f"data.task={d.task!r}: use gsm8k, synthetic, multihop or jsonl")
+    _require(d.task != "multihop" or d.n_shot == 0,
+             f"data.n_shot={d.n_shot}: data.task=multihop takes 0 (the exemplars teach GSM8K's answer line)")
+    _require(d.multihop_hops >= 2, f"data.multihop_hops={d.multihop_hops}: use >= 2 (a multi-hop question)")
+    _require(d.num_multihop >= 1, f"data.num_multihop={d.num_multihop}: must be >= 1")
+    _require(d.multihop_entities >= 25, f"data.multihop_entities={d.multihop_entities}: use >= 25")
+    _require(d.multihop_passages >= d.multihop_hops,
+             f"data.multihop_passages={d.multihop_passages}: use >= data.multihop_hops={d.multihop_hops} "
+             "(one gold passage per hop)")
+    _require(d.multihop_context_chars is None or d.multihop_context_chars > 0,
+             f"data.multihop_context_chars={d.multihop_context_chars}: use a positive number or null (no cap)")
     _require(d.task != "jsonl" or d.train_file, "data.task=jsonl needs data.train_file")
     _require(d.n_shot in (0, 1, 2, 4, 8), f"data.n_shot={d.n_shot}: use 0, 1, 2, 4 or 8")
     _require(d.prompt_style in ("chat", "plain"),
@@ -407,6 +460,12 @@ def validate(c: Config) -> None:
              f"variants.overlong_cache_len={v.overlong_cache_len}: use [0, rollout.max_new_tokens)")
     _require(0 < v.entropy_top_fraction <= 1,
              f"variants.entropy_top_fraction={v.entropy_top_fraction}: use (0, 1]")
+    _require(v.token_credit in TOKEN_CREDIT, f"variants.token_credit={v.token_credit!r}: use {', '.join(TOKEN_CREDIT)}")
+    _require(0 < v.delta_lam_min <= v.delta_lam_max and v.delta_refine_steps >= 0,
+             "variants.delta_lam_min/max/refine_steps: need 0 < lam_min <= lam_max and refine_steps >= 0")
+    _require(v.token_credit != "paper" or lo.policy != "gspo",
+             "variants.token_credit=paper scales each token's advantage; loss.policy=gspo clips whole sequences: "
+             "use ppo or dual_clip")
     _require(0 < v.token_credit_min <= v.token_credit_max,
              "variants.token_credit_min/max: need 0 < min <= max")
     _require(v.dynamic_sampling_max_tries >= 0, "variants.dynamic_sampling_max_tries must be >= 0")
@@ -414,8 +473,44 @@ def validate(c: Config) -> None:
              f"variants.reward_weighting={v.reward_weighting!r}: use static or dynamic")
     _require(0 <= v.reward_weighting_floor < 1, "variants.reward_weighting_floor: use [0, 1)")
     _require(v.self_certainty_weight >= 0, "variants.self_certainty_weight must be >= 0")
+    _require(v.reward_normalization in ("total", "gdpo"),
+             f"variants.reward_normalization={v.reward_normalization!r}: use total or gdpo")
+    _require(v.reward_normalization != "gdpo" or t.advantage_scale == "group",
+             f"variants.reward_normalization=gdpo normalizes each reward in its group and then the batch; "
+             f"train.advantage_scale={t.advantage_scale!r} would be a second normalization: leave it at group")
+    _require(lo.kl_cov_ratio > 0 and lo.kl_cov_ratio <= 1 and lo.kl_cov_coef >= 0,
+             f"loss.kl_cov_ratio={lo.kl_cov_ratio} (use (0, 1]) and loss.kl_cov_coef={lo.kl_cov_coef} (use >= 0)")
+    _require(lo.policy != "kl_cov" or t.num_iterations >= 2,
+             "loss.policy=kl_cov penalizes |logp - old_logp|, which is 0 with one update per rollout: set "
+             "train.num_iterations >= 2")
+    _validate_objective(c)
     for i, spec in enumerate(c.rewards):
         _require(math.isfinite(spec.weight), f"rewards[{i}].weight={spec.weight}: must be finite")
+
+
+def _validate_objective(c: Config) -> None:
+    t, ds, v = c.train, c.distill, c.variants
+    _require(t.objective in OBJECTIVES, f"train.objective={t.objective!r}: use {', '.join(OBJECTIVES)}")
+    _require(ds.horizon in HORIZONS, f"distill.horizon={ds.horizon!r}: use {', '.join(HORIZONS)}")
+    _require(0 < ds.horizon_fraction <= 1, f"distill.horizon_fraction={ds.horizon_fraction}: use (0, 1]")
+    _require(ds.horizon_growth_steps >= 0, f"distill.horizon_growth_steps={ds.horizon_growth_steps}: must be >= 0")
+    _require(ds.top_k >= 1, f"distill.top_k={ds.top_k}: must be >= 1")
+    _require(ds.future_weight >= 0, f"distill.future_weight={ds.future_weight}: must be >= 0")
+    _require(t.objective == "opd" or (ds.teacher == "" and ds.teacher_adapter == ""),
+             f"distill.teacher/teacher_adapter are the on-policy distillation teacher: set train.objective=opd "
+             f"(train.objective={t.objective!r})")
+    _require(t.objective == "opd" or ds.horizon == "full",
+             f"distill.horizon={ds.horizon!r} shortens on-policy distillation rollouts; with train.objective="
+             f"{t.objective!r} a cut completion would be scored as wrong: set train.objective=opd")
+    if t.objective == "grpo":
+        return
+    _require(c.loss.policy != "gspo", f"train.objective={t.objective} gives each token its own signal; "
+             "loss.policy=gspo clips whole sequences: use ppo or dual_clip")
+    _require(not v.dynamic_sampling and v.token_credit == "none" and v.reward_normalization == "total",
+             f"train.objective={t.objective} takes its signal from a teacher, not from rewards: turn off "
+             "variants.dynamic_sampling, token_credit and reward_normalization=gdpo")
+    _require(t.objective != "distil" or t.num_iterations == 1,
+             "train.objective=distil has no importance ratio to correct stale samples: set train.num_iterations=1")
 
 
 def for_world(config: Config, world_size: int) -> Config:

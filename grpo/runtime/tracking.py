@@ -1,9 +1,11 @@
 """Where a run's metrics go: JSONL (the source of truth), and the trackers of `log.report_to`.
 
 - `metrics.jsonl`: one record per step and per evaluation; on resume, records of steps that will
-  be redone are dropped.
+  be redone are dropped (a fresh start drops them all; so for the other JSONL files).
 - `completions.jsonl`: sampled completions every `log.completions_every` steps, whole groups,
   with each reward's score, the total and the advantage.
+- `eval_rows.jsonl`: one line per held-out row and evaluation: step, tag (before, periodic,
+  after), row (index in the held-out set), correct (0/1) and reward (the weighted total).
 - `tensorboard`: scalars, and the completions as a text table.
 - `mlflow`: the run in the experiment `log.experiment` at MLFLOW_TRACKING_URI (a folder, a
   sqlite URI, an HTTP server, or a SageMaker managed MLflow ARN through the sagemaker-mlflow
@@ -158,7 +160,8 @@ class WandbSink:
 
 
 class RunTracker:
-    """The run's log: metrics.jsonl, completions.jsonl, the progress bar and the `report_to` trackers."""
+    """The run's log: metrics.jsonl, completions.jsonl, eval_rows.jsonl, the progress bar and the
+    `report_to` trackers."""
 
     def __init__(self, output_dir: Path, total_steps: int, start_step: int, report_to: tuple[str, ...] = (),
                  enabled: bool = True, experiment: str = "grpo", params: dict | None = None):
@@ -166,11 +169,13 @@ class RunTracker:
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / "metrics.jsonl"
         self.completions_path = self.output_dir / "completions.jsonl"
+        self.eval_rows_path = self.output_dir / "eval_rows.jsonl"
         self.sinks, self.bar = [], None
         if not enabled:
             return
-        for path in (self.path, self.completions_path):
-            kept = [r for r in read_metrics(path) if r.get("step", 0) <= start_step]
+        for path in (self.path, self.completions_path, self.eval_rows_path):
+            # a resumed run keeps what led to its checkpoint; a fresh one (start_step 0) keeps nothing stale
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= start_step] if start_step else []
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         state_file = self.output_dir / "tracking.json"
         state = json.loads(state_file.read_text()) if state_file.is_file() and start_step > 0 else {}
@@ -211,6 +216,14 @@ class RunTracker:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         for sink in self.sinks:
             sink.log_completions(step, rows)
+
+    def log_eval_rows(self, step: int, tag: str, rows: list[dict]) -> None:
+        """rows: {row, correct, reward} per held-out row (evaluation.run_eval); JSONL only."""
+        if not self.enabled or not rows:
+            return
+        with self.eval_rows_path.open("a") as f:
+            f.writelines(json.dumps({"step": step, "tag": tag, **{k: _jsonable(v) for k, v in r.items()}}) + "\n"
+                         for r in rows)
 
     def finish(self, files: list[Path], adapter_dir: Path | None) -> None:
         """The run's files and its final adapter to the trackers, then close them."""

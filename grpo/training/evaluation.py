@@ -24,11 +24,13 @@ log = logging.getLogger(__name__)
 def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[int]],
                   reward_fns: list[scoring.WeightedReward], max_new_tokens: int,
                   stop_strings: tuple[str, ...], batch_prompts: int,
-                  accuracy_reward: str | None, compiled: bool = False) -> tuple[dict, list[str]]:
+                  accuracy_reward: str | None, compiled: bool = False
+                  ) -> tuple[dict, list[str], dict[str, torch.Tensor]]:
     """Greedy-decode one completion per row; report each reward's mean, the total and accuracy.
 
     Accuracy is the share of rows where `accuracy_reward` scores >= 1 (e.g. gsm8k_correctness).
-    Returns (metrics, completion texts).
+    Returns (metrics, completion texts, per-row tensors): "reward" (N,) the weighted total, and
+    "correct" (N,) 1.0 where the row counts as accurate, 0.0 where not (only with an accuracy reward).
     """
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
     matrices, texts = [], []
@@ -46,32 +48,43 @@ def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[i
     weights = torch.tensor([r.weight for r in reward_fns])
     total = weighted_total(matrix, weights)
     out = {"eval/reward_mean": total.mean().item()}
+    per_row = {"reward": total}  # (N,)
     for k, r in enumerate(reward_fns):
         out[f"eval/{r.name}"] = matrix[:, k].nan_to_num(0.0).mean().item()
     names = [r.name for r in reward_fns]
     if accuracy_reward in names:
         column = matrix[:, names.index(accuracy_reward)].nan_to_num(0.0)
-        out["eval/accuracy"] = (column >= 1.0).float().mean().item()
+        per_row["correct"] = (column >= 1.0).float()  # (N,)
+        out["eval/accuracy"] = per_row["correct"].mean().item()
     out["eval/num_rows"] = len(rows)
-    return out, texts
+    return out, texts, per_row
 
 
 def run_eval(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: list[scoring.WeightedReward],
-             world: World) -> dict:
-    """Greedy held-out evaluation; each rank decodes its share of the rows, the means are combined."""
+             world: World) -> tuple[dict, list[dict]]:
+    """Greedy held-out evaluation; each rank decodes its share of the rows, the means are combined.
+
+    Returns (metrics, one record per held-out row in row order, on every rank): {"row": index in the
+    held-out set, "correct": 0/1 (only with log.accuracy_reward), "reward": the weighted total}.
+    Per-row results let a comparison pair two runs row by row (scripts/compare_variants.py).
+    """
     if not len(prompts):
-        return {}
+        return {}, []
     started = time.perf_counter()
     share = prompts.subset(distributed.rank_share(len(prompts), world))
     with backend.generation() as policy:
-        result, _ = evaluate_rows(
+        result, _, per_row = evaluate_rows(
             policy, tokenizer, share.rows, share.tokens, reward_fns,
             cfg.log.eval_max_new_tokens or cfg.rollout.max_new_tokens, tuple(cfg.rollout.stop_strings),
             cfg.log.eval_batch_size, cfg.log.accuracy_reward, cfg.rollout.compile,
         )
     result = {**distributed.weighted_mean(result, world, weight=len(share)), "eval/num_rows": len(prompts)}
     result["eval/time_s"] = time.perf_counter() - started
-    return result
+    per_row = distributed.gather_rows(per_row, world)  # rank shares are contiguous: rank order is row order
+    assert per_row["reward"].shape == (len(prompts),), (per_row["reward"].shape, len(prompts))
+    records = [{"row": i, **({"correct": int(per_row["correct"][i])} if "correct" in per_row else {}),
+                "reward": float(per_row["reward"][i])} for i in range(len(prompts))]
+    return result, records
 
 
 def log_eval(result: dict, step: int, tag: str) -> None:

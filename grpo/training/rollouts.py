@@ -23,18 +23,25 @@ log = logging.getLogger(__name__)
 @dataclass
 class StepRollout:
     """This rank's rollout of one step: the batch, the (B, K) reward matrix (NaN = not
-    applicable), the (B,) totals the advantages come from, and what to log."""
+    applicable), the shaped rewards the advantages come from, and what to log."""
 
     batch: RolloutBatch
     scores: torch.Tensor
-    total: torch.Tensor
+    shaped: shaping.ShapedRewards
     info: dict
     prompts: list[str]  # each group's prompt text, in batch order
+    rows: list[dict]  # each group's data row, in batch order
+
+    @property
+    def total(self) -> torch.Tensor:
+        """(B,) the weighted total reward of each completion."""
+        return self.shaped.total
 
 
-def sampling_params(cfg: Config) -> SamplingParams:
+def sampling_params(cfg: Config, max_new_tokens: int | None = None) -> SamplingParams:
+    """The recipe's sampling; max_new_tokens overrides rollout.max_new_tokens (a distillation horizon)."""
     r = cfg.rollout
-    return SamplingParams(r.temperature, r.top_p, r.max_new_tokens, tuple(r.stop_strings))
+    return SamplingParams(r.temperature, r.top_p, max_new_tokens or r.max_new_tokens, tuple(r.stop_strings))
 
 
 def prompts_per_step(cfg: Config, world: World) -> int:
@@ -47,16 +54,16 @@ def reward_weights(reward_fns: list[scoring.WeightedReward]) -> torch.Tensor:
     return torch.tensor([rf.weight for rf in reward_fns])  # (K,)
 
 
-def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet,
-                     reward_fns: list[scoring.WeightedReward], step: int, world: World) -> StepRollout:
-    """This rank's rollout and reward for one step.
+def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: list[scoring.WeightedReward],
+                     step: int, world: World, max_new_tokens: int | None = None) -> StepRollout:
+    """This rank's rollout and reward for one step (max_new_tokens: the step's horizon, if not the recipe's).
 
     With DAPO dynamic sampling (one process only), groups whose totals are all equal are dropped
     and further prompts drawn (each try from its own seeded order, so resuming stays exact) until
     the step's prompts carry signal or the tries run out; a short batch then trains as it is.
     """
-    v, g, max_new = cfg.variants, cfg.rollout.group_size, cfg.rollout.max_new_tokens
-    per_step, weights, params = prompts_per_step(cfg, world), reward_weights(reward_fns), sampling_params(cfg)
+    v, g, max_new = cfg.variants, cfg.rollout.group_size, max_new_tokens or cfg.rollout.max_new_tokens
+    per_step, weights, params = prompts_per_step(cfg, world), reward_weights(reward_fns), sampling_params(cfg, max_new)
     kept, needed, tries = [], per_step, 1 + (v.dynamic_sampling_max_tries if v.dynamic_sampling else 0)
     for attempt in range(tries):
         indices, seeds = rank_prompts(len(prompts), step, per_step, cfg.train.seed + attempt * 7_919, world)
@@ -66,19 +73,21 @@ def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet,
         matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns(chosen.rows, g))  # (B, K)
         texts = [row["prompt"] for row in chosen.rows]
         if not v.dynamic_sampling:
-            total, info = shaping.shape_rewards(matrix, weights, batch, v, max_new)
-            return StepRollout(batch, matrix, total, info, texts)
-        total, _ = shaping.shape_rewards(matrix, weights, batch, v, max_new)
+            shaped = shaping.shape_rewards(matrix, weights, batch, v, max_new)
+            return StepRollout(batch, matrix, shaped, dict(shaped.info), texts, chosen.rows)
+        total = shaping.shape_rewards(matrix, weights, batch, v, max_new).total
         groups = has_spread(total, g).nonzero().squeeze(1).tolist()[:needed]
         rows_kept = [i * g + j for i in groups for j in range(g)]
-        kept.append((batch.select_groups(groups), matrix[rows_kept], [texts[i] for i in groups]))
+        kept.append((batch.select_groups(groups), matrix[rows_kept], [texts[i] for i in groups],
+                     [chosen.rows[i] for i in groups]))
         needed -= len(groups)
         if needed == 0:
             break
-    batch = concat_batches([b for b, _, _ in kept], tokenizer.pad_token_id)
-    matrix = torch.cat([m for _, m, _ in kept])
+    batch = concat_batches([b for b, _, _, _ in kept], tokenizer.pad_token_id)
+    matrix = torch.cat([m for _, m, _, _ in kept])
     if batch.num_prompts == 0:  # nothing had signal: train on nothing rather than crash
         log.warning("step %d: no group with reward spread after %d tries", step, tries)
-    total, info = shaping.shape_rewards(matrix, weights, batch, v, max_new)
-    info.update({"dynamic_sampling/tries": attempt + 1, "dynamic_sampling/groups": batch.num_prompts})
-    return StepRollout(batch, matrix, total, info, [t for _, _, texts in kept for t in texts])
+    shaped = shaping.shape_rewards(matrix, weights, batch, v, max_new)
+    info = {**shaped.info, "dynamic_sampling/tries": attempt + 1, "dynamic_sampling/groups": batch.num_prompts}
+    return StepRollout(batch, matrix, shaped, info, [t for _, _, texts, _ in kept for t in texts],
+                       [r for _, _, _, rows in kept for r in rows])

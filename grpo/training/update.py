@@ -15,19 +15,26 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo.algorithm.loss import ClipRange, aggregate_loss, kl_k3, policy_loss_with_kl
+from grpo.algorithm.loss import ClipRange, PolicyLoss, aggregate_loss, kl_k3, policy_loss_with_kl, with_kl
+from grpo.research.delta import delta_token_weights, gradient_features
+from grpo.research.distil import distil_per_token_loss, forward_cross_entropy
+from grpo.research.distillation import reverse_kl_advantages
 from grpo.rollout.batch import RolloutBatch
 
 
 @dataclass(frozen=True)
 class LossSettings:
-    """The recipe's `loss` section, as the update uses it."""
+    """The recipe's `loss` section and training objective, as the update uses them."""
 
     policy: str  # a name in grpo.algorithm.POLICY_LOSSES
     beta: float
     clip: ClipRange
     aggregation: str
     max_tokens: int  # the completion cap, for Dr. GRPO's constant normalizer
+    objective: str = "grpo"  # grpo | opd | distil (train.objective)
+    token_credit: str = "none"  # paper: DelTA coefficients from this pass's token-gradient features
+    delta: tuple[float, float, int] = (0.8, 1.2, 1)  # DelTA's lam_min, lam_max, refinement steps
+    future_weight: float = 1.0  # distil: weight of the sequence term
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,11 @@ class ScoringPlan:
 def loss_settings(cfg) -> LossSettings:
     """The update's loss settings from a recipe's Config (train.py and bench/ours.py run the same step)."""
     lo = cfg.loss
-    return LossSettings(lo.policy, lo.beta, ClipRange(lo.eps_low, lo.eps_high, lo.dual_clip_c), lo.aggregation,
-                        cfg.rollout.max_new_tokens)
+    clip = ClipRange(lo.eps_low, lo.eps_high, lo.dual_clip_c, lo.kl_cov_ratio, lo.kl_cov_coef)
+    v = cfg.variants
+    return LossSettings(lo.policy, lo.beta, clip, lo.aggregation, cfg.rollout.max_new_tokens, cfg.train.objective,
+                        v.token_credit, (v.delta_lam_min, v.delta_lam_max, v.delta_refine_steps),
+                        cfg.distill.future_weight)
 
 
 def scoring_plan(cfg) -> ScoringPlan:
@@ -57,8 +67,10 @@ def scoring_plan(cfg) -> ScoringPlan:
 class UpdateTargets:
     """What the loss compares against, per completion row of the rollout.
 
-    advantages (B,); old_logp, ref_logp (B, T) or None; loss_mask (B, T): the tokens that train;
-    token_weights (B, T) or None: per-token coefficients on their loss.
+    advantages (B,) (grpo; unused otherwise); old_logp, ref_logp (B, T) or None; loss_mask (B, T):
+    the tokens that train; token_weights (B, T) or None: per-token coefficients on their loss;
+    teacher_logp (B, T): opd's teacher log-probs of the sampled tokens; teacher_ids, teacher_probs
+    (B, T, K): distil's teacher distribution (its top K tokens).
     """
 
     advantages: torch.Tensor
@@ -66,6 +78,9 @@ class UpdateTargets:
     ref_logp: torch.Tensor | None
     loss_mask: torch.Tensor
     token_weights: torch.Tensor | None = None
+    teacher_logp: torch.Tensor | None = None
+    teacher_ids: torch.Tensor | None = None
+    teacher_probs: torch.Tensor | None = None
 
 
 def micro_batches(batch: RolloutBatch, prompts_per_micro_batch: int):
@@ -93,6 +108,57 @@ def frozen_logprobs(score, batch: RolloutBatch, plan: ScoringPlan) -> torch.Tens
     return out
 
 
+def _rows(tensor: torch.Tensor, rows: slice, width: int, device) -> torch.Tensor:
+    return tensor[rows, :width].to(device)
+
+
+def micro_batch_loss(score, part: RolloutBatch, rows: slice, width: int, mask: torch.Tensor,
+                     targets: UpdateTargets, loss: LossSettings, plan: ScoringPlan):
+    """One micro-batch's forward pass and per-token loss (b, T), as the objective defines it.
+
+    Returns (logp, per-token loss with its KL term and token weights applied, per-token values whose
+    token means are logged: the policy loss's indicators, opd's reverse KL, distil's cross-entropy).
+    grpo: the registered policy loss on the group advantages; opd: the same loss on per-token
+    advantages, the teacher's log-prob minus the sampling policy's; distil: DistIL's surrogate on
+    the teacher's top-K distribution. DelTA's coefficients (token_credit=paper) come from this
+    pass's hidden states and scale the advantages.
+    """
+    device = mask.device
+    distil = loss.objective == "distil"
+    extras = {}
+    if loss.token_credit == "paper":
+        extras["with_hidden"] = True
+    if distil:
+        extras["gather_ids"] = _rows(targets.teacher_ids, rows, width, device)
+    scored = score(part, plan.temperature, plan.shared_prefix, **extras)
+    logp = scored if isinstance(scored, torch.Tensor) else scored.logp
+    old = logp.detach() if targets.old_logp is None else _rows(targets.old_logp, rows, width, device)
+    ref = None if targets.ref_logp is None else _rows(targets.ref_logp, rows, width, device)
+    if distil:
+        per_token = distil_per_token_loss(scored.gathered, _rows(targets.teacher_probs, rows, width, device), logp,
+                                          mask, part.group_size, loss.future_weight)
+        out = PolicyLoss(with_kl(per_token, logp, ref, loss.beta),
+                         {"distil/cross_entropy": forward_cross_entropy(scored.gathered.detach(),
+                                                                        _rows(targets.teacher_probs, rows, width,
+                                                                              device))})
+    else:
+        if loss.objective == "opd":
+            adv = reverse_kl_advantages(old, _rows(targets.teacher_logp, rows, width, device), mask)
+        else:
+            adv = targets.advantages[rows].to(device)
+        if loss.token_credit == "paper":  # DelTA: each token's advantage times its coefficient, A_t -> w_t A_t
+            weights = delta_token_weights(gradient_features(scored.hidden, logp.detach()), mask, adv,
+                                          part.group_size, *loss.delta)
+            adv = weights * adv.unsqueeze(1)
+        out = policy_loss_with_kl(loss.policy, logp, old, ref, adv, mask, loss.clip, loss.beta)
+        if loss.objective == "opd":
+            out.indicators["opd/reverse_kl"] = -adv
+    per_token = out.per_token
+    if targets.token_weights is not None:
+        per_token = per_token * _rows(targets.token_weights, rows, width, device)
+    return logp, per_token, out.indicators
+
+
 def policy_update(score, backend, batch: RolloutBatch, targets: UpdateTargets, loss: LossSettings,
                   plan: ScoringPlan, collect_stats: bool) -> dict:
     """One optimizer step over all micro-batches of the rollout; returns logging stats.
@@ -111,14 +177,8 @@ def policy_update(score, backend, batch: RolloutBatch, targets: UpdateTargets, l
         rows = slice(row, row + part.completion_ids.shape[0])
         width = part.completion_ids.shape[1]
         mask = targets.loss_mask[rows, :width].to(device)
-        logp = score(part, plan.temperature, plan.shared_prefix)
-        old = logp.detach() if targets.old_logp is None else targets.old_logp[rows, :width].to(device)
+        logp, per_token, indicators = micro_batch_loss(score, part, rows, width, mask, targets, loss, plan)
         ref = None if targets.ref_logp is None else targets.ref_logp[rows, :width].to(device)
-        adv = targets.advantages[rows].to(device)
-        out = policy_loss_with_kl(loss.policy, logp, old, ref, adv, mask, loss.clip, loss.beta)
-        per_token = out.per_token
-        if targets.token_weights is not None:
-            per_token = per_token * targets.token_weights[rows, :width].to(device)
         micro_loss = aggregate_loss(per_token, mask, loss.aggregation, loss.max_tokens) / len(parts)
         backend.backward(micro_loss)
         loss_sum += micro_loss.detach()
@@ -127,7 +187,7 @@ def policy_update(score, backend, batch: RolloutBatch, targets: UpdateTargets, l
                 counted = {"tokens": mask.sum()}
                 if ref is not None:
                     counted["kl"] = (kl_k3(logp, ref) * mask).sum()
-                for name, indicator in out.indicators.items():
+                for name, indicator in indicators.items():
                     counted[name] = (indicator.float() * mask).sum()
                 for name, value in counted.items():
                     sums[name] = sums.get(name, 0) + value
