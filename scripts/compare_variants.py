@@ -1,144 +1,272 @@
-"""Short demo runs of each variant against plain GRPO, same seed, one table (issue: variants evidence).
+"""Variants against their baseline on the CPU demo: several paired seeds, one table with 95% intervals.
 
-    .venv/bin/python scripts/compare_variants.py --steps 8 --out runs/variants [--only plain gspo ...]
+    .venv/bin/python scripts/compare_variants.py --out runs/variants [--seeds 0 1 2] [--steps 8]
+        [--eval-rows 200] [--only delta_proxy kl_cov ...] [--teacher-adapter DIR] [--threads N]
+        [section.key=value ...]
 
-Every run is `train.py --recipe recipes/cpu-demo.yaml` with the variant's overrides, so the
-data order, sampling seed and evaluation rows are the same. The plain run keeps all its
-checkpoints; the trajectory-extrapolation row fits the first half of them and predicts the
-last step's adapter, evaluated on the same held-out rows as the real one. Writes
-OUT/variants.json and OUT/variants.md; figures depend on the machine and its load.
+Every run is `train.py --recipe recipes/cpu-demo.yaml` with the variant's overrides, `train.seed=S`,
+`data.limit_eval=ROWS` and the extra overrides. The seed drives the data order, the sampling seeds
+and, for the synthetic task, which problems are generated: the runs of one seed see the same prompts
+and sampling seeds at step 1 and are evaluated (greedy) on the same held-out rows. Each run writes
+eval_rows.jsonl (one line per held-out row); a variant's seed-S run is paired with its baseline's
+seed-S run, per seed and per row. scripts/variant_stats.py defines the statistics: significance is
+decided by the seed-level t interval, since training noise dominates. The pre-training evaluation
+does not depend on the variant: only the plain runs make it (one per seed, as the rows depend on it).
+
+A variant is compared with its own `baseline` and with plain when that differs (kl_cov against
+plain_mu2, its control with the same two updates per rollout, then against plain). By default all
+variants run, topd only when --teacher-adapter is given; --only runs the named ones and their baselines. Each finished (variant, seed) run is
+saved as OUT/VARIANT/seed-S/result.json; a re-run skips those and retries failed ones (their log is
+OUT/VARIANT/seed-S/train.log). OUT/variants.json and OUT/variants.md are rewritten after every run.
+
+Dropped from the single-seed version: the trajectory-extrapolation row. It is not a training variant,
+and with seeds it would need every checkpoint of each plain run kept and two more held-out
+evaluations per seed in this process; extrapolate.py does it on one run (log.keep_checkpoints=0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from extrapolate import extrapolate_run  # noqa: E402
-from grpo.rollout import scoring  # noqa: E402
-from grpo.runtime import checkpoint  # noqa: E402
-from grpo.runtime.config import load_config  # noqa: E402
-from grpo.training.evaluation import evaluate_rows  # noqa: E402
-from grpo.training.policy import build_policy  # noqa: E402
-from grpo.training.prompts import load_prompt_sets  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from grpo.runtime.tracking import read_metrics  # noqa: E402
+from scripts import variant_stats  # noqa: E402
 
 RECIPE = "recipes/cpu-demo.yaml"
-LABEL_FREE_REWARDS = ("rewards=[{name: majority_vote, weight: 1.0}, "
-                      "{name: gsm8k_correctness, weight: 0.0}]")  # weight 0: logged, never trained on
+TEACHER = "{teacher_adapter}"  # replaced by --teacher-adapter
 
-# name -> recipe overrides (on top of the demo recipe)
+
+@dataclass(frozen=True)
+class Variant:
+    overrides: tuple[str, ...]  # on top of the demo recipe
+    baseline: str = "plain"  # compared with this variant's runs of the same seeds (and always with plain)
+
+
 VARIANTS = {
-    "plain": [],
-    "clip_higher": ["loss.eps_high=0.28"],
-    "dual_clip": ["loss.policy=dual_clip"],
-    "gspo": ["loss.policy=gspo", "loss.eps_low=3e-4", "loss.eps_high=4e-4"],
-    "dynamic_sampling": ["variants.dynamic_sampling=true"],
-    "overlong_mask": ["variants.overlong=mask"],
-    "overlong_soft": ["variants.overlong=soft"],
-    "entropy_top_20pct": ["variants.entropy_top_fraction=0.2"],
-    "reward_weighting": ["variants.reward_weighting=dynamic"],
-    "token_credit": ["variants.token_credit=true"],
-    "label_free": [LABEL_FREE_REWARDS, "variants.self_certainty_weight=0.5"],
+    "plain": Variant(()),
+    "delta_paper": Variant(("variants.token_credit=paper",)),
+    "delta_proxy": Variant(("variants.token_credit=proxy",)),
+    "pow3r": Variant(("variants.reward_weighting=dynamic",)),  # the demo has two criteria: format, correctness
+    "overlong_mask": Variant(("variants.overlong=mask",)),
+    "plain_mu2": Variant(("train.num_iterations=2",)),  # kl_cov's control: KL-Cov is inert with one update
+    "kl_cov": Variant(("loss.policy=kl_cov", "train.num_iterations=2"), baseline="plain_mu2"),
+    "topd": Variant(("train.objective=opd", "distill.horizon=truncated", "distill.horizon_fraction=0.25",
+                     f"distill.teacher_adapter={TEACHER}")),
 }
 
 
-def run_variant(name: str, overrides: list[str], steps: int, out: Path, extra: list[str]) -> dict:
-    keep = ["log.keep_checkpoints=0"] if name == "plain" else []  # extrapolation needs them all
-    argv = ["--recipe", RECIPE, "--output-dir", str(out / name), "--no-resume",
-            f"train.max_steps={steps}", "log.report_to=[]", *keep, *overrides, *extra]
+def needs_teacher(name: str) -> bool:
+    return any(TEACHER in o for o in VARIANTS[name].overrides)
+
+
+def selected_variants(only: list[str] | None, teacher_adapter: Path | None) -> list[str]:
+    """The variants to run, in table order, with the baselines they are compared with.
+
+    Default: all, but those that need a teacher adapter only when --teacher-adapter is given.
+    """
+    if only:
+        missing = [n for n in only if needs_teacher(n)] if teacher_adapter is None else []
+        if missing:
+            raise SystemExit(f"--only {' '.join(missing)}: needs --teacher-adapter DIR (a trained LoRA adapter "
+                             "folder, e.g. runs/cpu-demo/final/adapter)")
+        chosen = set(only)
+    else:
+        chosen = {n for n in VARIANTS if teacher_adapter is not None or not needs_teacher(n)}
+    chosen |= {"plain"} | {VARIANTS[n].baseline for n in chosen}
+    return [n for n in VARIANTS if n in chosen]
+
+
+def train_args(name: str, seed: int, steps: int, eval_rows: int, teacher_adapter: Path | None,
+               extra: list[str]) -> list[str]:
+    """train.py's overrides for one (variant, seed) run; the plain runs also evaluate before training."""
+    overrides = [o.replace(TEACHER, str(teacher_adapter)) for o in VARIANTS[name].overrides]
+    return ["--recipe", RECIPE, f"train.seed={seed}", f"train.max_steps={steps}", f"data.limit_eval={eval_rows}",
+            f"log.eval_before={'true' if name == 'plain' else 'false'}", "log.report_to=[]", *overrides, *extra]
+
+
+def run_one(name: str, seed: int, argv: list[str], run_dir: Path, threads: int) -> dict | None:
+    """Train one (variant, seed) from scratch; its result, also saved as run_dir/result.json (None: it failed)."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted attempt leaves nothing behind
+    run_dir.mkdir(parents=True)
+    command = [sys.executable, str(REPO / "train.py"), "--output-dir", str(run_dir), "--no-resume",
+               *(["--threads", str(threads)] if threads else []), *argv]
+    print(f"[compare_variants] {name} seed {seed}: {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(REPO / "train.py"), *argv], cwd=REPO, check=True)
-    summary = json.loads((out / name / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-    train_records = [r for r in records if "reward/total/mean" in r]
-    weights = [{k: v for k, v in r.items() if k.startswith("reward_weight/")} for r in train_records]
-    return {
-        "variant": name, "overrides": overrides, "steps": steps,
-        "before": summary["before"], "after": summary["after"],
-        "train_reward_first": train_records[0]["reward/total/mean"] if train_records else None,
+    with (run_dir / "train.log").open("w") as log:
+        code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall_s = time.perf_counter() - started
+    if code != 0:
+        print(f"[compare_variants] {name} seed {seed} failed (exit {code}); see {run_dir / 'train.log'}", flush=True)
+        return None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    train_records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "reward/total/mean" in r]
+    rows = variant_stats.final_rows(read_metrics(run_dir / "eval_rows.jsonl"))
+    result = {
+        "variant": name, "seed": seed, "train_args": argv,
+        "steps": summary["steps"], "mean_step_s": summary["mean_step_s"], "wall_s": wall_s,
         "train_reward_last": train_records[-1]["reward/total/mean"] if train_records else None,
-        "reward_weights_first_last": [weights[0], weights[-1]] if weights and weights[0] else None,
-        "mean_step_s": summary["mean_step_s"], "wall_s": time.perf_counter() - started,
+        "acc_before": (summary.get("before") or {}).get("eval/accuracy"),
+        "acc_after": variant_stats.accuracy(rows),
+        "reward_after": summary["after"].get("eval/reward_mean"),
+        "rows": {str(i): c for i, c in rows.items()},  # held-out row index -> correct 0/1
     }
-
-
-def evaluate_adapter(adapter_dir: Path, extra: list[str]) -> dict:
-    """Held-out evaluation of a saved adapter with the demo recipe's model, rows and rewards."""
-    cfg = load_config(RECIPE, extra)
-    reward_fns = scoring.build_rewards(cfg.rewards)
-    model, tokenizer, _ = build_policy(cfg, None)
-    checkpoint.load_trainable_weights(model, adapter_dir)
-    _, held_out = load_prompt_sets(cfg, tokenizer)
-    result, _ = evaluate_rows(model, tokenizer, held_out.rows, held_out.tokens, reward_fns,
-                              cfg.log.eval_max_new_tokens or cfg.rollout.max_new_tokens,
-                              tuple(cfg.rollout.stop_strings), cfg.log.eval_batch_size,
-                              cfg.log.accuracy_reward)
+    (run_dir / "result.json").write_text(json.dumps(result))
     return result
 
 
-def extrapolation_row(out: Path, steps: int, extra: list[str]) -> dict:
-    use_first = max(2, steps // 2)
-    started = time.perf_counter()
-    report = extrapolate_run(out / "plain", use_first, steps, out / "extrapolated")
-    fit_s = time.perf_counter() - started
-    stopped = checkpoint.checkpoint_root(out / "plain") / f"step-{use_first:06d}" / "adapter"
-    return {
-        "variant": f"extrapolated (first {use_first} -> step {steps})", "steps": use_first,
-        "after": evaluate_adapter(out / "extrapolated", extra),
-        "stopped_at_k": evaluate_adapter(stopped, extra), "report": report, "fit_s": fit_s,
-    }
+def load_result(run_dir: Path, argv: list[str]) -> dict | None:
+    """The saved result of a finished run, if any; made with other settings is an error."""
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    if result["train_args"] != argv:
+        raise SystemExit(f"{path} was made with train.py {' '.join(result['train_args'])}, this comparison "
+                         f"runs {' '.join(argv)}: use another --out, or delete {run_dir} to redo it")
+    return result
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| variant | steps trained | held-out acc before -> after | held-out reward after "
-             "| train reward first -> last step | mean step s |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        before, after = r.get("before") or {}, r["after"]
-
-        def fmt(d, key):
-            return f"{d[key]:.3f}" if key in d else "-"
-        train_reward = (f"{r['train_reward_first']:.3f} -> {r['train_reward_last']:.3f}"
-                        if r.get("train_reward_first") is not None else "-")
-        step = f"{r['mean_step_s']:.1f}" if r.get("mean_step_s") else "-"
-        lines.append(f"| {r['variant']} | {r['steps']} | {fmt(before, 'eval/accuracy')} -> "
-                     f"{fmt(after, 'eval/accuracy')} | {fmt(after, 'eval/reward_mean')} | {train_reward} | {step} |")
-    return "\n".join(lines)
+def mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
-def main(argv=None) -> None:
+def summarize(results: list[dict], failed: list[tuple[str, int]], settings: dict) -> dict:
+    """variants.json: settings, per-variant run figures, paired comparisons, failed runs."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in results:
+        by_variant.setdefault(r["variant"], []).append(r)
+    runs = [{
+        "variant": name, "seeds": [r["seed"] for r in rs], "steps": sorted({r["steps"] for r in rs}),
+        "acc_before": mean([r["acc_before"] for r in rs]), "acc_after": mean([r["acc_after"] for r in rs]),
+        "mean_step_s": mean([r["mean_step_s"] for r in rs]), "wall_s_total": sum(r["wall_s"] for r in rs),
+        "train_reward_last": mean([r["train_reward_last"] for r in rs]),
+    } for name, rs in by_variant.items()]
+    rows = {name: {r["seed"]: {int(i): c for i, c in r["rows"].items()} for r in rs} for name, rs in by_variant.items()}
+    comparisons = []
+    for name in by_variant:
+        for baseline in dict.fromkeys([VARIANTS[name].baseline, "plain"]):  # its own control first
+            if name == baseline or baseline not in rows or not rows[name].keys() & rows[baseline].keys():
+                continue
+            comparisons.append({"variant": name, "baseline": baseline,
+                                **variant_stats.compare(rows[name], rows[baseline])})
+    return {"settings": settings, "runs": runs, "comparisons": comparisons,
+            "failed": [{"variant": n, "seed": s} for n, s in failed]}
+
+
+def _ci(ci: dict) -> str:
+    if ci["half_width"] is None:
+        return f"{ci['mean']:+.3f} [no interval: one seed]"
+    return f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+
+
+def comparison_row(c: dict) -> str:
+    """One line of the comparison table."""
+    per_seed = ", ".join(f"{d:+.3f}" for d in c["per_seed_diff"])
+    significant = "**yes**" if c["significant"] else "no"
+    return (f"| {c['variant']} | {c['baseline']} | {', '.join(map(str, c['seeds']))} | "
+            f"{mean(c['acc_variant']):.3f} vs {mean(c['acc_baseline']):.3f} | {per_seed} | "
+            f"{_ci(c['seed_ci'])} | {significant} | {_ci(c['row_ci'])} ({c['row_ci']['n']} rows) |")
+
+
+COMPARISON_HEADER = (
+    "Δacc = held-out accuracy (greedy) of the variant minus its baseline's, paired by seed: same prompts "
+    "and sampling seeds at step 1, same held-out rows.\n"
+    "**Significance is decided by the seed-level 95% interval** (Student t over the per-seed Δacc, "
+    "df = seeds - 1): the noise of training differs from seed to seed and dominates. The row-level "
+    "interval (normal approximation on the per-row differences pooled over seeds) only measures which "
+    "held-out rows were drawn; it is for reference, not significance.\n\n"
+    "| variant | vs | seeds | acc variant vs baseline (mean) | Δacc per seed | mean Δacc [95% seed CI] "
+    "| significant (seed CI excludes 0) | row-level Δacc [95% CI] |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def run_row(r: dict) -> str:
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "-"
+    before = f" (before training: {r['acc_before']:.3f})" if r["acc_before"] is not None else ""
+    return (f"| {r['variant']} | {', '.join(map(str, r['seeds']))} | {fmt(r['acc_after'], '.3f')}{before} | "
+            f"{'/'.join(map(str, r['steps']))} | {fmt(r['mean_step_s'], '.1f')} | {r['wall_s_total']:.0f} | "
+            f"{fmt(r['train_reward_last'], '.3f')} |")
+
+
+def markdown(summary: dict) -> str:
+    s = summary["settings"]
+    lines = [f"# Variants on {RECIPE}", "",
+             f"seeds {', '.join(map(str, s['seeds']))}; {s['steps']} steps; {s['eval_rows']} held-out rows; "
+             f"extra overrides: {' '.join(s['overrides']) or 'none'}", "",
+             "## Paired comparisons", "", COMPARISON_HEADER,
+             *map(comparison_row, summary["comparisons"]), "",
+             "## Runs (means over seeds; wall time summed)", "",
+             "| variant | seeds | held-out acc | steps trained | mean step s | total wall s | final train reward |",
+             "|---|---|---|---|---|---|---|",
+             *map(run_row, summary["runs"])]
+    if summary["failed"]:
+        lines += ["", "## Failed runs (see OUT/VARIANT/seed-S/train.log; a re-run retries them)", "",
+                  *(f"- {f['variant']} seed {f['seed']}" for f in summary["failed"])]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8, help="training steps per variant")
     parser.add_argument("--out", type=Path, default=Path("runs/variants"))
-    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variants to run (default: all)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of each paired run")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per run")
+    parser.add_argument("--eval-rows", type=int, default=200, help="held-out rows (data.limit_eval; 500 exist)")
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS),
+                        help="variants to run (their baselines run too); default: all")
+    parser.add_argument("--teacher-adapter", type=Path, help="LoRA adapter folder of the teacher (topd only)")
+    parser.add_argument("--threads", type=int, default=0, help="train.py --threads (0 = torch default)")
     parser.add_argument("overrides", nargs="*", help="extra section.key=value for every run")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if len(set(args.seeds)) < 2:
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed-level interval needs at least 2 seeds")
+    if args.teacher_adapter is not None and not args.teacher_adapter.is_dir():
+        parser.error(f"--teacher-adapter {args.teacher_adapter}: no such folder (a saved LoRA adapter, "
+                     "e.g. runs/cpu-demo/final/adapter)")
+    if args.teacher_adapter is not None:
+        args.teacher_adapter = args.teacher_adapter.resolve()  # train.py runs from the repository root
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    names = selected_variants(args.only, args.teacher_adapter)
+    seeds = list(dict.fromkeys(args.seeds))
+    settings = {"recipe": RECIPE, "seeds": seeds, "steps": args.steps, "eval_rows": args.eval_rows,
+                "overrides": args.overrides, "variants": {n: list(VARIANTS[n].overrides) for n in names}}
     args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "variants.json"
-    rows = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {r["variant"] for r in rows}
-    for name in args.only or list(VARIANTS):
-        if name in done:  # a re-run continues where an interrupted comparison stopped
+    planned = [(n, s, train_args(n, s, args.steps, args.eval_rows, args.teacher_adapter, args.overrides))
+               for n in names for s in seeds]  # variant by variant: each finished one has all its seeds
+    results = {(n, s): r for n, s, argv in planned if (r := load_result(args.out / n / f"seed-{s}", argv))}
+    failed = []
+    summary = summarize(list(results.values()), failed, settings)
+    for name, seed, argv in planned:
+        if (name, seed) in results:
             continue
-        rows.append(run_variant(name, VARIANTS[name], args.steps, args.out, args.overrides))
-        results_path.write_text(json.dumps(rows, indent=2))
-    if "plain" in {r["variant"] for r in rows} and not any(r["variant"].startswith("extrapolated") for r in rows):
-        rows.append(extrapolation_row(args.out, args.steps, args.overrides))
-        results_path.write_text(json.dumps(rows, indent=2))
-    (args.out / "variants.md").write_text(table(rows) + "\n")
-    print(table(rows))
+        result = run_one(name, seed, argv, args.out / name / f"seed-{seed}", args.threads)
+        if result is None:
+            failed.append((name, seed))
+        else:
+            results[(name, seed)] = result
+        summary = summarize([results[k] for k in sorted(results, key=lambda k: (names.index(k[0]), k[1]))],
+                            failed, settings)
+        (args.out / "variants.json").write_text(json.dumps(summary, indent=2))
+        (args.out / "variants.md").write_text(markdown(summary))
+    (args.out / "variants.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "variants.md").write_text(markdown(summary))
+    print(markdown(summary))
+    return summary
 
 
 if __name__ == "__main__":
