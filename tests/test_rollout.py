@@ -269,7 +269,7 @@ def test_stop_strings_end_completions_exactly_where_the_per_token_test_would(tin
     model, tokenizer = tiny
     handle = model.get_output_embeddings().register_forward_hook(favour(tokenizer, [likely]))
     try:
-        params = SamplingParams(temperature=1.0, max_new_tokens=24, stop_strings=stop_strings)
+        params = SamplingParams(temperature=1.0, max_new_tokens=64, stop_strings=stop_strings)
         prompts = [tokenizer("Q: go")["input_ids"], tokenizer("x")["input_ids"]]
         batch = generate(model, tokenizer, prompts, 4, params, seeds=[3, 4])
         expected = [row for prompt, seed in zip(prompts, [3, 4])
@@ -278,6 +278,7 @@ def test_stop_strings_end_completions_exactly_where_the_per_token_test_would(tin
         handle.remove()
     lengths = batch.completion_mask.sum(1).int().tolist()
     assert [batch.completion_ids[r, :n].tolist() for r, n in enumerate(lengths)] == expected
+    # ~1/32 chance per position of a stop string in the ascii case: in 64 tokens nearly every row stops
     assert sum(not t for t in batch.truncated.tolist()) >= 2  # some rows did stop on a string
     for row, tokens in enumerate(expected):
         assert batch.texts[row] == cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_strings)
