@@ -21,7 +21,7 @@ from grpo.rollout import generate, scoring
 from grpo.runtime.backends import SingleProcess
 from grpo.runtime.config import CPU_MATMUL, config_from_dict
 from grpo.runtime.distributed import World
-from grpo.runtime.model import trainable_parameters
+from grpo.runtime.model import resolve_for_device, trainable_parameters
 from grpo.speedups.onednn_linear import onednn_plan
 from grpo.training import shaping
 from grpo.training.policy import build_policy, make_optimizer, seed_everything
@@ -96,7 +96,7 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
         cpu_matmul: str = "auto") -> dict:
     w, s = WORKLOADS[workload], Shared()
     torch.set_num_threads(threads)
-    cfg = bench_config(w, s, steps + warmup, dtype, cpu_matmul)
+    cfg = resolve_for_device(bench_config(w, s, steps + warmup, dtype, cpu_matmul), cuda=False)
     t, r = cfg.train, cfg.rollout
     seed_everything(t.seed)
     reward_fns = scoring.build_rewards(cfg.rewards)

@@ -65,3 +65,16 @@ def test_prefill_timer_times_the_first_call_after_arm_only():
     model(torch.zeros(1))
     model(torch.zeros(1))  # a decode step: not the prompt pass
     assert 0.05 <= timer.seconds < 1.0
+
+
+def test_the_bench_config_is_resolved_before_loading_and_an_unresolved_one_is_refused():
+    from bench.ours import bench_config
+    from bench.workloads import WORKLOADS, Shared
+    from grpo.runtime.model import resolve_for_device
+    from grpo.training.policy import build_policy
+
+    cfg = bench_config(WORKLOADS["a"], Shared(), 2)
+    with pytest.raises(ValueError, match="attn_implementation='auto' is not resolved"):
+        build_policy(cfg, torch.device("cpu"))  # raises before loading anything
+    resolved = resolve_for_device(cfg, cuda=False).model
+    assert (resolved.attn_implementation, resolved.dtype) == ("sdpa", "float32")

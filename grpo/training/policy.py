@@ -40,6 +40,11 @@ def build_policy(cfg: Config, device: torch.device | None, adapter_in_compute_dt
     beta > 0 keeps a frozen copy.
     """
     m = cfg.model
+    unresolved = [f"model.{key}={value!r}" for key, value in
+                  (("dtype", m.dtype), ("attn_implementation", m.attn_implementation)) if value == "auto"]
+    if unresolved:
+        raise ValueError(f"build_policy: {', '.join(unresolved)} is not resolved for a device: pass "
+                         "grpo.runtime.model.resolve_for_device(cfg, cuda) as train.py does")
     speedups.configure(device)
     model, tokenizer = load_model_and_tokenizer(
         m.name, gguf_file=m.gguf_file, dtype=m.dtype, load_in_4bit=m.load_in_4bit, device=device,
