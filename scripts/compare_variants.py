@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/compare_variants.py --out runs/variants [--seeds 0 1 2] [--steps 8]
         [--eval-rows 200] [--only delta_proxy kl_cov ...] [--teacher-adapter DIR] [--threads N]
-        [section.key=value ...]
+        [--tabulate] [section.key=value ...]
 
 Every run is `train.py --recipe recipes/cpu-demo.yaml` with the variant's overrides, `train.seed=S`,
 `data.limit_eval=ROWS` and the extra overrides. The seed drives the data order, the sampling seeds
@@ -227,10 +227,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="variants to run (their baselines run too); default: all")
     parser.add_argument("--teacher-adapter", type=Path, help="LoRA adapter folder of the teacher (topd only)")
     parser.add_argument("--threads", type=int, default=0, help="train.py --threads (0 = torch default)")
+    parser.add_argument("--tabulate", action="store_true",
+                        help="run nothing: write the table from the finished runs of these seeds (several "
+                             "invocations with disjoint --only/--seeds can share the work, then one --tabulate)")
     parser.add_argument("overrides", nargs="*", help="extra section.key=value for every run")
     args = parser.parse_args(argv)
-    if len(set(args.seeds)) < 2:
-        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed-level interval needs at least 2 seeds")
+    if len(set(args.seeds)) < 2 and not args.only:
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed-level interval needs at least 2 seeds "
+                     "(one seed only with --only, to share a comparison's runs between invocations)")
     if args.teacher_adapter is not None and not args.teacher_adapter.is_dir():
         parser.error(f"--teacher-adapter {args.teacher_adapter}: no such folder (a saved LoRA adapter, "
                      "e.g. runs/cpu-demo/final/adapter)")
@@ -252,7 +256,7 @@ def main(argv=None) -> dict:
     failed = []
     summary = summarize(list(results.values()), failed, settings)
     for name, seed, argv in planned:
-        if (name, seed) in results:
+        if (name, seed) in results or args.tabulate:
             continue
         result = run_one(name, seed, argv, args.out / name / f"seed-{seed}", args.threads)
         if result is None:

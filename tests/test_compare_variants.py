@@ -176,6 +176,7 @@ def test_parse_args_refuses_one_seed_and_a_missing_teacher(tmp_path):
     with pytest.raises(SystemExit):
         cv.parse_args(["--teacher-adapter", str(tmp_path / "missing")])
     assert cv.parse_args([]).seeds == [0, 1, 2] and cv.parse_args([]).eval_rows == 200
+    assert cv.parse_args(["--seeds", "2", "--only", "pow3r"]).seeds == [2]  # one share of a split comparison
 
 
 def test_kl_cov_is_compared_with_its_control_then_with_plain():
@@ -229,6 +230,10 @@ def test_main_saves_per_run_skips_finished_ones_and_lists_failures(tmp_path, mon
     assert calls == [("overlong_mask", 0), ("overlong_mask", 1)]  # finished runs are skipped, failed retried
     with pytest.raises(SystemExit, match="use another --out"):
         cv.main([*argv, "--steps", "4"])
+
+    calls.clear()  # --tabulate runs nothing, and tables what is finished: here both seeds of plain and pow3r
+    table = cv.main(["--out", str(tmp_path), "--seeds", "0", "1", "--tabulate"])
+    assert calls == [] and [(c["variant"], c["seeds"]) for c in table["comparisons"]] == [("pow3r", [0, 1])]
 
 
 # ---- the per-row file a real training run writes -------------------------------------------------
