@@ -5,8 +5,6 @@ import json
 import math
 
 import pytest
-import torch
-
 import train
 from grpo.runtime.config import ConfigError
 from tests.helpers import train_with_digit_reward  # noqa: F401  (registers "digit_share")
@@ -16,20 +14,6 @@ from tests.test_train import tiny_args
 def step_records(out_dir):
     records = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in records if "loss" in r]
-
-
-@pytest.fixture(scope="module")
-def teacher_adapter(tiny_model_dir, tmp_path_factory):
-    """A LoRA adapter with random (non-zero) B matrices on the tiny model: a teacher that differs."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    folder = tmp_path_factory.mktemp("teacher-adapter")
-    get_peft_model(model, config).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.mark.parametrize(
@@ -66,9 +50,10 @@ def test_kl_cov_penalizes_the_ratio_share_of_tokens(tiny_model_dir, tmp_path):
         pytest.param([], 8, id="full-horizon"),
     ],
 )
-def test_on_policy_distillation_samples_its_horizon(tiny_model_dir, teacher_adapter, tmp_path, horizon, longest):
+def test_on_policy_distillation_samples_its_horizon(tiny_model_dir, tiny_teacher_adapter, tmp_path, horizon,
+                                                     longest):
     train.main(tiny_args(tiny_model_dir, tmp_path, 1, "log.eval_before=false", "train.objective=opd",
-                         f"distill.teacher_adapter={teacher_adapter}", "loss.beta=0", *horizon))
+                         f"distill.teacher_adapter={tiny_teacher_adapter}", "loss.beta=0", *horizon))
     (record,) = step_records(tmp_path)
     # a different teacher: a non-zero per-token signal (its mean, a sampled KL estimate, may have either sign)
     assert abs(record["opd/reverse_kl"]) > 1e-4

@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from grpo.research.reward_weighting import combine_rewards, criterion_spread, criterion_weights, separation_weights
+from grpo.algorithm.shaping import weighted_total
+from grpo.research.reward_weighting import criterion_spread, criterion_weights, separation_weights
+
+
+def combine_rewards(matrix, base, group_size, dynamic, floor=0.0):
+    """The total the trainer computes (grpo/training/shaping.py): the weighted sum under this batch's weights."""
+    return weighted_total(matrix, criterion_weights(matrix, base, group_size, dynamic, floor))
 
 NAN = float("nan")
 

@@ -16,7 +16,6 @@ Convention: reward_matrix is (B, K) with B = prompts x G, each run of G rows one
 import torch
 
 from grpo.algorithm.groups import group_view
-from grpo.algorithm.shaping import weighted_total
 
 
 def _check_matrix(reward_matrix: torch.Tensor, group_size: int) -> None:
@@ -101,20 +100,3 @@ def criterion_weights(
     if raw.sum() == 0:
         return base.clone()
     return raw * (base.sum() / raw.sum())
-
-
-def combine_rewards(
-    reward_matrix: torch.Tensor,
-    base_weights: torch.Tensor,
-    group_size: int,
-    dynamic: bool,
-    floor: float = 0.0,
-) -> torch.Tensor:
-    """Weighted sum of the criteria per completion (`weighted_total`), weights from `criterion_weights`.
-
-    reward_matrix: (B, K), NaN = not applicable; base_weights: (K,). Returns (B,), never NaN:
-    R_i = sum over the non-NaN criteria k of row i of w_k * r_ik. A NaN entry contributes 0 (the
-    remaining weights are not renormalized, so a row with every criterion NaN scores 0).
-    """
-    weights = criterion_weights(reward_matrix, base_weights, group_size, dynamic, floor)  # (K,)
-    return weighted_total(reward_matrix, weights)
