@@ -9,9 +9,10 @@ Setup, then one loop whose stages are named: rollout -> reward -> advantage -> f
 log-probs -> loss and optimizer step -> log -> checkpoint. Each stage is a function of the
 package (grpo/training); the math lives in grpo/algorithm. What is kept from DeepSeekMath's
 GRPO: group sampling, group-relative advantages, the clipped surrogate and the k3 KL to a
-frozen reference. Variants (Dr. GRPO, DAPO's clip-higher and token-mean, GSPO, ...) are recipe
-switches; the reference is the base model with the LoRA adapter disabled, so it costs no
-extra memory.
+frozen reference. Variants (Dr. GRPO, DAPO's clip-higher and token-mean, GSPO, GDPO, KL-Cov,
+DelTA, ...) are recipe switches; the reference is the base model with the LoRA adapter disabled,
+so it costs no extra memory. train.objective swaps the reward signal for a teacher's (on-policy
+distillation, DistIL: grpo/training/teacher.py) in the same loop.
 """
 
 from __future__ import annotations

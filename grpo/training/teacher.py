@@ -6,7 +6,9 @@
   wait on the other ranks' partitions.
 - distil: the policy itself, shown rich feedback in its prompt (grpo/research/distil.py): a
   reference solution for rows that have one (GSM8K, the synthetic task, multi-hop), the failing test
-  and error of each completion for code rows (the code sandbox's feedback).
+  and error of each completion for code rows (the code sandbox's feedback). The sandbox's detail
+  quotes the program's own exception messages (bounded to 1,000 characters): text the policy wrote
+  reaches the teacher's prompt, never anything else.
 """
 
 from __future__ import annotations
