@@ -75,24 +75,24 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def seed_interval(diffs: list[float]) -> Interval:
-    """95% t interval (df = n - 1) for the mean of per-seed differences d_s."""
+def _interval(diffs: list[float], quantile, empty: str) -> Interval:
+    """mean +- quantile(n) * sd / sqrt(n) of `diffs`; no interval (inf) for one value."""
     if not diffs:
-        raise ValueError("seed_interval: no per-seed differences")
+        raise ValueError(empty)
     if len(diffs) == 1:
         return Interval(diffs[0], math.inf, 1)
     mean, sd = _mean_sd(diffs)
-    return Interval(mean, t_quantile_975(len(diffs) - 1) * sd / math.sqrt(len(diffs)), len(diffs))
+    return Interval(mean, quantile(len(diffs)) * sd / math.sqrt(len(diffs)), len(diffs))
+
+
+def seed_interval(diffs: list[float]) -> Interval:
+    """95% t interval (df = n - 1) for the mean of per-seed differences d_s."""
+    return _interval(diffs, lambda n: t_quantile_975(n - 1), "seed_interval: no per-seed differences")
 
 
 def row_interval(diffs: list[float]) -> Interval:
     """95% normal-approximation interval for the mean of paired per-row differences."""
-    if not diffs:
-        raise ValueError("row_interval: no paired rows")
-    if len(diffs) == 1:
-        return Interval(diffs[0], math.inf, 1)
-    mean, sd = _mean_sd(diffs)
-    return Interval(mean, Z_975 * sd / math.sqrt(len(diffs)), len(diffs))
+    return _interval(diffs, lambda n: Z_975, "row_interval: no paired rows")
 
 
 def final_rows(records: list[dict], tag: str = "after") -> dict[int, int]:
