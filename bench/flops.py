@@ -36,19 +36,16 @@ def _sorted_seconds(run, repeats: int) -> list[float]:
 
 def gemm_peak_gflops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> dict:
     """GFLOP/s of an n x n x n matmul at the current torch thread count, through each backend
-    this machine has: torch.mm (MKL for float32) and oneDNN. The peak is the best of all: on
-    AVX-512 AMD CPUs oneDNN runs float32 about 2x faster than MKL (grpo/onednn_linear.py), and
+    this machine has: torch's (MKL for float32) and oneDNN's. The peak is the best of all: on
+    AVX-512 AMD CPUs oneDNN runs float32 about 2x faster than MKL (grpo/speedups/onednn_linear.py), and
     the peak must be the machine's, not one library's."""
-    from grpo.speedups.onednn_linear import _onednn_mm, onednn_available
+    from grpo import speedups
 
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    backends = {"torch.mm": lambda: torch.mm(a, b)}
-    if onednn_available():
-        backends["onednn"] = lambda: _onednn_mm(a, b)
     flops = 2 * n**3
     per_backend = {}
-    for name, product in backends.items():
-        times = _sorted_seconds(product, repeats)
+    for name, product in speedups.cpu_linear_backends().items():
+        times = _sorted_seconds(lambda: product(a, b), repeats)
         per_backend[name] = {"best_gflops": flops / times[0] / 1e9,
                              "median_gflops": flops / times[len(times) // 2] / 1e9}
     best = max(per_backend, key=lambda k: per_backend[k]["best_gflops"])
@@ -59,20 +56,18 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> d
 def decode_products_gflops(shape: "Shape", rows: int, repeats: int = 5, dtype=torch.float32) -> dict:
     """GFLOP/s of one decode step's weight products alone, at `rows` rows: every layer's q, k,
     v, o, gate, up, down products and the LM head, each of the two groups through whichever
-    backend (torch.mm's or oneDNN's) runs it faster here, the best of `repeats` runs.
+    backend (torch's or oneDNN's) runs it faster here, the best of `repeats` runs.
     Random weights of the model's shapes, all layers held at once, so they stream from memory
     as in real decoding. Nothing else of a decode step (attention, norms, sampling) is in it,
     and the LoRA adapters are folded while sampling, so this bounds what decoding at this batch
     size can reach with these GEMM libraries."""
-    from grpo.speedups.onednn_linear import _onednn_mm, onednn_available
+    from grpo import speedups
 
     x_of = {i: torch.randn(rows, i, dtype=dtype) for i, _ in shape.layer_dims()}
     groups = {"layers": [(x_of[i], torch.randn(o, i, dtype=dtype))
                          for _ in range(shape.layers) for i, o in shape.layer_dims()],
               "head": [(torch.randn(rows, shape.hidden, dtype=dtype), torch.randn(shape.vocab, shape.hidden, dtype=dtype))]}
-    backends = {"torch.mm": torch.nn.functional.linear}
-    if onednn_available():
-        backends["onednn"] = _onednn_mm
+    backends = speedups.cpu_linear_backends()
     seconds, report = 0.0, {"rows": rows}
     for group, products in groups.items():
         flops = 2 * rows * sum(w.numel() for _, w in products)

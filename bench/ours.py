@@ -1,11 +1,12 @@
 """This project's GRPO step on a benchmark workload, in its own process: `python -m bench.ours a`.
 
-The step is train.py's loop body, stage by stage, with the same package functions (generate,
-the reward scoring, the advantages, frozen_logprobs, policy_update, the one-process backend)
-and a Config built the way a recipe is. Around them only timers: the update is split into backward (time inside
-`Tensor.backward`, which includes the recomputed LM-head chunks), optimizer (AdamW step,
-timed by optimizer hooks) and forward (the rest: forward passes, loss math, grad clipping).
-Prints one JSON object on the last line of stdout.
+The step is train.py's: the run is built by `grpo.training.setup.build_run` from a Config made the
+way a recipe is (with the workload's rows as its prompts), and each step is
+`grpo.training.step.train_step`, the function train.py's loop calls. Around it only timers: the
+step's own stage times, the prompt pass of generation (a forward hook), and the update split into
+backward (time inside `Tensor.backward`, which includes the recomputed LM-head chunks), optimizer
+(AdamW step, timed by optimizer hooks) and forward (the rest: forward passes, loss math, grad
+clipping). Prints one JSON object on the last line of stdout.
 """
 
 from __future__ import annotations
@@ -17,17 +18,12 @@ import time
 import torch
 
 from bench.workloads import WORKLOADS, Shared, child_parser, load_rows
-from grpo.rollout import generate, scoring
-from grpo.runtime.backends import SingleProcess
+from grpo import speedups
+from grpo.backends import start_world
 from grpo.runtime.config import CPU_MATMUL, config_from_dict
-from grpo.runtime.distributed import World
-from grpo.runtime.model import resolve_for_device, trainable_parameters
-from grpo.speedups.onednn_linear import onednn_plan
-from grpo.training import shaping
-from grpo.training.policy import build_policy, make_optimizer, seed_everything
-from grpo.training.prompts import prompt_indices, sampling_seed, tokenize_prompts
-from grpo.training.rollouts import reward_weights, sampling_params
-from grpo.training.update import UpdateTargets, frozen_logprobs, loss_settings, policy_update, scoring_plan
+from grpo.training.prompts import PromptSet, tokenize_prompts
+from grpo.training.setup import build_run
+from grpo.training.step import train_step
 
 
 def bench_config(w, s: Shared, steps: int, dtype: str = "float32", cpu_matmul: str = "auto"):
@@ -96,60 +92,44 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
         cpu_matmul: str = "auto") -> dict:
     w, s = WORKLOADS[workload], Shared()
     torch.set_num_threads(threads)
-    cfg = resolve_for_device(bench_config(w, s, steps + warmup, dtype, cpu_matmul), cuda=False)
-    t, r = cfg.train, cfg.rollout
-    seed_everything(t.seed)
-    reward_fns = scoring.build_rewards(cfg.rewards)
-    weights = reward_weights(reward_fns)
-    model, tokenizer, _ = build_policy(cfg, torch.device("cpu"))
-    params = trainable_parameters(model)
-    rows = load_rows(w, tokenizer)
-    tokens = tokenize_prompts(rows, tokenizer, "chat", t.max_seq_length - r.max_new_tokens, "bench")
-    optimizer, scheduler = make_optimizer(params, t, steps + warmup)
-    loss, plan = loss_settings(cfg), scoring_plan(cfg)
-    backend = SingleProcess(model, None, optimizer, scheduler, t.max_grad_norm, World())
-    sampling = sampling_params(cfg)
-    timers = Timers(optimizer)
-    prefill = PrefillTimer(model)
+    launch, cfg = start_world(bench_config(w, s, steps + warmup, dtype, cpu_matmul), None)
+    if launch.device.type != "cpu":
+        raise SystemExit(f"bench/ours.py times the CPU step; this process would train on {launch.device}")
+    prompt_tokens = {}
+
+    def workload_prompts(tokenizer):
+        rows = load_rows(w, tokenizer)
+        tokens = tokenize_prompts(rows, tokenizer, "chat", cfg.train.max_seq_length - cfg.rollout.max_new_tokens,
+                                  "bench")
+        prompt_tokens.update({row["prompt"]: len(t) for row, t in zip(rows, tokens)})
+        return PromptSet(rows, tokens), PromptSet([], [])
+
+    run_ = build_run(cfg, launch, workload_prompts)
+    timers = Timers(run_.backend.optimizer)
+    prefill = PrefillTimer(run_.model)
 
     records = []
     for step in range(1, steps + warmup + 1):
         timers.reset()
-        t0 = time.perf_counter()
-        indices = prompt_indices(len(rows), step, w.num_prompts, t.seed)
-        seeds = [sampling_seed(t.seed, step, k) for k in range(len(indices))]
         prefill.arm()
-        with backend.generation() as policy:
-            batch = generate(policy, tokenizer, [tokens[i] for i in indices], r.group_size, sampling, seeds)
-        t1 = time.perf_counter()
-        matrix = scoring.score(reward_fns, batch.texts, scoring.expand_columns([rows[i] for i in indices],
-                                                                                 r.group_size))
-        shaped = shaping.shape_rewards(matrix, weights, batch, cfg.variants, r.max_new_tokens)
-        total = shaped.total
-        advantages = shaping.advantages(shaped, r.group_size, cfg.variants, t.advantage_scale)
-        loss_mask, token_weights = shaping.loss_mask_and_weights(batch, total, cfg.variants)
-        t2 = time.perf_counter()
-        with backend.reference_scorer() as reference:
-            ref_logp = frozen_logprobs(reference, batch, plan)
-        t3 = time.perf_counter()
-        stats = policy_update(backend.scorer, backend, batch, UpdateTargets(advantages, None, ref_logp, loss_mask,
-                                                                              token_weights), loss, plan,
-                              collect_stats=True)
-        t4 = time.perf_counter()
-        update = t4 - t3
+        result = train_step(run_, step)
+        batch, times, stats = result.rollout.batch, result.times, result.updates[-1]
+        generate_s = result.rollout.info["time/generate_s"]
+        update = times["time/update_s"]
         records.append({
-            "step": step, "warmup": step <= warmup, "step_s": t4 - t0,
-            "phases_s": {"generate": t1 - t0, "reward_advantage": t2 - t1, "ref_logprobs": t3 - t2,
+            "step": step, "warmup": step <= warmup, "step_s": times["time/step_s"],
+            "phases_s": {"generate": generate_s, "reward_advantage": times["time/rollout_and_reward_s"] - generate_s,
+                         "ref_logprobs": times["time/frozen_logprobs_s"],
                          "update_forward_other": update - timers.backward - timers.optimizer,
                          "update_backward": timers.backward, "update_optimizer": timers.optimizer},
             "generate_prefill_s": prefill.seconds,
-            "prompt_lens": [len(tokens[i]) for i in indices],
+            "prompt_lens": [prompt_tokens[p] for p in result.rollout.prompts],
             "completion_lens": batch.completion_mask.sum(1).int().tolist(),
-            "loss": stats["loss"], "kl": stats["kl"], "reward_mean": total.mean().item(),
+            "loss": stats["loss"], "kl": result.updates[0]["kl"], "reward_mean": result.rollout.total.mean().item(),
         })
-        print(f"ours step {step}: {t4 - t0:.2f} s {json.dumps(records[-1]['phases_s'])}", flush=True)
+        print(f"ours step {step}: {times['time/step_s']:.2f} s {json.dumps(records[-1]['phases_s'])}", flush=True)
     return {"side": "ours", "workload": workload, "dtype": dtype, "steps": records,
-            "cpu_matmul": cpu_matmul, "onednn_plan": onednn_plan(cpu_matmul),
+            "cpu_matmul": cpu_matmul, "onednn_plan": speedups.onednn_plan(cpu_matmul),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "torch_threads": torch.get_num_threads(), "versions": {"torch": torch.__version__}}
@@ -158,7 +138,7 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
 def main(argv=None):
     parser = child_parser(__doc__)
     parser.add_argument("--cpu-matmul", default="auto", choices=CPU_MATMUL,
-                        help="model.cpu_matmul (grpo/onednn_linear.py)")
+                        help="model.cpu_matmul (grpo/speedups/onednn_linear.py)")
     args = parser.parse_args(argv)
     print(json.dumps(run(args.workload, args.steps, args.warmup, args.dtype, threads=args.threads,
                          cpu_matmul=args.cpu_matmul)))

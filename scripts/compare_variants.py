@@ -21,7 +21,7 @@ OUT/VARIANT/seed-S/train.log). OUT/variants.json and OUT/variants.md are rewritt
 
 Dropped from the single-seed version: the trajectory-extrapolation row. It is not a training variant,
 and with seeds it would need every checkpoint of each plain run kept and two more held-out
-evaluations per seed in this process; extrapolate.py does it on one run (log.keep_checkpoints=0).
+evaluations per seed in this process; scripts/extrapolate.py does it on one run (log.keep_checkpoints=0).
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ class Variant:
 
 VARIANTS = {
     "plain": Variant(()),
-    "delta_paper": Variant(("variants.token_credit=paper",)),
-    "delta_proxy": Variant(("variants.token_credit=proxy",)),
-    "pow3r": Variant(("variants.reward_weighting=dynamic",)),  # the demo has two criteria: format, correctness
-    "overlong_mask": Variant(("variants.overlong=mask",)),
+    "delta_paper": Variant(("tokens.credit=paper",)),
+    "delta_proxy": Variant(("tokens.credit=proxy",)),
+    "pow3r": Variant(("reward_shaping.weighting=dynamic",)),  # the demo has two criteria: format, correctness
+    "overlong_mask": Variant(("tokens.overlong_mask=true",)),
     "plain_mu2": Variant(("train.num_iterations=2",)),  # kl_cov's control: KL-Cov is inert with one update
     "kl_cov": Variant(("loss.policy=kl_cov", "train.num_iterations=2"), baseline="plain_mu2"),
-    "topd": Variant(("train.objective=opd", "distill.horizon=truncated", "distill.horizon_fraction=0.25",
-                     f"distill.teacher_adapter={TEACHER}")),
+    "topd": Variant(("objective.name=opd", "objective.horizon=truncated", "objective.horizon_fraction=0.25",
+                     f"objective.teacher_adapter={TEACHER}")),
 }
 
 

@@ -167,7 +167,7 @@ def test_train_args_pair_by_seed_and_only_plain_evaluates_before(tmp_path):
     assert plain == ["--recipe", "recipes/cpu-demo.yaml", "train.seed=2", "train.max_steps=8", "data.limit_eval=200",
                      "log.eval_before=true", "log.report_to=[]", "train.learning_rate=1e-4"]
     topd = cv.train_args("topd", 2, 8, 200, tmp_path, [])
-    assert "log.eval_before=false" in topd and f"distill.teacher_adapter={tmp_path}" in topd
+    assert "log.eval_before=false" in topd and f"objective.teacher_adapter={tmp_path}" in topd
 
 
 def test_parse_args_refuses_one_seed_and_a_missing_teacher(tmp_path):

@@ -6,13 +6,15 @@ import math
 import pytest
 import torch
 
-from grpo.research.distil import cost_to_go, distil_per_token_loss, forward_cross_entropy, position_baseline
-from grpo.research.distillation import reverse_kl_advantages, rollout_horizon
+from grpo.algorithm.loss import ClipRange, ppo_loss
+from grpo.objectives.distil import SOLUTION_NOTE, feedback_batch, feedback_notes, teacher_prompt
+from grpo.research.distil_rich_feedback import (
+    cost_to_go, forward_cross_entropy, position_baseline, sequence_advantages,
+)
+from grpo.research.on_policy_distillation import reverse_kl_advantages, rollout_horizon
 from grpo.rollout import SamplingParams, generate
-from grpo.rollout.logprobs import completion_logprobs, score_completions
-from grpo.runtime.config import load_config
+from grpo.rollout.logprobs import completion_logprobs, completion_logprobs_with
 from grpo.runtime.model import load_model_and_tokenizer
-from grpo.training.teacher import SOLUTION_NOTE, feedback_batch, feedback_notes, teacher_prompt
 
 
 def test_reverse_kl_advantages_by_hand():
@@ -63,25 +65,27 @@ def test_cost_to_go_and_position_baseline_by_hand():
     assert position_baseline(future, mask, 2).tolist() == [[2.0, 0.5, 0.0], [2.0, 0.5, 0.0]]
 
 
-def test_distil_surrogate_value_and_gradient_by_hand():
+def test_distil_sequence_advantages_and_their_gradient_by_hand():
     # One group of 2 rows, 2 tokens each, K = 2 teacher tokens. Teacher q = (0.5, 0.5) everywhere.
     # Student log-probs of the teacher's tokens: row 0: ln(0.25, 0.75) at both positions -> H = 0.83698 each;
     # row 1: ln(0.5, 0.5) -> H = ln 2 = 0.69315 each.
     # Future cost: row 0: (0.83698, 0); row 1: (0.69315, 0); baseline at position 0: 0.76507, at 1: 0.
-    # Credit (C - b): row 0: +0.07192 at t=0; row 1: -0.07192 at t=0; 0 at t=1.
+    # Credit (C - b): row 0: +0.07192 at t=0; row 1: -0.07192 at t=0; 0 at t=1. Advantage A = -w * credit.
     student = torch.log(torch.tensor([[0.25, 0.75], [0.25, 0.75], [0.5, 0.5], [0.5, 0.5]])).view(2, 2, 2)
     teacher = torch.full((2, 2, 2), 0.5)
-    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
-    loss = distil_per_token_loss(student, teacher, logp, torch.ones(2, 2), 2, future_weight=1.0)
+    local = forward_cross_entropy(student, teacher)
     h0, h1 = 0.83698, math.log(2)
-    credit = (h0 - h1) / 2
-    expected = torch.tensor([[h0 + credit * -1.0, h0], [h1 - credit * -0.5, h1]])
-    torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=0)
-    loss.sum().backward()  # d/dlogp = w * credit: the token that led to the costlier future is pushed down
-    torch.testing.assert_close(logp.grad, torch.tensor([[credit, 0.0], [-credit, 0.0]]), atol=1e-5, rtol=0)
-    # future_weight 0: the local cross-entropy alone
-    local = distil_per_token_loss(student, teacher, logp.detach(), torch.ones(2, 2), 2, future_weight=0.0)
     torch.testing.assert_close(local, torch.tensor([[h0, h0], [h1, h1]]), atol=1e-5, rtol=0)
+    credit = (h0 - h1) / 2
+    advantages = sequence_advantages(local, torch.ones(2, 2), 2, future_weight=1.0)
+    torch.testing.assert_close(advantages, torch.tensor([[-credit, 0.0], [credit, 0.0]]), atol=1e-5, rtol=0)
+    # Through a policy loss at ratio 1 (on-policy): d/dlogp = -A = w * credit, the surrogate's sequence
+    # gradient: the token that led to the costlier future is pushed down.
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    ppo_loss(logp, logp.detach(), advantages, torch.ones(2, 2), ClipRange()).per_token.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[credit, 0.0], [-credit, 0.0]]), atol=1e-5, rtol=0)
+    # future_weight 0: no sequence term
+    assert sequence_advantages(local, torch.ones(2, 2), 2, future_weight=0.0).abs().max() == 0
 
 
 def test_distil_gradient_reaches_the_student_distribution():
@@ -97,13 +101,13 @@ def tiny(tiny_model_dir):
     return model.eval(), tokenizer
 
 
-def test_score_completions_gathers_and_ranks_the_full_softmax(tiny):
+def test_completion_logprobs_with_gathers_and_ranks_the_full_softmax(tiny):
     model, tokenizer = tiny
     prompts = [tokenizer("Question: 2+2?")["input_ids"], tokenizer("Q")["input_ids"]]
     batch = generate(model, tokenizer, prompts, 2, SamplingParams(max_new_tokens=5), seeds=[0, 1])
     ids = torch.randint(0, model.config.vocab_size, batch.completion_ids.shape + (3,), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        out = score_completions(model, batch, 0.7, gather_ids=ids, top_k=4, with_hidden=True)
+        out = completion_logprobs_with(model, batch, 0.7, gather_ids=ids, top_k=4, with_hidden=True)
         plain = completion_logprobs(model, batch, 0.7)
     mask = batch.completion_mask.bool()
     torch.testing.assert_close(out.logp[mask], plain[mask], atol=1e-5, rtol=1e-5)
@@ -122,7 +126,6 @@ def test_score_completions_gathers_and_ranks_the_full_softmax(tiny):
 
 def test_teacher_notes_and_prompts(tiny):
     _, tokenizer = tiny
-    cfg = load_config(None, ["data.prompt_style=plain", "data.n_shot=0"])
     rows = [{"question": "What is 2 + 3?", "solution": "2 + 3 = 5\n#### The final answer is 5", "prompt": "p"}] * 2
     notes = feedback_notes(rows, ["a", "b"], code_feedback=None)
     assert notes == [SOLUTION_NOTE.format(solution=rows[0]["solution"])] * 2
@@ -136,9 +139,9 @@ def test_teacher_notes_and_prompts(tiny):
         "# An earlier attempt at this task was run against its tests. Result:\n# failed: assert\ndef f(x):")
     # the completions stay; a shared note gives one prompt per group, differing notes one per row
     batch = generate(tiny[0], tokenizer, [tokenizer("Q")["input_ids"]], 2, SamplingParams(max_new_tokens=3), seeds=[0])
-    shared = feedback_batch(batch, rows, notes, cfg, tokenizer)
+    shared = feedback_batch(batch, rows, notes, 0, "plain", tokenizer)
     assert shared.group_size == 2 and shared.prompt_ids.shape[0] == 1
     assert torch.equal(shared.completion_ids, batch.completion_ids)
-    per_row = feedback_batch(batch, code_rows, verdicts, cfg, tokenizer)
+    per_row = feedback_batch(batch, code_rows, verdicts, 0, "plain", tokenizer)
     assert per_row.group_size == 1 and per_row.prompt_ids.shape[0] == 2
     assert (per_row.prompt_mask.sum(1) > 0).all() and per_row.prompt_mask[:, -1].all()  # left-padded

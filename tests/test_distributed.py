@@ -162,8 +162,8 @@ def test_one_step_on_two_ranks_matches_one_step_on_one_process(tiny_model_dir, t
 def test_on_policy_distillation_on_two_ranks_matches_one_process(tiny_model_dir, tiny_teacher_adapter, tmp_path,
                                                                  strategy):
     """The teacher is a whole copy on each rank (loaded outside ZeRO-3's partitioning): the same step."""
-    opd = ["train.objective=opd", f"distill.teacher_adapter={tiny_teacher_adapter}", "loss.beta=0",
-           "distill.horizon=truncated", "distill.horizon_fraction=0.5", "log.eval_before=false"]
+    opd = ["objective.name=opd", f"objective.teacher_adapter={tiny_teacher_adapter}", "loss.beta=0",
+           "objective.horizon=truncated", "objective.horizon_fraction=0.5", "log.eval_before=false"]
     two, one = tmp_path / "two", tmp_path / "one"
     run_two_ranks(tiny_model_dir, two, 1, f"train.strategy={strategy}", *opd)
     train.main(tiny_args(tiny_model_dir, one, 1, *ONE_PROMPT_PER_MICRO_BATCH, *opd))
@@ -179,7 +179,7 @@ def test_on_policy_distillation_on_two_ranks_matches_one_process(tiny_model_dir,
 
 
 def test_distil_trains_on_two_ranks_under_zero3(tiny_model_dir, tmp_path):
-    run_two_ranks(tiny_model_dir, tmp_path, 1, "train.objective=distil", "distill.top_k=8", "log.eval_before=false")
+    run_two_ranks(tiny_model_dir, tmp_path, 1, "objective.name=distil", "objective.top_k=8", "log.eval_before=false")
     (record,) = step_records(tmp_path)
     assert record["distil/cross_entropy"] > 0 and record["skipped"] == 0
 
@@ -243,7 +243,7 @@ def recipe(*overrides):
 
 
 @pytest.mark.parametrize("override, named", [
-    ("variants.dynamic_sampling=true", "dynamic_sampling"), ("model.use_lora=false", "use_lora"),
+    ("rollout.dynamic_sampling=true", "dynamic_sampling"), ("model.use_lora=false", "use_lora"),
     ("log.merge_final=true", "merge_final"),
 ], ids=["dynamic-sampling", "full-finetune", "merge-final"])
 def test_zero3_refuses_what_it_cannot_honour_naming_the_setting(override, named):
@@ -257,7 +257,7 @@ def test_ddp_refuses_only_dynamic_sampling():
     for allowed in ("model.use_lora=false", "log.merge_final=true", "model.load_in_4bit=true"):
         check_recipe(recipe(allowed), "ddp")
     with pytest.raises(ConfigError, match="dynamic_sampling"):
-        check_recipe(recipe("variants.dynamic_sampling=true"), "ddp")
+        check_recipe(recipe("rollout.dynamic_sampling=true"), "ddp")
 
 
 def test_ds_config_auto_fields_come_from_the_recipe():

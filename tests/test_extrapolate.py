@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import extrapolate as cli
+from scripts import extrapolate as cli
 from grpo.research.extrapolate import (
     extrapolate_trajectory,
     load_adapter_snapshots,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from grpo import aggregate_loss, clipped_surrogate, group_advantages, kl_k3
-from grpo.algorithm.loss import (POLICY_LOSSES, ClipRange, check_policy_loss, policy_loss_with_kl, register_policy_loss,
-                                 token_logprobs)
+from grpo.algorithm.loss import (POLICY_LOSSES, ClipRange, aggregation_counts, check_policy_loss, policy_loss_with_kl,
+                                 register_policy_loss, token_logprobs)
 
 
 def test_group_advantages_group_scale_by_hand():
@@ -166,11 +166,12 @@ def test_total_loss_adds_beta_times_kl_and_skips_it_at_beta_zero():
     ref = torch.log(torch.tensor([[0.25]]))
     adv = torch.tensor([1.0])
     mask = torch.ones(1, 1)
-    for name in POLICY_LOSSES:  # at rho = 1 every registered loss is -A; the KL is added the same way
+    for name in POLICY_LOSSES:  # at rho = 1 every registered loss is -A (CISPO's -A logp = -ln .5 x ... below)
+        surrogate = -1.0 if name != "cispo" else math.log(2)  # CISPO: -sg(1) x A x logp = -ln(.5) = .693147
         with_kl = policy_loss_with_kl(name, logp, logp, ref, adv, mask, ClipRange(), beta=0.1).per_token
-        torch.testing.assert_close(with_kl, torch.tensor([[-1 + 0.1 * (math.log(2) - 0.5)]]))
+        torch.testing.assert_close(with_kl, torch.tensor([[surrogate + 0.1 * (math.log(2) - 0.5)]]))
         without = policy_loss_with_kl(name, logp, logp, None, adv, mask, ClipRange(), beta=0.0).per_token
-        assert without.item() == pytest.approx(-1.0)
+        assert without.item() == pytest.approx(surrogate)
     with pytest.raises(ValueError, match="needs reference log-probs"):
         policy_loss_with_kl("ppo", logp, logp, None, adv, mask, ClipRange(), beta=0.1)
 
@@ -180,3 +181,24 @@ def test_token_logprobs_by_hand():
     logits = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0]]])
     lp = token_logprobs(logits, torch.tensor([[1, 0]]), chunk_rows=1)
     torch.testing.assert_close(lp, torch.tensor([[math.log(0.75), math.log(0.5)]]))
+
+
+@pytest.mark.parametrize("mode, whole", [
+    pytest.param("token-mean", 10 / 4, id="token-mean"),  # (1 + 2 + 3 + 4) / 4 tokens
+    pytest.param("seq-mean-token-mean", (1.5 + 3 + 4) / 3, id="seq-mean-token-mean"),  # row means 1.5, 3, 4
+    pytest.param("seq-mean-token-sum-norm", 10 / (3 * 2), id="dr-grpo"),  # token sum / (3 rows x max 2)
+])
+def test_micro_batch_shares_of_the_step_totals_sum_to_the_whole_loss(mode, whole):
+    """Two micro-batches with 3 and 1 tokens: each divided by the step's totals (4 tokens, 3 sequences,
+    3 rows), their shares add up to the loss of the whole batch; each averaged on its own (TRL's bnpo),
+    token-mean would give (6/3 + 4/1) / 2 = 3.0, not 2.5."""
+    first, first_mask = torch.tensor([[1.0, 2.0], [3.0, 9.0]]), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    second, second_mask = torch.tensor([[4.0, 9.0]]), torch.tensor([[1.0, 0.0]])
+    counts = aggregation_counts(first_mask) + aggregation_counts(second_mask)
+    assert counts.tolist() == [4.0, 3.0, 3.0]
+    shares = aggregate_loss(first, first_mask, mode, 2, counts) + aggregate_loss(second, second_mask, mode, 2, counts)
+    everything = aggregate_loss(torch.cat([first, second]), torch.cat([first_mask, second_mask]), mode, 2)
+    assert shares.item() == pytest.approx(whole) and everything.item() == pytest.approx(whole)
+    if mode == "token-mean":
+        averaged = (aggregate_loss(first, first_mask, mode) + aggregate_loss(second, second_mask, mode)) / 2
+        assert averaged.item() == pytest.approx(3.0)

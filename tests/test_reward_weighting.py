@@ -8,7 +8,7 @@ from grpo.research.reward_weighting import criterion_spread, criterion_weights, 
 
 
 def combine_rewards(matrix, base, group_size, dynamic, floor=0.0):
-    """The total the trainer computes (grpo/training/shaping.py): the weighted sum under this batch's weights."""
+    """The total the trainer computes (grpo/training/reward_shaping.py): the weighted sum under this batch's weights."""
     return weighted_total(matrix, criterion_weights(matrix, base, group_size, dynamic, floor))
 
 NAN = float("nan")

@@ -545,13 +545,13 @@ def test_a_judge_that_crashes_once_is_retried(tmp_path, monkeypatch):
 
 
 def test_a_sandbox_failure_stops_training_instead_of_scoring_zero(tmp_path, monkeypatch):
-    from grpo.rollout import scoring
+    from grpo.rollout import rewarding
 
     monkeypatch.setattr(sandbox, "JUDGE", crashing_judge(tmp_path, crashes=9))
-    reward = scoring.WeightedReward("code_execution", 1.0, rewards.get("code_execution", timeout_s=3.0,
+    reward = rewarding.WeightedReward("code_execution", 1.0, rewards.get("code_execution", timeout_s=3.0,
                                                                        allow_unisolated=not ISOLATED))
     with pytest.raises(sandbox.SandboxError):
-        scoring.score([reward], [RIGHT], {"prompt": [ADD_PROMPT], "test": [ADD_TEST], "entry_point": ["add"]})
+        rewarding.reward_matrix([reward], [RIGHT], {"prompt": [ADD_PROMPT], "test": [ADD_TEST], "entry_point": ["add"]})
 
 
 @needs_isolation

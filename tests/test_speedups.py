@@ -1,5 +1,6 @@
 """The fast paths of the update (shared prompt prefix, chunked and checkpointed LM-head log-probs,
-micro-batches, oneDNN linear and fused LoRA layers) leave training unchanged: three real steps of frozen_logprobs + policy_update are
+micro-batches, oneDNN linear and fused LoRA layers) leave training unchanged: three real steps of
+frozen_logprobs + policy_update are
 compared with the same steps written the plain way here: one sequence at a time, the full
 prompt + completion forward, a full-vocabulary log_softmax, and the GRPO loss spelled out.
 """
@@ -13,9 +14,14 @@ from grpo.runtime.model import attach_lora, load_model_and_tokenizer, trainable_
 from grpo.speedups.onednn_linear import onednn_available, use_onednn_linears
 from grpo.rollout import SamplingParams, generate
 from grpo.algorithm import ClipRange
-from grpo.runtime.backends import SingleProcess
+from grpo.backends import SingleProcess
+from grpo.objectives import LossSettings, Targets
+from grpo.objectives.grpo import GrpoObjective
+from grpo.objectives.token_credit import TokenCredit
+from grpo.rollout.logprobs import LogProbPlan, frozen_logprobs
+from grpo.runtime.config import TokensConfig
 from grpo.runtime.distributed import World
-from grpo.training.update import LossSettings, ScoringPlan, UpdateTargets, frozen_logprobs, policy_update
+from grpo.training.update import policy_update
 
 G, BETA, LR = 4, 0.04, 0.05
 
@@ -69,7 +75,8 @@ def test_fast_update_matches_plain_per_sequence_update(tiny_model_dir, onednn):
     opt_plain = torch.optim.SGD(trainable_parameters(plain), lr=LR)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt_fast, lambda _: 1.0)
     loss = LossSettings("ppo", BETA, ClipRange(0.2, 0.2), "seq-mean-token-mean", max_tokens=10)
-    plan = ScoringPlan(temperature=1.0, prompts_per_micro_batch=1)
+    plan = LogProbPlan(temperature=1.0, prompts_per_micro_batch=1)
+    objective = GrpoObjective(loss, 10, TokenCredit(TokensConfig()))
     # Prompts of different lengths, so the batch is left-padded and the prefix sharing is exercised.
     prompts = [tokenizer("Question: 12+7?")["input_ids"], tokenizer("Hi")["input_ids"]]
     backend = SingleProcess(fast, None, opt_fast, scheduler, 1.0, World())
@@ -81,10 +88,10 @@ def test_fast_update_matches_plain_per_sequence_update(tiny_model_dir, onednn):
         grouped = rewards.view(-1, G)
         advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
 
-        with backend.reference_scorer() as reference:
+        with backend.reference_logprobs() as reference:
             ref = frozen_logprobs(reference, batch, plan)
-        stats = policy_update(backend.scorer, backend, batch, UpdateTargets(advantages, None, ref, batch.completion_mask),
-                              loss, plan, True)
+        targets = Targets(batch.completion_mask, advantages, rewards, ref_logp=ref)
+        stats, _ = policy_update(backend.logprobs, backend, batch, targets, objective, loss, plan, World())
         expected = plain_step(plain, opt_plain, prompts, completions, advantages)
 
         assert stats["loss"] == pytest.approx(expected, abs=1e-5), f"step {step}"
@@ -108,7 +115,8 @@ def test_bfloat16_weights_give_the_float32_update_up_to_rounding(tiny_model_dir)
     assert next(models["bfloat16"].get_base_model().parameters()).dtype == torch.bfloat16
 
     loss = LossSettings("ppo", BETA, ClipRange(0.2, 0.2), "seq-mean-token-mean", max_tokens=10)
-    plan = ScoringPlan(temperature=1.0, prompts_per_micro_batch=1)
+    plan = LogProbPlan(temperature=1.0, prompts_per_micro_batch=1)
+    objective = GrpoObjective(loss, 10, TokenCredit(TokensConfig()))
     prompts = [tokenizer("Question: 12+7?")["input_ids"], tokenizer("Hi")["input_ids"]]
     batch = generate(models["float32"], tokenizer, prompts, G, SamplingParams(1.0, 1.0, 10), seeds=[0, 1])
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, 0.0, -1.0, -1.0])
@@ -119,11 +127,10 @@ def test_bfloat16_weights_give_the_float32_update_up_to_rounding(tiny_model_dir)
         optimizer = torch.optim.SGD(params, lr=1.0)
         backend = SingleProcess(model, None, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
                                 0.0, World())
-        with backend.reference_scorer() as reference:
+        with backend.reference_logprobs() as reference:
             ref = frozen_logprobs(reference, batch, plan)
-        losses[dtype] = policy_update(backend.scorer, backend, batch,
-                                      UpdateTargets(advantages, None, ref, batch.completion_mask), loss, plan,
-                                      True)["loss"]
+        targets = Targets(batch.completion_mask, advantages, advantages, ref_logp=ref)
+        losses[dtype] = policy_update(backend.logprobs, backend, batch, targets, objective, loss, plan, World())[0]["loss"]
         deltas[dtype] = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)])
     assert deltas["float32"].norm() > 0
     cosine = torch.nn.functional.cosine_similarity(deltas["float32"], deltas["bfloat16"], dim=0)

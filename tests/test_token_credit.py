@@ -77,3 +77,19 @@ def test_inputs_not_mutated_and_bad_arguments_rejected():
         discriminative_token_weights(ids, mask, torch.tensor([1.0, 0.0]), 2, min_weight=0.0)
     with pytest.raises(ValueError, match="not divisible by group_size"):
         discriminative_token_weights(ids, mask, torch.tensor([1.0, 0.0]), 3)
+
+
+def test_token_credit_scales_each_tokens_advantage():
+    """tokens.credit=proxy through the objective's seam: one group of two rows, ids row 0 [5, 7] (reward 1),
+    row 1 [5, 9] (reward 0). Token 5 is as frequent on both sides: d = 0, raw weight 0.1; 7 and 9 are one
+    side's only: d = 1, raw weight 2. Normalized to mean 1 over the 4 tokens: x 4 / 4.2. A_t = w_t * A."""
+    from grpo.objectives.token_credit import TokenCredit
+    from grpo.runtime.config import TokensConfig
+
+    ids = torch.tensor([[5, 7], [5, 9]])
+    mask, rewards, advantages = torch.ones(2, 2), torch.tensor([1.0, 0.0]), torch.tensor([0.5, -0.5])
+    scaled = TokenCredit(TokensConfig(credit="proxy")).scale(advantages, mask, ids, rewards, 2, None, None)
+    w = torch.tensor([0.1, 2.0]) * 4 / 4.2
+    torch.testing.assert_close(scaled, torch.stack([0.5 * w, -0.5 * w]))
+    unchanged = TokenCredit(TokensConfig()).scale(advantages, mask, ids, rewards, 2, None, None)
+    assert unchanged is advantages  # credit none: one advantage per completion, as GRPO

@@ -105,12 +105,12 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tiny_mod
 @pytest.mark.parametrize(
     "variant",
     [
-        pytest.param(["loss.policy=dual_clip", "variants.overlong=soft", "variants.overlong_cache_len=4",
-                      "variants.entropy_top_fraction=0.5", "variants.token_credit=proxy",
-                      "variants.reward_weighting=dynamic", "variants.self_certainty_weight=0.5"],
+        pytest.param(["loss.policy=dual_clip", "reward_shaping.overlong_penalty=true",
+                      "reward_shaping.overlong_cache_len=4", "tokens.entropy_top_fraction=0.5", "tokens.credit=proxy",
+                      "reward_shaping.weighting=dynamic", "reward_shaping.self_certainty_weight=0.5"],
                      id="dual-clip-soft-overlong-entropy-credit-weighting-certainty"),
         pytest.param(["loss.policy=gspo", "loss.eps_low=3e-4", "loss.eps_high=4e-4",
-                      "variants.overlong=mask", "variants.dynamic_sampling=true", "train.num_iterations=2"],
+                      "tokens.overlong_mask=true", "rollout.dynamic_sampling=true", "train.num_iterations=2"],
                      id="gspo-overlong-mask-dynamic-sampling-two-iterations"),
     ],
 )
@@ -120,9 +120,9 @@ def test_variants_train_with_finite_losses(tiny_model_dir, tmp_path, variant):
     assert math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
     if "loss.policy=dual_clip" in variant:  # each policy loss logs the indicators of its own clipping
         assert 0 <= record["dual_clip_frac"] <= 1
-    if "variants.reward_weighting=dynamic" in variant:
+    if "reward_shaping.weighting=dynamic" in variant:
         assert "reward_weight/0" in record and "reward/overlong_penalty/mean" in record
-    if "variants.dynamic_sampling=true" in variant:
+    if "rollout.dynamic_sampling=true" in variant:
         assert 1 <= record["dynamic_sampling/tries"] <= 4
 
 

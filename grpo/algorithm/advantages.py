@@ -8,6 +8,8 @@ Pinned here, where the reference implementations disagree:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from grpo.algorithm.groups import group_view, has_spread
@@ -69,3 +71,41 @@ def decoupled_advantages(scores: torch.Tensor, weights: torch.Tensor, group_size
     out = (summed - summed.mean()) / (summed.std() + eps) if summed.numel() > 1 else torch.zeros_like(summed)
     flat = ~has_spread(summed, group_size).repeat_interleave(group_size)  # (B,)
     return torch.where(flat, torch.zeros_like(out), out)
+
+
+# ---- the estimators a recipe picks by name (advantage.estimator) ---------------------------------
+# Each takes the shaped reward columns (B, K) (NaN = not applicable), their weights (K,), the weighted
+# total (B,), the group size and advantage.scale, and returns one advantage per completion (B,).
+
+AdvantageFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, str], torch.Tensor]
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
+
+
+def register_advantage_estimator(name: str):
+    """Decorator: make `fn(columns, weights, total, group_size, scale) -> (B,)` selectable as `name`."""
+
+    def decorator(fn: AdvantageFn) -> AdvantageFn:
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return decorator
+
+
+def estimate_advantages(name: str, columns: torch.Tensor, weights: torch.Tensor, total: torch.Tensor,
+                        group_size: int, scale: str = "group") -> torch.Tensor:
+    """The registered estimator `name` on a batch's rewards: (B,) advantages."""
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; valid: {', '.join(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name](columns, weights, total, group_size, scale)
+
+
+@register_advantage_estimator("grpo")
+def _grpo(columns, weights, total, group_size, scale):
+    return group_advantages(total, group_size, scale)
+
+
+@register_advantage_estimator("gdpo")
+def _gdpo(columns, weights, total, group_size, scale):
+    return decoupled_advantages(columns, weights, group_size)

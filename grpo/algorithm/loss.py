@@ -14,7 +14,8 @@ Choices the reference implementations disagree on, pinned here:
 - KL to the reference uses the k3 estimator exp(r) - r - 1 with r = ref - logp
   (Schulman, "Approximating KL divergence"; DeepSeekMath eq. 4): unbiased, always >= 0.
 - Aggregation modes follow verl's names: "seq-mean-token-mean" (GRPO paper, TRL's
-  "grpo"), "token-mean" (DAPO, TRL's "bnpo"), "seq-mean-token-sum-norm" (Dr. GRPO).
+  "grpo"), "token-mean" (DAPO, TRL's "dapo"), "seq-mean-token-sum-norm" (Dr. GRPO); each divides by
+  the optimizer step's totals (tokens, sequences, rows), counted over all micro-batches and ranks.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class ClipRange:
     low: float = 0.2
     high: float = 0.2
     dual_clip_c: float = 3.0
-    kl_cov_ratio: float = 0.0002
+    kl_cov_ratio: float = 0.002
     kl_cov_coef: float = 1.0
 
 
@@ -60,21 +61,45 @@ class PolicyLossSpec:
     fn: PolicyLossFn
     aggregations: tuple[str, ...] | None  # the aggregations it is valid with; None = any
     why: str = ""  # why the aggregation is restricted (quoted in the config error)
+    default_clip: tuple[float, float] = (0.2, 0.2)  # (low, high) when the recipe leaves loss.eps_low/high unset
+    max_eps: float | None = None  # a clip range above this cannot act as the loss intends (quoted with `why_eps`)
+    why_eps: str = ""
+    # tokens the loss treats apart, chosen over the whole optimizer step before it (KL-Cov's): (old_logp,
+    # advantages, mask, clip) of the step's rows -> (B, T) bool; the loss then takes them as `selected`
+    step_selection: Callable | None = None
 
 
 POLICY_LOSSES: dict[str, PolicyLossSpec] = {}
 
 
-def register_policy_loss(name: str, aggregations: tuple[str, ...] | None = None, why: str = ""):
-    """Decorator: make `fn(logp, old_logp, advantages, mask, clip) -> PolicyLoss` selectable as `name`."""
+def register_policy_loss(name: str, aggregations: tuple[str, ...] | None = None, why: str = "",
+                         default_clip: tuple[float, float] = (0.2, 0.2), max_eps: float | None = None,
+                         why_eps: str = "", step_selection: Callable | None = None):
+    """Decorator: make `fn(logp, old_logp, advantages, mask, clip) -> PolicyLoss` selectable as `name`
+    (with step_selection, `fn(..., selected=None)`)."""
 
     def decorator(fn: PolicyLossFn) -> PolicyLossFn:
         if name in POLICY_LOSSES:
             raise ValueError(f"policy loss {name!r} is already registered")
-        POLICY_LOSSES[name] = PolicyLossSpec(fn, aggregations, why)
+        POLICY_LOSSES[name] = PolicyLossSpec(fn, aggregations, why, default_clip, max_eps, why_eps, step_selection)
         return fn
 
     return decorator
+
+
+def clip_bounds(name: str, low: float | None, high: float | None) -> tuple[float, float]:
+    """(eps_low, eps_high) of policy loss `name`: the recipe's values, or the loss's own defaults where unset."""
+    default_low, default_high = policy_loss_spec(name).default_clip
+    return (default_low if low is None else low), (default_high if high is None else high)
+
+
+def check_clip(name: str, low: float | None, high: float | None) -> str | None:
+    """Why the clip range cannot act as policy loss `name` intends (None when it can)."""
+    spec = policy_loss_spec(name)
+    eps_low, eps_high = clip_bounds(name, low, high)
+    if spec.max_eps is not None and max(eps_low, eps_high) > spec.max_eps:
+        return f"eps_low={eps_low}, eps_high={eps_high} are above {spec.max_eps}: {spec.why_eps}"
+    return None
 
 
 def policy_loss_spec(name: str) -> PolicyLossSpec:
@@ -163,6 +188,9 @@ def dual_clip_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyL
     "gspo", aggregations=("seq-mean-token-mean",),
     why="GSPO's token form gives the sequence gradient only when each completion's tokens are "
         "averaged first, then the completions",
+    default_clip=(3e-4, 4e-4), max_eps=0.01,
+    why_eps="a length-normalized sequence ratio moves far less than a token's, so a token-sized range never "
+            "clips; the GSPO paper (v2, section 5.1) uses eps_low=3e-4, eps_high=4e-4 (leave both unset for those)",
 )
 def gspo_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
     """Per-token GSPO loss (Zheng et al. 2025, arXiv:2507.18071), the "GSPO-token" form, as verl.
@@ -175,8 +203,8 @@ def gspo_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
     the registry enforces) gives exactly GSPO's sequence gradient.
     Returns -min(s*A, clip(s, 1 - low, 1 + high)*A) per token. Masked positions carry the same value
     and are dropped by the aggregation. The log-ratio is clamped at 10 before exp, as in verl, so
-    a wild sequence cannot overflow. GSPO's clip range is tiny (3e-4/4e-4 in the paper) because a
-    sequence ratio moves far less than a token ratio.
+    a wild sequence cannot overflow. GSPO's clip range is tiny (3e-4/4e-4 in the paper, its defaults
+    here; above 0.01 it is refused) because a sequence ratio moves far less than a token ratio.
     Indicator "clip_frac": the tokens of sequences whose ratio the clip removed.
     """
     _check_pair(logp, old_logp, advantages)
@@ -192,6 +220,26 @@ def gspo_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
     adv = advantages.unsqueeze(-1)  # (B, 1)
     loss = torch.maximum(-ratio * adv, -torch.clamp(ratio, 1.0 - clip.low, 1.0 + clip.high) * adv)
     return PolicyLoss(loss, {"clip_frac": _clipped_tokens(ratio.detach(), advantages, clip)})
+
+
+@register_policy_loss("cispo", default_clip=(0.2, 4.0))
+def cispo_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
+    """CISPO (MiniMax-M1, arXiv:2506.13585; as TRL's `cispo` loss and ScaleRL, arXiv:2510.13786): clip the
+    importance weight, not the update.
+
+        loss_t = -sg(min(rho_t, 1 + clip.high)) * A * logp_t,   rho_t = exp(logp_t - old_logp_t)
+
+    Why: PPO's clip zeroes the gradient of a token whose ratio left the range, and the rare tokens that
+    start a reflection ("However", "Wait") are those; CISPO keeps every token's gradient and only bounds
+    its weight. clip.high defaults to 4.0 here, a weight cap of 5 (TRL's and ScaleRL's epsilon_max = 5);
+    there is no lower bound (clip.low is unused), as in TRL and MiniMax-M1's setting.
+    Indicator "clip_frac": tokens with A > 0 whose weight was capped (TRL's cispo_clip_ratio).
+    """
+    _check_pair(logp, old_logp, advantages)
+    ratio = torch.exp(logp - old_logp).detach()  # (B, T)
+    weight = torch.clamp(ratio, max=1 + clip.high)
+    adv = per_token(advantages)  # (B, 1) or (B, T)
+    return PolicyLoss(-weight * adv * logp, {"clip_frac": (ratio > 1 + clip.high) & (adv > 0)})
 
 
 def top_covariance_tokens(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -216,8 +264,12 @@ def top_covariance_tokens(logp: torch.Tensor, advantages: torch.Tensor, mask: to
     return keep.view(logp.shape) & valid
 
 
-@register_policy_loss("kl_cov")
-def kl_cov_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss:
+def _kl_cov_selection(old_logp, advantages, mask, clip: ClipRange) -> torch.Tensor:
+    return top_covariance_tokens(old_logp, advantages, mask, clip.kl_cov_ratio)
+
+
+@register_policy_loss("kl_cov", step_selection=_kl_cov_selection)
+def kl_cov_loss(logp, old_logp, advantages, mask, clip: ClipRange, selected: torch.Tensor | None = None) -> PolicyLoss:
     """KL-Cov (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning
     Language Models", arXiv:2505.22617), as verl's `kl_cov` policy loss.
 
@@ -227,14 +279,31 @@ def kl_cov_loss(logp, old_logp, advantages, mask, clip: ClipRange) -> PolicyLoss
     Why: entropy collapses through those few tokens (confident and rewarded); a KL penalty on them
     alone keeps entropy up without clipping every token. The penalty is 0, with zero gradient, while
     logp == old_logp: it acts from the second update on a rollout (train.num_iterations >= 2).
+    selected (B, T): the tokens chosen over the whole optimizer step (the trainer passes them: the
+    selection on the sampling policy's log-probs of all the step's tokens, so it does not depend on
+    how the step is cut; verl selects within each micro-batch on the current log-probs); None
+    selects within these rows, on `logp`.
     Indicator "kl_cov_frac": the penalized tokens.
     """
     _check_pair(logp, old_logp, advantages)
     ratio = torch.exp(logp - old_logp)  # (B, T)
     loss = -per_token(advantages) * ratio
-    chosen = top_covariance_tokens(logp, advantages, mask, clip.kl_cov_ratio)
+    chosen = top_covariance_tokens(logp, advantages, mask, clip.kl_cov_ratio) if selected is None else selected
     penalty = clip.kl_cov_coef * (logp - old_logp).abs()
     return PolicyLoss(torch.where(chosen, loss + penalty, loss), {"kl_cov_frac": chosen})
+
+
+def policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, clip: ClipRange, selected: torch.Tensor | None = None) -> PolicyLoss:
+    """The registered policy loss `name` per token (B, T), without the KL term, and its indicators.
+
+    logp, old_logp, mask: (B, T); advantages: (B,) or (B, T); selected (B, T): the step's selection of a
+    loss with a step_selection (KL-Cov), None for the others.
+    """
+    spec = policy_loss_spec(name)
+    if spec.step_selection is None:
+        return spec.fn(logp, old_logp, advantages, mask, clip)
+    return spec.fn(logp, old_logp, advantages, mask, clip, selected=selected)
 
 
 def policy_loss_with_kl(
@@ -251,14 +320,14 @@ def policy_loss_with_kl(
 
     logp, old_logp, ref_logp, mask: (B, T); advantages: (B,) or (B, T). The KL term is skipped at beta == 0.
     """
-    out = policy_loss_spec(name).fn(logp, old_logp, advantages, mask, clip)
+    out = policy_loss(name, logp, old_logp, advantages, mask, clip)
     out.per_token = with_kl(out.per_token, logp, ref_logp, beta)
     return out
 
 
 def with_kl(per_token: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None, beta: float) -> torch.Tensor:
     """per_token + beta * k3 KL(policy || reference) per token (B, T); unchanged at beta == 0. Every
-    objective's loss (the policy losses above, DistIL's) gets its KL term here."""
+    objective's loss (grpo/objectives) gets its KL term here."""
     if beta == 0:
         return per_token
     if ref_logp is None:
@@ -266,42 +335,73 @@ def with_kl(per_token: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor 
     return per_token + beta * kl_k3(logp, ref_logp)
 
 
-def _seq_mean_token_mean(per_token_loss, mask, max_tokens):
+# ---- aggregation: a sum over the tokens, divided by the step's totals ------------------------------
+# Each mode is a numerator summed over rows (so it splits across micro-batches and ranks by addition)
+# and a denominator counted over the whole optimizer step: the loss, and its gradient, are the same
+# however the step is cut into micro-batches and processes (TRL's "dapo" and verl normalize token-mean
+# by the global token count the same way).
+
+
+def aggregation_counts(mask: torch.Tensor) -> torch.Tensor:
+    """What the aggregations divide by, counted on `mask` (B, T): (3,) float64 = (tokens, sequences with at
+    least one token, rows). Summed over micro-batches and ranks, they are the step's totals."""
+    tokens_per_row = mask.sum(dim=1)
+    return torch.stack([tokens_per_row.sum(), (tokens_per_row > 0).sum(), torch.tensor(mask.shape[0])]).double()
+
+
+def with_entropy_bonus(per_token: torch.Tensor, entropy: torch.Tensor | None, coef: float) -> torch.Tensor:
+    """per_token - coef * entropy (B, T): the entropy bonus (verl's entropy_coeff), aggregated with the rest
+    of the loss; unchanged at coef == 0. entropy: the policy's entropy at each position, with its gradient."""
+    if coef == 0:
+        return per_token
+    if entropy is None:
+        raise ValueError("an entropy bonus needs the policy's entropy (ask the log-prob pass with_entropy=True)")
+    return per_token - coef * entropy
+
+
+def _seq_mean_token_mean(per_token_loss, mask, counts, max_tokens):
     tokens_per_row = mask.sum(dim=1)  # (B,)
-    row_mean = (per_token_loss * mask).sum(dim=1) / tokens_per_row.clamp(min=1)
     # An all-masked row has no tokens: it is left out of the mean over sequences.
-    has_tokens = (tokens_per_row > 0).float()
-    return (row_mean * has_tokens).sum() / has_tokens.sum().clamp(min=1)
+    row_mean = (per_token_loss * mask).sum(dim=1) / tokens_per_row.clamp(min=1)
+    return row_mean.sum() / counts[1].clamp(min=1)
 
 
-def _token_mean(per_token_loss, mask, max_tokens):
-    return (per_token_loss * mask).sum() / mask.sum().clamp(min=1)
+def _token_mean(per_token_loss, mask, counts, max_tokens):
+    return (per_token_loss * mask).sum() / counts[0].clamp(min=1)
 
 
-def _seq_mean_token_sum_norm(per_token_loss, mask, max_tokens):
+def _seq_mean_token_sum_norm(per_token_loss, mask, counts, max_tokens):
     if max_tokens is None or max_tokens <= 0:
         raise ValueError(
             "aggregation 'seq-mean-token-sum-norm' needs max_tokens (the max completion length), "
             f"got {max_tokens!r}"
         )
-    return (per_token_loss * mask).sum() / (per_token_loss.shape[0] * max_tokens)
+    return (per_token_loss * mask).sum() / (counts[2] * max_tokens)
 
 
 AGGREGATIONS = {
-    "seq-mean-token-mean": _seq_mean_token_mean,
-    "token-mean": _token_mean,
-    "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,
+    "seq-mean-token-mean": _seq_mean_token_mean,  # mean over sequences of each one's token mean (GRPO paper)
+    "token-mean": _token_mean,  # mean over all tokens (DAPO)
+    "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,  # token sum / (sequences x max length) (Dr. GRPO)
 }
 
 
 def aggregate_loss(
-    per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str, max_tokens: int | None = None
+    per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str, max_tokens: int | None = None,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reduce a (B, T) per-token loss to a scalar over the unmasked tokens (mask (B, T), 1 = counts)."""
+    """Reduce a (B, T) per-token loss to a scalar over the unmasked tokens (mask (B, T), 1 = counts).
+
+    counts (3,): the totals to divide by (`aggregation_counts` summed over every micro-batch and rank of
+    the optimizer step); None divides by this batch's own, which is the whole loss of a batch on its own.
+    With the step's totals, the micro-batch losses of every rank sum to the step's loss.
+    """
     assert per_token_loss.shape == mask.shape and mask.dim() == 2, (per_token_loss.shape, mask.shape)
     if mode not in AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
-    return AGGREGATIONS[mode](per_token_loss, mask.to(per_token_loss.dtype), max_tokens)
+    mask = mask.to(per_token_loss.dtype)
+    counts = (aggregation_counts(mask) if counts is None else counts).to(per_token_loss.device, per_token_loss.dtype)
+    return AGGREGATIONS[mode](per_token_loss, mask, counts, max_tokens)
 
 
 def check_policy_loss(name: str, aggregation: str) -> str | None:

@@ -8,7 +8,7 @@ policy provides about itself are combined, since either alone invites reward hac
 - completion level, self-certainty (Kang et al. 2025, arXiv:2502.18581, used as a reward by
   INTUITOR, Zhao et al. 2025, arXiv:2505.19590): how far each next-token distribution is from
   uniform, KL(U || p), averaged over the completion (measured per token during the rollout,
-  grpo.rollout.sampling.next_token_stats; its within-group rank is added by grpo.training.shaping).
+  grpo.rollout.sampling.next_token_stats; its within-group rank is added by grpo.training.reward_shaping).
 Convention: B = prompts x G, each run of G consecutive completions is one group.
 """
 

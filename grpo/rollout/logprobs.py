@@ -1,7 +1,10 @@
-"""Log-probs of sampled completions under a policy (the reference, old and current policies).
+"""Log-prob passes: log-probs of sampled completions under a policy (the reference, old and current
+policies, a teacher), one micro-batch at a time.
 
 Each prompt runs through the model once and its KV cache is repeated for the G completions
-(`batch_repeat_interleave`), since the pass runs all completion tokens at once.
+(`batch_repeat_interleave`), since the pass runs all completion tokens at once. `LogProbPass` is
+that pass as a module (what the backends hand the update); `frozen_logprobs` runs it under frozen
+weights over a whole rollout, micro-batch by micro-batch.
 
 Shapes: N = prompts, G = group size, B = N * G rows, T = padded completion length, H = hidden.
 """
@@ -30,13 +33,14 @@ def _chunk_logprobs(head, hidden, tokens, temperature):
 
 
 @dataclass
-class ScoredCompletions:
-    """What a scoring pass returns when more than the sampled tokens' log-probs is asked for.
+class TokenLogProbs:
+    """What a log-prob pass returns.
 
-    logp (B, T): the sampled tokens' log-probs; hidden (B, T, H) detached: the final hidden states
-    feeding the head (DelTA's token-gradient features); gathered (B, T, K): log-probs of the
+    logp (B, T): the sampled tokens' log-probs; and only when asked for: hidden (B, T, H) detached:
+    the final hidden states feeding the head (DelTA's token-gradient features); gathered (B, T, K): log-probs of the
     token ids asked for (DistIL's teacher tokens); topk_ids (B, T, K) and topk_probs (B, T, K):
-    the K most likely tokens and their probabilities renormalized over those K (a teacher).
+    the K most likely tokens and their probabilities renormalized over those K (a teacher); entropy
+    (B, T): the policy's entropy at each position, with its gradient (the entropy bonus).
     """
 
     logp: torch.Tensor
@@ -44,14 +48,14 @@ class ScoredCompletions:
     gathered: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
     topk_probs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
 
 
-class CompletionScorer(torch.nn.Module):
-    """`score_completions` of a policy as a module's forward.
+class LogProbPass(torch.nn.Module):
+    """`completion_logprobs_with` of a policy as a module's forward, returning TokenLogProbs.
 
     DeepSpeed wraps this module: ZeRO-3 does its per-pass bookkeeping (gradient accumulation,
     backward prologue, parameter trace) only for forwards that go through its engine.
-    Returns the (B, T) log-probs, or a ScoredCompletions when an extra output is asked for.
     """
 
     def __init__(self, policy):
@@ -59,10 +63,10 @@ class CompletionScorer(torch.nn.Module):
         self.policy = policy
 
     def forward(self, batch: RolloutBatch, temperature: float, shared_prefix: bool,
-                with_hidden: bool = False, gather_ids: torch.Tensor | None = None, top_k: int = 0):
-        if not (with_hidden or gather_ids is not None or top_k):
-            return completion_logprobs(self.policy, batch, temperature, shared_prefix)
-        return score_completions(self.policy, batch, temperature, shared_prefix, with_hidden, gather_ids, top_k)
+                with_hidden: bool = False, gather_ids: torch.Tensor | None = None, top_k: int = 0,
+                with_entropy: bool = False) -> "TokenLogProbs":
+        return completion_logprobs_with(self.policy, batch, temperature, shared_prefix, with_hidden, gather_ids,
+                                        top_k, with_entropy)
 
 
 def completion_hidden(model, batch: RolloutBatch, shared_prefix: bool = True):
@@ -160,11 +164,18 @@ def completion_logprobs(
     return _head_logprobs(head, hidden, completion_ids, temperature, mask, chunk_rows)
 
 
-def _chunk_gathered(head, hidden, tokens, gather_ids, temperature):
+def _chunk_full_softmax(head, hidden, tokens, gather_ids, temperature, with_entropy: bool):
+    """One chunk through the head with its whole softmax: the sampled tokens' log-probs (b, T), those of
+    gather_ids (b, T, K) (an empty tensor without them) and the entropy at each position (b, T) (empty
+    unless asked). Empty tensors, not None, as the re-computing checkpoint returns tensors."""
     logits = head(hidden).float() / temperature  # (b, T, V)
     norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (b, T, 1)
     picked = torch.gather(logits, 2, tokens.unsqueeze(-1)).squeeze(-1) - norm.squeeze(-1)  # (b, T)
-    return picked, torch.gather(logits, 2, gather_ids) - norm  # (b, T), (b, T, K)
+    gathered = torch.gather(logits, 2, gather_ids) - norm if gather_ids.numel() else gather_ids.float()
+    entropy = picked.new_empty(0)
+    if with_entropy:  # H = logsumexp(z) - sum softmax(z) z
+        entropy = norm.squeeze(-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # (b, T)
+    return picked, gathered, entropy
 
 
 def _chunk_top_k(head, hidden, temperature, k):
@@ -173,37 +184,77 @@ def _chunk_top_k(head, hidden, temperature, k):
     return top.indices, torch.softmax(top.values, dim=-1)
 
 
-def score_completions(model, batch: RolloutBatch, temperature: float = 1.0, shared_prefix: bool = True,
-                      with_hidden: bool = False, gather_ids: torch.Tensor | None = None, top_k: int = 0,
-                      chunk_rows: int = 4) -> ScoredCompletions:
-    """`completion_logprobs` plus what the research objectives need (see ScoredCompletions).
+def completion_logprobs_with(model, batch: RolloutBatch, temperature: float = 1.0, shared_prefix: bool = True,
+                             with_hidden: bool = False, gather_ids: torch.Tensor | None = None, top_k: int = 0,
+                             with_entropy: bool = False, chunk_rows: int = 4) -> TokenLogProbs:
+    """`completion_logprobs` plus what the objectives ask for (see TokenLogProbs).
 
-    gather_ids (B, T, K): token ids whose log-probs to return with their gradient (the full
-    softmax is needed, so this runs the re-computing head path, `chunk_rows` rows at a time).
+    gather_ids (B, T, K): token ids whose log-probs to return with their gradient; with_entropy: the
+    policy's entropy at each position (B, T), with its gradient (the entropy bonus). Both need the full
+    softmax, so they run the re-computing head path, `chunk_rows` rows at a time.
     top_k > 0: the K most likely tokens at each position and their renormalized probabilities,
     under no_grad (a teacher's distribution).
     """
     hidden, head, completion_ids = completion_hidden(model, batch, shared_prefix)
     mask = batch.completion_mask.to(completion_ids.device)
-    out = ScoredCompletions(logp=torch.empty(0), hidden=hidden.detach() if with_hidden else None)
-    if gather_ids is None:
+    out = TokenLogProbs(logp=torch.empty(0), hidden=hidden.detach() if with_hidden else None)
+    if gather_ids is None and not with_entropy:
         out.logp = _head_logprobs(head, hidden, completion_ids, temperature, mask, chunk_rows)
     else:
+        if gather_ids is None:
+            gather_ids = completion_ids.new_empty((*completion_ids.shape, 0))
         gather_ids = gather_ids.to(completion_ids.device)
         assert gather_ids.shape[:2] == completion_ids.shape, (gather_ids.shape, completion_ids.shape)
-        picked, gathered = [], []
+        chunks = []
         for h, t, ids in zip(hidden.split(chunk_rows), completion_ids.split(chunk_rows), gather_ids.split(chunk_rows)):
             if torch.is_grad_enabled():
-                p, gth = torch.utils.checkpoint.checkpoint(_chunk_gathered, head, h, t, ids, temperature,
-                                                           use_reentrant=True)
+                chunks.append(torch.utils.checkpoint.checkpoint(_chunk_full_softmax, head, h, t, ids, temperature,
+                                                                with_entropy, use_reentrant=True))
             else:
-                p, gth = _chunk_gathered(head, h, t, ids, temperature)
-            picked.append(p)
-            gathered.append(gth)
-        out.logp, out.gathered = torch.cat(picked), torch.cat(gathered)
+                chunks.append(_chunk_full_softmax(head, h, t, ids, temperature, with_entropy))
+        out.logp = torch.cat([c[0] for c in chunks])
+        out.gathered = torch.cat([c[1] for c in chunks]) if gather_ids.shape[-1] else None
+        out.entropy = torch.cat([c[2] for c in chunks]) if with_entropy else None
     if top_k:
         with torch.no_grad():
             parts = [_chunk_top_k(head, h, temperature, top_k) for h in hidden.detach().split(chunk_rows)]
         out.topk_ids = torch.cat([ids for ids, _ in parts])
         out.topk_probs = torch.cat([probs for _, probs in parts])
+    return out
+
+
+# ---- passes over a whole rollout, micro-batch by micro-batch ---------------------------------------
+
+
+@dataclass(frozen=True)
+class LogProbPlan:
+    """How the log-prob passes run: the sampling temperature, micro-batch size, prompt reuse."""
+
+    temperature: float
+    prompts_per_micro_batch: int
+    shared_prefix: bool = True  # one prompt pass per group (False under gradient checkpointing)
+
+
+def micro_batches(batch: RolloutBatch, prompts_per_micro_batch: int):
+    """(first row, sub-batch) of each micro-batch, in order; a prompt's G rows stay together."""
+    for start in range(0, batch.num_prompts, prompts_per_micro_batch):
+        stop = min(start + prompts_per_micro_batch, batch.num_prompts)
+        yield start * batch.group_size, batch.prompts_slice(start, stop)
+
+
+def pass_device(logprobs) -> torch.device:
+    """The device a log-prob pass (a LogProbPass, or the DeepSpeed engine wrapping one) computes on."""
+    return next(logprobs.parameters()).device
+
+
+@torch.no_grad()
+def frozen_logprobs(logprobs, batch: RolloutBatch, plan: LogProbPlan) -> torch.Tensor:
+    """Log-probs (B, T) under frozen weights: the reference (the caller disables the adapter, or
+    passes the frozen copy's pass), the pre-update policy (old log-probs) or a teacher. On the
+    pass's device. logprobs: a LogProbPass, or the DeepSpeed engine wrapping one.
+    """
+    out = torch.zeros(batch.completion_ids.shape, device=pass_device(logprobs))
+    for row, part in micro_batches(batch, plan.prompts_per_micro_batch):
+        logp = logprobs(part, plan.temperature, plan.shared_prefix).logp
+        out[row : row + logp.shape[0], : logp.shape[1]] = logp.float()
     return out

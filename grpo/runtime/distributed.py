@@ -3,7 +3,7 @@ the loop needs.
 
 One process per device, started by `torchrun` or `deepspeed`. Each rank rolls out its own share
 of the step's prompts (a prompt's G completions stay on one rank, so groups are scored and
-normalized whole). Two strategies (grpo/runtime/backends.py): zero3, where DeepSpeed shards
+normalized whole). Two strategies (grpo/backends): zero3, where DeepSpeed shards
 parameters, gradients and optimizer state across the ranks, and ddp, where every rank holds the
 whole frozen base and only the adapter's gradients are averaged. Metrics are reduced across
 ranks and only rank 0 writes. A plain `python train.py` is one rank and never imports DeepSpeed.
@@ -41,8 +41,8 @@ def world_from_env(env=os.environ) -> World:
 
 def check_recipe(cfg: Config, strategy: str = "zero3") -> None:
     """Recipe settings that the multi-process strategy cannot honour, refused before anything loads."""
-    if cfg.variants.dynamic_sampling:
-        raise ConfigError("variants.dynamic_sampling=true keeps a varying number of groups per rank, but "
+    if cfg.rollout.dynamic_sampling:
+        raise ConfigError("rollout.dynamic_sampling=true keeps a varying number of groups per rank, but "
                           "every rank must run the same passes and steps; set it to false or train with one process")
     if strategy != "zero3":
         return
@@ -109,11 +109,12 @@ def recipe_ds_values(cfg: Config, world_size: int) -> dict[str, tuple[object, st
     t, dtype = cfg.train, cfg.model.dtype
     if dtype == "auto":
         raise ValueError("model.dtype=auto must be resolved for the device before DeepSpeed's config is made")
+    per_update = t.grad_accum_steps // t.mini_batches  # micro-batches per optimizer step
     return {
         "train_micro_batch_size_per_gpu": (t.batch_size, "train.batch_size"),
-        "gradient_accumulation_steps": (t.grad_accum_steps, "train.grad_accum_steps"),
-        "train_batch_size": (t.batch_size * t.grad_accum_steps * world_size,
-                             f"train.batch_size x train.grad_accum_steps x {world_size} ranks"),
+        "gradient_accumulation_steps": (per_update, "train.grad_accum_steps / train.mini_batches"),
+        "train_batch_size": (t.batch_size * per_update * world_size,
+                             f"train.batch_size x train.grad_accum_steps / train.mini_batches x {world_size} ranks"),
         "gradient_clipping": (t.max_grad_norm, "train.max_grad_norm"),
         "bf16.enabled": (dtype == "bfloat16", f"model.dtype={dtype}"),
         "fp16.enabled": (dtype == "float16", f"model.dtype={dtype}"),
@@ -178,7 +179,7 @@ def full_weights_for_generation(engine):
 
     With the hooks on, every decoded token all-gathers every layer again. This mirrors DeepSpeed's own `deepspeed.runtime.zero.unwrap_model_for_generation` and TRL's
     version of it (which also clears `ds_active_sub_modules`). Decoding must call the policy,
-    not the engine's root module (the CompletionScorer): the root keeps a start-of-forward hook
+    not the engine's root module (the LogProbPass): the root keeps a start-of-forward hook
     that can run a collective, which would hang ranks that decode different numbers of tokens.
     """
     from deepspeed.runtime.zero import GatheredParameters
@@ -215,6 +216,16 @@ def gather_rows(tensors: dict[str, torch.Tensor], world: World) -> dict[str, tor
     return out
 
 
+def rows_before(rows: int, world: World) -> int:
+    """How many rows the ranks before this one hold, given each rank's `rows` (a collective): where this
+    rank's rows start in `gather_rows`' result."""
+    if world.size == 1:
+        return 0
+    counts = [None] * world.size
+    torch.distributed.all_gather_object(counts, int(rows))
+    return sum(counts[: world.rank])
+
+
 def weighted_mean(values: dict[str, float], world: World, weight: float = 1.0) -> dict[str, float]:
     """sum_r(weight_r * value_r) / sum_r(weight_r) per key, across ranks (identity for one process)."""
     if world.size == 1:
@@ -227,6 +238,16 @@ def weighted_mean(values: dict[str, float], world: World, weight: float = 1.0) -
         return {k: float("nan") for k in values}
     # a rank without rows (weight 0) may hold NaN means; it must add nothing
     return {k: sum(w * v[k] for w, v in shares if w) / total for k in values}
+
+
+def sum_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """The element-wise sum of `tensor` over every rank (a collective; a copy, the input unchanged). On the
+    device the process group uses (CUDA under NCCL, CPU under gloo)."""
+    if world.size == 1:
+        return tensor
+    out = tensor.clone()
+    torch.distributed.all_reduce(out)
+    return out
 
 
 def all_ranks_agree(flag: bool, world: World) -> bool:

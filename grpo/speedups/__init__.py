@@ -10,6 +10,8 @@
   a plain frozen one.
 - `sampling_weights(model)`: while sampling, float32 LoRA adapters folded into a copy of their
   layers' weights (lora_fold.py).
+- `onednn_plan(cpu_matmul)`: which layers run on oneDNN here; `cpu_linear_backends()`: the float32
+  CPU products this build has, by name (bench/flops.py measures the machine's peak with them).
 - `decode_cache(...)`: the decode KV cache of G completions per prompt: the prompt's keys and
   values held once per group on CPU (prefix_attention.py), written in place (kv_cache.py); or,
   with rollout.compile, a static cache under a compiled decode step (compiled_decode.py).
@@ -27,11 +29,12 @@ from grpo.speedups.compiled_decode import CompiledDecodeCache
 from grpo.speedups.decode_cache import GroupDecodeCache
 from grpo.speedups.head_logprobs import can_fuse_head, frozen_head_logprobs
 from grpo.speedups.lora_fold import lora_folded_for_sampling as sampling_weights
-from grpo.speedups.onednn_linear import OneDnnLinear, onednn_plan, use_onednn_linears
+from grpo.speedups.onednn_linear import OneDnnLinear, onednn_available, onednn_mm, onednn_plan, use_onednn_linears
 
 log = logging.getLogger(__name__)
 
-__all__ = ["apply", "configure", "decode_cache", "head_logprobs", "sampling_weights"]
+__all__ = ["apply", "configure", "cpu_linear_backends", "decode_cache", "head_logprobs", "onednn_plan",
+           "sampling_weights"]
 
 
 def configure(device: torch.device | str | None) -> None:
@@ -79,3 +82,12 @@ def decode_cache(model, prompt_cache, prompt_mask: torch.Tensor, group_size: int
     if compiled:
         return CompiledDecodeCache(model, prompt_cache, prompt_mask, group_size, max_new_tokens)
     return GroupDecodeCache(model, prompt_cache, prompt_mask, group_size, max_new_tokens, share_prompt_kv)
+
+
+def cpu_linear_backends() -> dict:
+    """{name: fn(x (..., K), weight (N, K)) -> x @ weight.T}: each float32 CPU product this build runs,
+    "torch" (F.linear: MKL) and, where available, "onednn"."""
+    backends = {"torch": torch.nn.functional.linear}
+    if onednn_available():
+        backends["onednn"] = onednn_mm
+    return backends

@@ -29,7 +29,7 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) @ weight.T (K, N) + bias -> (..., N) on oneDNN; weight may be a strided view."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
@@ -46,14 +46,14 @@ class _OneDnnLinearFunction(torch.autograd.Function):
         # x is kept only to make the weight's gradient: frozen (LoRA base) layers keep nothing.
         ctx.save_for_backward(x if weight.requires_grad else None, weight)
         ctx.has_bias = bias is not None
-        return _onednn_mm(x, weight, bias)
+        return onednn_mm(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn_mm(grad_out, weight.t())  # (..., N) @ (N, K)
+            grad_x = onednn_mm(grad_out, weight.t())  # (..., N) @ (N, K)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])  # (M, N)
         if ctx.needs_input_grad[1]:
             grad_weight = flat_grad.t() @ x.reshape(-1, x.shape[-1])  # (N, M) @ (M, K)
@@ -70,7 +70,7 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     if not needs_grad:
-        return _onednn_mm(x, weight, bias)
+        return onednn_mm(x, weight, bias)
     return _OneDnnLinearFunction.apply(x, weight, bias)
 
 
@@ -83,7 +83,7 @@ class OneDnnLinear(torch.nn.Linear):
 
 def _lora_forward(x, weight, bias, lora_a, lora_b, scaling, product):
     """y = x W^T + b + s (x A^T) B^T -> (y, a = x A^T): B's product accumulates into y.
-    product(x, w, bias=None): F.linear or _onednn_mm."""
+    product(x, w, bias=None): F.linear or onednn_mm."""
     a = product(x, lora_a)  # (..., r)
     y = product(x, weight, bias)  # (..., N), contiguous
     y.view(-1, y.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), lora_b.t(), alpha=scaling)
@@ -164,7 +164,7 @@ def _lora_linear_classes():
     class OneDnnLoraLinear(FusedLoraLinear):
         """FusedLoraLinear with its products on oneDNN."""
 
-        product = staticmethod(_onednn_mm)
+        product = staticmethod(onednn_mm)
 
     return PeftLoraLinear, FusedLoraLinear, OneDnnLoraLinear
 

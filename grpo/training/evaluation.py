@@ -9,7 +9,7 @@ import time
 import torch
 
 from grpo.algorithm.shaping import weighted_total
-from grpo.rollout import scoring
+from grpo.rollout import rewarding
 from grpo.rollout.generation import generate
 from grpo.rollout.sampling import SamplingParams
 from grpo.runtime import distributed
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[int]],
-                  reward_fns: list[scoring.WeightedReward], max_new_tokens: int,
+                  reward_fns: list[rewarding.WeightedReward], max_new_tokens: int,
                   stop_strings: tuple[str, ...], batch_prompts: int,
                   accuracy_reward: str | None, compiled: bool = False
                   ) -> tuple[dict, list[str], dict[str, torch.Tensor]]:
@@ -40,8 +40,8 @@ def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[i
         chunk = rows[start : start + batch_prompts]
         batch = generate(model, tokenizer, prompt_tokens[start : start + batch_prompts], 1, params,
                          compiled=compiled)
-        columns = scoring.expand_columns(chunk, 1)
-        matrices.append(scoring.score(reward_fns, batch.texts, columns))
+        columns = rewarding.expand_columns(chunk, 1)
+        matrices.append(rewarding.reward_matrix(reward_fns, batch.texts, columns))
         texts.extend(batch.texts)
     model.train(was_training)
     matrix = torch.cat(matrices) if matrices else torch.empty(0, len(reward_fns))  # (N, K); a rank may get no rows
@@ -60,7 +60,7 @@ def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[i
     return out, texts, per_row
 
 
-def run_eval(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: list[scoring.WeightedReward],
+def run_eval(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: list[rewarding.WeightedReward],
              world: World) -> tuple[dict, list[dict]]:
     """Greedy held-out evaluation; each rank decodes its share of the rows, the means are combined.
 

@@ -1,203 +1,114 @@
-"""The policy update: log-prob passes over micro-batches, the loss per micro-batch, one optimizer step.
+"""The policy update: the objective's loss over micro-batches, one optimizer step.
 
-A rollout step holds `prompts_per_step` prompts; a micro-batch is `batch_size / G` prompts
-(all G completions of a prompt always stay together). Each micro-batch's loss is aggregated
-on its own and divided by the number of micro-batches (as TRL and verl do with gradient
-accumulation), then one optimizer step follows (the backend's). `num_iterations` (mu) repeats
-this on the same rollout; old log-probs are only computed when mu > 1 (with mu == 1 the ratio
-is exactly 1 and old == current, detached).
+An optimizer step trains on a mini-batch of the rollout (the whole rollout unless
+train.mini_batches > 1), cut into micro-batches of `batch_size / G` prompts (all G completions of
+a prompt always stay together). Before the first backward the step's totals are counted over all
+its micro-batches and all ranks (one collective): every micro-batch's loss is its share of the
+step's loss divided by those totals (grpo/algorithm/loss.py aggregate_loss), so the gradient does
+not depend on how the step is cut into micro-batches or processes. Then one optimizer step follows
+(the backend's).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 
-from grpo.algorithm.loss import ClipRange, PolicyLoss, aggregate_loss, kl_k3, policy_loss_with_kl, with_kl
-from grpo.research.delta import delta_token_weights, gradient_features
-from grpo.research.distil import distil_per_token_loss, forward_cross_entropy
-from grpo.research.distillation import reverse_kl_advantages
+from grpo.algorithm.loss import (
+    ClipRange, aggregate_loss, aggregation_counts, kl_k3, per_token, policy_loss_spec, with_entropy_bonus, with_kl,
+)
+from grpo.objectives.base import LossSettings, Objective, Targets
 from grpo.rollout.batch import RolloutBatch
+from grpo.rollout.logprobs import LogProbPlan, micro_batches, pass_device
+from grpo.runtime import distributed
+from grpo.runtime.distributed import World
 
 
-@dataclass(frozen=True)
-class LossSettings:
-    """The recipe's `loss` section and training objective, as the update uses them."""
-
-    policy: str  # a name in grpo.algorithm.POLICY_LOSSES
-    beta: float
-    clip: ClipRange
-    aggregation: str
-    max_tokens: int  # the completion cap, for Dr. GRPO's constant normalizer
-    objective: str = "grpo"  # grpo | opd | distil (train.objective)
-    token_credit: str = "none"  # paper: DelTA coefficients from this pass's token-gradient features
-    delta: tuple[float, float, int] = (0.8, 1.2, 1)  # DelTA's lam_min, lam_max, refinement steps
-    future_weight: float = 1.0  # distil: weight of the sequence term
-
-
-@dataclass(frozen=True)
-class ScoringPlan:
-    """How the log-prob passes run: the sampling temperature, micro-batch size, prompt reuse."""
-
-    temperature: float
-    prompts_per_micro_batch: int
-    shared_prefix: bool = True  # one prompt pass per group (False under gradient checkpointing)
-
-
-def loss_settings(cfg) -> LossSettings:
-    """The update's loss settings from a recipe's Config (train.py and bench/ours.py run the same step)."""
-    lo = cfg.loss
-    clip = ClipRange(lo.eps_low, lo.eps_high, lo.dual_clip_c, lo.kl_cov_ratio, lo.kl_cov_coef)
-    v = cfg.variants
-    return LossSettings(lo.policy, lo.beta, clip, lo.aggregation, cfg.rollout.max_new_tokens, cfg.train.objective,
-                        v.token_credit, (v.delta_lam_min, v.delta_lam_max, v.delta_refine_steps),
-                        cfg.distill.future_weight)
-
-
-def scoring_plan(cfg) -> ScoringPlan:
+def logprob_plan(cfg) -> LogProbPlan:
     """How a recipe's log-prob passes run; HF drops the KV cache under gradient checkpointing, so
     the prompt is then not shared."""
-    return ScoringPlan(cfg.rollout.temperature, cfg.train.batch_size // cfg.rollout.group_size,
+    return LogProbPlan(cfg.rollout.temperature, cfg.train.batch_size // cfg.rollout.group_size,
                        shared_prefix=not cfg.model.gradient_checkpointing)
 
 
-@dataclass
-class UpdateTargets:
-    """What the loss compares against, per completion row of the rollout.
+def micro_batch_loss(logprobs, part: RolloutBatch, micro: Targets, objective: Objective, loss: LossSettings,
+                     plan: LogProbPlan):
+    """One micro-batch's forward pass and per-token loss (b, T): the objective's, plus the KL term and the
+    entropy bonus. Returns (logp (b, T), the per-token loss, the per-token values logged as token means)."""
+    options = objective.pass_options(micro)
+    if loss.entropy_coef:
+        options["with_entropy"] = True
+    out = logprobs(part, plan.temperature, plan.shared_prefix, **options)
+    old = out.logp.detach() if micro.old_logp is None else micro.old_logp
+    result = objective.per_token_loss(out, old, micro, part)
+    per_token = with_kl(result.per_token, out.logp, micro.ref_logp, loss.beta)
+    per_token = with_entropy_bonus(per_token, out.entropy, loss.entropy_coef)
+    indicators = dict(result.indicators)
+    if micro.ref_logp is not None:
+        indicators["kl"] = kl_k3(out.logp, micro.ref_logp)
+    if out.entropy is not None:
+        indicators["policy_entropy"] = out.entropy
+    return out.logp, per_token, indicators
 
-    advantages (B,) (grpo; unused otherwise); old_logp, ref_logp (B, T) or None; loss_mask (B, T):
-    the tokens that train; token_weights (B, T) or None: per-token coefficients on their loss;
-    teacher_logp (B, T): opd's teacher log-probs of the sampled tokens; teacher_ids, teacher_probs
-    (B, T, K): distil's teacher distribution (its top K tokens).
+
+def policy_update(logprobs, backend, batch: RolloutBatch, targets: Targets, objective: Objective,
+                  loss: LossSettings, plan: LogProbPlan, world: World) -> tuple[dict, dict[str, torch.Tensor]]:
+    """One optimizer step over the micro-batches of `batch` (a mini-batch of the rollout).
+
+    logprobs: the backend's log-prob pass (a LogProbPass, or the DeepSpeed engine wrapping one);
+    backend: its `backward(loss)` and `step(loss_finite) -> {"grad_norm", "lr", "skipped"}`
+    (grpo/backends; a non-finite loss or gradient norm changes nothing). Every rank calls it with its
+    share of the mini-batch. Returns (stats, sums): stats = the loss (the step's, whole, as on one
+    process) and the backend's; sums = this rank's token sums of each logged per-token value and the
+    token count "tokens", on the device (the caller reduces them over updates and ranks).
     """
-
-    advantages: torch.Tensor
-    old_logp: torch.Tensor | None
-    ref_logp: torch.Tensor | None
-    loss_mask: torch.Tensor
-    token_weights: torch.Tensor | None = None
-    teacher_logp: torch.Tensor | None = None
-    teacher_ids: torch.Tensor | None = None
-    teacher_probs: torch.Tensor | None = None
-
-
-def micro_batches(batch: RolloutBatch, prompts_per_micro_batch: int):
-    """(first row, sub-batch) of each micro-batch, in order."""
-    for start in range(0, batch.num_prompts, prompts_per_micro_batch):
-        stop = min(start + prompts_per_micro_batch, batch.num_prompts)
-        yield start * batch.group_size, batch.prompts_slice(start, stop)
-
-
-def _device(score) -> torch.device:
-    return next(score.parameters()).device
-
-
-@torch.no_grad()
-def frozen_logprobs(score, batch: RolloutBatch, plan: ScoringPlan) -> torch.Tensor:
-    """Log-probs (B, T) under frozen weights: the reference (the caller disables the adapter, or
-    passes the frozen copy's scorer) or the pre-update policy (old log-probs). On the scorer's device.
-
-    score: a CompletionScorer, or the DeepSpeed engine wrapping one.
-    """
-    out = torch.zeros(batch.completion_ids.shape, device=_device(score))
-    for row, part in micro_batches(batch, plan.prompts_per_micro_batch):
-        logp = score(part, plan.temperature, plan.shared_prefix)
-        out[row : row + logp.shape[0], : logp.shape[1]] = logp.float()
-    return out
-
-
-def _rows(tensor: torch.Tensor, rows: slice, width: int, device) -> torch.Tensor:
-    return tensor[rows, :width].to(device)
-
-
-def micro_batch_loss(score, part: RolloutBatch, rows: slice, width: int, mask: torch.Tensor,
-                     targets: UpdateTargets, loss: LossSettings, plan: ScoringPlan):
-    """One micro-batch's forward pass and per-token loss (b, T), as the objective defines it.
-
-    Returns (logp, per-token loss with its KL term and token weights applied, per-token values whose
-    token means are logged: the policy loss's indicators, opd's reverse KL, distil's cross-entropy).
-    grpo: the registered policy loss on the group advantages; opd: the same loss on per-token
-    advantages, the teacher's log-prob minus the sampling policy's; distil: DistIL's surrogate on
-    the teacher's top-K distribution. DelTA's coefficients (token_credit=paper) come from this
-    pass's hidden states and scale the advantages.
-    """
-    device = mask.device
-    distil = loss.objective == "distil"
-    extras = {}
-    if loss.token_credit == "paper":
-        extras["with_hidden"] = True
-    if distil:
-        extras["gather_ids"] = _rows(targets.teacher_ids, rows, width, device)
-    scored = score(part, plan.temperature, plan.shared_prefix, **extras)
-    logp = scored if isinstance(scored, torch.Tensor) else scored.logp
-    old = logp.detach() if targets.old_logp is None else _rows(targets.old_logp, rows, width, device)
-    ref = None if targets.ref_logp is None else _rows(targets.ref_logp, rows, width, device)
-    if distil:
-        per_token = distil_per_token_loss(scored.gathered, _rows(targets.teacher_probs, rows, width, device), logp,
-                                          mask, part.group_size, loss.future_weight)
-        out = PolicyLoss(with_kl(per_token, logp, ref, loss.beta),
-                         {"distil/cross_entropy": forward_cross_entropy(scored.gathered.detach(),
-                                                                        _rows(targets.teacher_probs, rows, width,
-                                                                              device))})
-    else:
-        if loss.objective == "opd":
-            adv = reverse_kl_advantages(old, _rows(targets.teacher_logp, rows, width, device), mask)
-        else:
-            adv = targets.advantages[rows].to(device)
-        if loss.token_credit == "paper":  # DelTA: each token's advantage times its coefficient, A_t -> w_t A_t
-            weights = delta_token_weights(gradient_features(scored.hidden, logp.detach()), mask, adv,
-                                          part.group_size, *loss.delta)
-            adv = weights * adv.unsqueeze(1)
-        out = policy_loss_with_kl(loss.policy, logp, old, ref, adv, mask, loss.clip, loss.beta)
-        if loss.objective == "opd":
-            out.indicators["opd/reverse_kl"] = -adv
-    per_token = out.per_token
-    if targets.token_weights is not None:
-        per_token = per_token * _rows(targets.token_weights, rows, width, device)
-    return logp, per_token, out.indicators
-
-
-def policy_update(score, backend, batch: RolloutBatch, targets: UpdateTargets, loss: LossSettings,
-                  plan: ScoringPlan, collect_stats: bool) -> dict:
-    """One optimizer step over all micro-batches of the rollout; returns logging stats.
-
-    score: a CompletionScorer, or the DeepSpeed engine wrapping one; backend: its `backward(loss)`
-    and `step(loss_finite) -> {"grad_norm", "lr", "skipped"}` (grpo/runtime/backends.py; a
-    non-finite loss or gradient norm changes nothing). Stats: the loss, and with
-    collect_stats the token means of the KL and of each of the policy loss's indicators
-    (e.g. clip_frac). Values stay on the device until the step is over (one host read).
-    """
-    device = _device(score)
-    parts = list(micro_batches(batch, plan.prompts_per_micro_batch))
+    device = pass_device(logprobs)
+    select = policy_loss_spec(loss.policy).step_selection
+    if select is not None and targets.old_logp is not None:  # KL-Cov: its tokens chosen over the whole step
+        targets = dataclasses.replace(targets, selected=step_selection(
+            select, targets.old_logp, objective.step_advantages(targets), targets.loss_mask, loss.clip, world))
+    # The step's totals over all micro-batches and ranks. The backends average gradients over ranks, so
+    # each rank's share of the loss is scaled by their number: the shares then sum to the step's loss.
+    counts = distributed.sum_over_ranks(aggregation_counts(targets.loss_mask).to(device), world)
     loss_sum = torch.zeros((), device=device)
     sums: dict[str, torch.Tensor] = {}
-    for row, part in parts:
+    for row, part in micro_batches(batch, plan.prompts_per_micro_batch):
         rows = slice(row, row + part.completion_ids.shape[0])
-        width = part.completion_ids.shape[1]
-        mask = targets.loss_mask[rows, :width].to(device)
-        logp, per_token, indicators = micro_batch_loss(score, part, rows, width, mask, targets, loss, plan)
-        ref = None if targets.ref_logp is None else targets.ref_logp[rows, :width].to(device)
-        micro_loss = aggregate_loss(per_token, mask, loss.aggregation, loss.max_tokens) / len(parts)
+        micro = targets.rows(rows, part.completion_ids.shape[1], device)
+        logp, per_token, indicators = micro_batch_loss(logprobs, part, micro, objective, loss, plan)
+        mask = micro.loss_mask
+        micro_loss = aggregate_loss(per_token, mask, loss.aggregation, loss.max_tokens, counts) * world.size
         backend.backward(micro_loss)
         loss_sum += micro_loss.detach()
-        if collect_stats:
-            with torch.no_grad():
-                counted = {"tokens": mask.sum()}
-                if ref is not None:
-                    counted["kl"] = (kl_k3(logp, ref) * mask).sum()
-                for name, indicator in indicators.items():
-                    counted[name] = (indicator.float() * mask).sum()
-                for name, value in counted.items():
-                    sums[name] = sums.get(name, 0) + value
+        with torch.no_grad():
+            for name, value in {"tokens": mask, **{k: v.float() * mask for k, v in indicators.items()}}.items():
+                sums[name] = sums.get(name, 0) + value.sum()
     loss_value = loss_sum.item()
-    stats = {"loss": loss_value, **backend.step(loss_finite=math.isfinite(loss_value))}
-    if collect_stats:
-        tokens = max(sums.pop("tokens").item(), 1.0)
-        stats.update({name: value.item() / tokens for name, value in sums.items()})
-        stats.setdefault("kl", float("nan"))  # no reference pass (beta = 0)
-    return stats
+    return {"loss": loss_value, **backend.step(loss_finite=math.isfinite(loss_value))}, sums
+
+
+def step_selection(select, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: ClipRange,
+                   world: World) -> torch.Tensor:
+    """A policy loss's token selection (B, T) over the rows of every rank (collectives), this rank's rows of it:
+    the same tokens as one process holding the whole step."""
+    rows = {"old": old_logp.float().cpu(), "adv": per_token(advantages).expand_as(old_logp).float().cpu(),
+            "mask": mask.float().cpu()}
+    every = distributed.gather_rows(rows, world)
+    chosen = select(every["old"], every["adv"], every["mask"], clip)
+    start = distributed.rows_before(old_logp.shape[0], world)
+    return chosen[start : start + old_logp.shape[0], : old_logp.shape[1]].to(old_logp.device)
+
+
+def token_means(sums: list[dict[str, torch.Tensor]], world: World) -> dict[str, float]:
+    """The token mean of each logged value over every update of a step and every rank (one collective):
+    each update's and rank's sums weighted by their tokens. "kl" is NaN when there was no reference pass."""
+    names = sorted({name for update in sums for name in update})
+    totals = torch.stack([sum(update.get(name, 0) for update in sums) for name in names]).double()
+    totals = dict(zip(names, distributed.sum_over_ranks(totals, world).tolist()))
+    tokens = max(totals.pop("tokens"), 1.0)
+    return {"kl": float("nan"), **{name: value / tokens for name, value in totals.items()}}
 
 
 class NonFiniteError(RuntimeError):

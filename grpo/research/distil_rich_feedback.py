@@ -15,6 +15,10 @@ grad log pi(y_t) * sum_{t' > t} H_t'. The surrogate here gives exactly that grad
 
     per-token loss_t = H_t + w * sg(C_t - b_t) * log pi(y_t),   C_t = sum_{t' > t} H_t'
 
+The second term is a policy gradient with per-token advantages A_t = -w (C_t - b_t)
+(`sequence_advantages`), so it runs through the recipe's policy loss like any other objective's
+(grpo/objectives/distil.py); the first is `forward_cross_entropy`.
+
 What was followed: the objective (forward cross-entropy to a stop-gradient, feedback-conditioned
 teacher over the learner's own states) and its sequence-level gradient. Decided here, where the
 paper's text was not available to us in full:
@@ -64,17 +68,16 @@ def position_baseline(values: torch.Tensor, mask: torch.Tensor, group_size: int)
     return mean.repeat_interleave(group_size, dim=0)  # (B, T)
 
 
-def distil_per_token_loss(student_logp_at: torch.Tensor, teacher_probs: torch.Tensor, logp: torch.Tensor,
-                          mask: torch.Tensor, group_size: int, future_weight: float = 1.0) -> torch.Tensor:
-    """DistIL's per-token surrogate (B, T): H_t + w * sg(C_t - b_t) * logp_t (module docstring).
+def sequence_advantages(local: torch.Tensor, mask: torch.Tensor, group_size: int,
+                        future_weight: float = 1.0) -> torch.Tensor:
+    """The sequence term as per-token advantages (B, T): A_t = -w * (C_t - b_t) on counted tokens.
 
-    student_logp_at, teacher_probs: (B, T, K); logp: (B, T) the sampled tokens' log-probs under
-    the student (with gradient); mask: (B, T). Aggregate it like any per-token loss.
+    local: (B, T) each position's cross-entropy H_t (detached here); mask: (B, T). Through a policy
+    loss at ratio 1 (DistIL trains on-policy: one update per rollout) the gradient of -A_t * ratio_t
+    is w * (C_t - b_t) * grad log pi(y_t), the surrogate's sequence gradient (module docstring): a
+    token that led to costlier states is pushed down. 0 everywhere at future_weight 0.
     """
-    assert logp.shape == mask.shape == student_logp_at.shape[:2], (logp.shape, mask.shape, student_logp_at.shape)
-    local = forward_cross_entropy(student_logp_at, teacher_probs)  # (B, T)
-    if future_weight == 0:
-        return local
-    future = cost_to_go(local, mask)
+    assert local.shape == mask.shape and local.dim() == 2, (local.shape, mask.shape)
+    future = cost_to_go(local, mask)  # (B, T)
     credit = (future - position_baseline(future, mask, group_size)) * mask
-    return local + future_weight * credit.detach() * logp
+    return -future_weight * credit.detach()

@@ -1,9 +1,10 @@
-"""Recipe-selected shaping of rewards and of the per-token loss (grpo/algorithm/shaping.py, grpo/research).
+"""Stage 3 of a step: rewards -> advantages, and which tokens train (grpo/algorithm, grpo/research).
 
-Three seams of the loop: `shape_rewards` turns the (B, K) reward matrix into the rewards the
-advantages come from, `advantages` normalizes them, `loss_mask_and_weights` says which tokens
-train and how much. With the default VariantsConfig they reduce to plain GRPO: a weighted sum,
-group-normalized, and the completion mask.
+`shape_rewards` turns the (B, K) reward matrix into the rewards the advantages come from (the
+recipe's `reward_shaping` section), `advantages` runs the recipe's estimator (`advantage`),
+`loss_mask` says which tokens train (`tokens`). With the defaults they reduce to plain GRPO: a
+weighted sum, group-normalized, and the completion mask. Token credit (how much each token
+trains) acts inside the update, with the objective (grpo/objectives/token_credit.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo.algorithm.advantages import decoupled_advantages, group_advantages
+from grpo.algorithm.advantages import estimate_advantages
 from grpo.algorithm.shaping import high_entropy_token_mask, overlong_mask, soft_overlong_penalty, weighted_total
 from grpo.research.label_free import within_group_rank
 from grpo.research.reward_weighting import criterion_weights
-from grpo.research.token_credit import discriminative_token_weights
 from grpo.rollout.batch import RolloutBatch
-from grpo.runtime.config import VariantsConfig
+from grpo.runtime.config import AdvantageConfig, RewardShapingConfig, TokensConfig
 
 
 def completion_self_certainty(batch: RolloutBatch) -> torch.Tensor:
@@ -40,16 +40,16 @@ class ShapedRewards:
 
 
 def shape_rewards(matrix: torch.Tensor, base_weights: torch.Tensor, batch: RolloutBatch,
-                  v: VariantsConfig, max_new_tokens: int) -> ShapedRewards:
-    """Per-reward scores (B, K, NaN = not applicable) with the recipe's shaping terms added as columns."""
+                  v: RewardShapingConfig, max_new_tokens: int) -> ShapedRewards:
+    """Per-reward values (B, K, NaN = not applicable) with the recipe's shaping terms added as columns."""
     g = batch.group_size
-    dynamic = v.reward_weighting == "dynamic"
-    weights = criterion_weights(matrix, base_weights, g, dynamic, v.reward_weighting_floor)  # (K,)
+    dynamic = v.weighting == "dynamic"
+    weights = criterion_weights(matrix, base_weights, g, dynamic, v.weighting_floor)  # (K,)
     columns, info = [matrix], {}
     extra_weights = []
     if dynamic:
         info.update({f"reward_weight/{k}": w.item() for k, w in enumerate(weights)})
-    if v.overlong == "soft":
+    if v.overlong_penalty:
         penalty = soft_overlong_penalty(batch.completion_mask.sum(1), max_new_tokens, v.overlong_cache_len)
         columns.append(penalty.unsqueeze(1))
         extra_weights.append(1.0)
@@ -64,24 +64,17 @@ def shape_rewards(matrix: torch.Tensor, base_weights: torch.Tensor, batch: Rollo
     return ShapedRewards(all_columns, all_weights, weighted_total(all_columns, all_weights), info)
 
 
-def advantages(shaped: ShapedRewards, group_size: int, v: VariantsConfig, scale: str) -> torch.Tensor:
-    """(B,) advantages: GRPO's group-normalized total (train.advantage_scale), or GDPO's
-    reward-decoupled normalization (variants.reward_normalization=gdpo)."""
-    if v.reward_normalization == "gdpo":
-        return decoupled_advantages(shaped.columns, shaped.weights, group_size)
-    return group_advantages(shaped.total, group_size, scale)
+def advantages(shaped: ShapedRewards, group_size: int, a: AdvantageConfig) -> torch.Tensor:
+    """(B,) advantages by the recipe's estimator (grpo/algorithm/advantages.py ADVANTAGE_ESTIMATORS)."""
+    return estimate_advantages(a.estimator, shaped.columns, shaped.weights, shaped.total, group_size, a.scale)
 
 
-def loss_mask_and_weights(batch: RolloutBatch, total: torch.Tensor, v: VariantsConfig
-                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Which tokens enter the policy loss (B, T) and their coefficients (B, T) or None (all 1)."""
+def loss_mask(batch: RolloutBatch, tokens: TokensConfig) -> torch.Tensor:
+    """Which tokens enter the loss (B, T) float: the completion mask, less DAPO's truncated completions
+    (tokens.overlong_mask) and the low-entropy tokens (tokens.entropy_top_fraction < 1)."""
     mask = batch.completion_mask
-    if v.overlong == "mask":
+    if tokens.overlong_mask:
         mask = overlong_mask(mask, batch.truncated)
-    if v.entropy_top_fraction < 1:
-        mask = high_entropy_token_mask(batch.token_entropy, mask, v.entropy_top_fraction)
-    weights = None
-    if v.token_credit == "proxy":
-        weights = discriminative_token_weights(batch.completion_ids, mask, total, batch.group_size,
-                                               v.token_credit_min, v.token_credit_max)
-    return mask.float(), weights
+    if tokens.entropy_top_fraction < 1:
+        mask = high_entropy_token_mask(batch.token_entropy, mask, tokens.entropy_top_fraction)
+    return mask.float()

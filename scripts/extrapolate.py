@@ -1,9 +1,9 @@
 """Predict a later LoRA checkpoint from the first K of a run, with no more training (RELEX idea).
 
-    python extrapolate.py RUN_DIR --use-first K --target-step S --out DIR
+    python scripts/extrapolate.py RUN_DIR --use-first K --target-step S --out DIR
 
 Reads the adapters train.py saved under RUN_DIR/checkpoints/step-N/adapter/, fits each tensor's
-rank-1 trajectory over the first K of them (grpo/extrapolate.py says how), and writes the adapter
+rank-1 trajectory over the first K of them (grpo/research/extrapolate.py says how), and writes the adapter
 predicted for step S to DIR with the adapter_config.json of the K-th checkpoint. If the run also
 saved a real adapter at step S, prints how far the prediction lies from it, relative to how far
 training moved, next to the same figure for simply stopping at the K-th checkpoint. To compare
@@ -12,7 +12,10 @@ held-out reward, evaluate DIR and RUN_DIR/checkpoints/step-S/adapter with evalua
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, as the other scripts
 
 from grpo.research.extrapolate import (
     adapter_dirs,

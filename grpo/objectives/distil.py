@@ -1,84 +1,64 @@
-"""The teachers of the distillation objectives (train.objective):
+"""DistIL (objective.name=distil): the policy itself, shown rich feedback in its prompt, is the teacher.
 
-- opd: a frozen model (distill.teacher, with distill.teacher_adapter merged in) that scores the
-  student's sampled tokens (grpo/research/distillation.py). Every rank holds a whole copy on its
-  device, also under ZeRO-3: it takes no gradient and no optimizer state, and its forward must not
-  wait on the other ranks' partitions.
-- distil: the policy itself, shown rich feedback in its prompt (grpo/research/distil.py): a
-  reference solution for rows that have one (GSM8K, the synthetic task, multi-hop), the failing test
-  and error of each completion for code rows (the code sandbox's feedback). The sandbox's detail
-  quotes the program's own exception messages (bounded to 1,000 characters): text the policy wrote
-  reaches the teacher's prompt, never anything else.
+The feedback (grpo/research/distil_rich_feedback.py has the method): a reference solution for rows
+that have one (GSM8K, the synthetic task, multi-hop), the failing test and error of each completion
+for code rows (the code sandbox's feedback). The sandbox's detail quotes the program's own exception
+messages (bounded to 1,000 characters): text the policy wrote reaches the teacher's prompt, never
+anything else. Frozen before the update: the teacher's top-K distribution at every position of each
+completion. The loss: the forward cross-entropy to it, plus the sequence term as per-token
+advantages through the recipe's policy loss.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from pathlib import Path
-
 import torch
 
 from data.prompts import build_prompt
-from grpo import speedups
+from grpo.algorithm.loss import policy_loss
+from grpo.objectives.base import Objective, loss_settings
+from grpo.research.distil_rich_feedback import forward_cross_entropy, sequence_advantages
 from grpo.rollout.batch import RolloutBatch
-from grpo.rollout.logprobs import CompletionScorer
-from grpo.runtime.config import Config, ConfigError
-from grpo.runtime.model import load_model_and_tokenizer
-from grpo.training.update import ScoringPlan, micro_batches
-
-log = logging.getLogger(__name__)
+from grpo.rollout.logprobs import LogProbPlan, micro_batches, pass_device
+from grpo.runtime.config import ConfigError
 
 
-@contextlib.contextmanager
-def _outside_zero3():
-    """Load whole, not into ZeRO-3 partitions: transformers partitions at load time while a
-    DeepSpeed ZeRO-3 config is registered (HfDeepSpeedConfig); unregister it for the duration."""
-    from transformers.integrations import deepspeed as hf_deepspeed
+class DistilRichFeedback(Objective):
+    name = "distil"
 
-    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+    def __init__(self, loss, max_new_tokens: int, tokenizer, prompt: tuple[int, str], rows_per_micro_batch: int,
+                 top_k: int, future_weight: float, code_feedback):
+        super().__init__(loss, max_new_tokens)
+        self.tokenizer, self.prompt = tokenizer, prompt  # prompt: (n_shot, style) to rebuild the teacher's
+        self.rows_per_micro_batch, self.top_k, self.future_weight = rows_per_micro_batch, top_k, future_weight
+        self.code_feedback = code_feedback
 
+    @classmethod
+    def from_config(cls, cfg, setup) -> "DistilRichFeedback":
+        check_feedback_rows(setup.train_rows, cfg.data.task)
+        o = cfg.objective
+        return cls(loss_settings(cfg), cfg.rollout.max_new_tokens, setup.tokenizer,
+                   (cfg.data.n_shot, cfg.data.prompt_style), cfg.train.batch_size, o.top_k, o.future_weight,
+                   code_feedback_for(cfg))
 
-def teacher_device(device: torch.device | None, local_rank: int) -> torch.device:
-    """This rank's device for a replicated model (the launch's device is None under ZeRO-3)."""
-    if device is not None:
-        return device
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    def prepare(self, logprobs, batch, rows, plan):
+        per_row = [row for row in rows for _ in range(batch.group_size)]
+        notes = feedback_notes(per_row, batch.texts, self.code_feedback)
+        shown = feedback_batch(batch, per_row, notes, *self.prompt, self.tokenizer)
+        ids, probs = teacher_distribution(logprobs, shown, plan, self.rows_per_micro_batch, self.top_k)
+        return {"teacher_ids": ids, "teacher_probs": probs}  # (B, T, K) each
 
+    def pass_options(self, micro) -> dict:
+        return {"gather_ids": micro.frozen["teacher_ids"]}
 
-def load_teacher(cfg: Config, device: torch.device, student_tokenizer) -> CompletionScorer:
-    """The opd teacher as a scorer: distill.teacher (else the student's base model), with
-    distill.teacher_adapter merged in, frozen, in the recipe's dtype, on `device`.
-    A teacher whose vocabulary differs from the student's is an error (its log-probs would be of
-    other tokens)."""
-    ds, m = cfg.distill, cfg.model
-    name, gguf = (ds.teacher, None) if ds.teacher else (m.name, m.gguf_file)
-    adapter = Path(ds.teacher_adapter) if ds.teacher_adapter else None
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"distill.teacher_adapter={ds.teacher_adapter!r}: no adapter_config.json there; give a "
-                          "PEFT adapter folder, e.g. a run's final/adapter")
-    with _outside_zero3():
-        model, tokenizer = load_model_and_tokenizer(name, gguf_file=gguf, dtype=m.dtype, device=device,
-                                                    attn_implementation=m.attn_implementation)
-    if tokenizer.get_vocab() != student_tokenizer.get_vocab():
-        raise ConfigError(f"distill.teacher={name!r} has another vocabulary than model.name={m.name!r}; on-policy "
-                          "distillation compares log-probs of the same tokens: use a teacher of the same family")
-    if adapter is not None:
-        from peft import PeftModel
+    def per_token_loss(self, out, old_logp, micro, part):
+        mask = micro.loss_mask
+        local = forward_cross_entropy(out.gathered, micro.frozen["teacher_probs"])  # (b, T), with gradient
+        advantages = sequence_advantages(local, mask, part.group_size, self.future_weight)  # (b, T)
+        result = policy_loss(self.loss.policy, out.logp, old_logp, advantages, mask, self.loss.clip, micro.selected)
+        result.per_token = local + result.per_token
+        result.indicators["distil/cross_entropy"] = local.detach()
+        return result
 
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    model.eval().requires_grad_(False)
-    speedups.apply(model, device, m.cpu_matmul)
-    log.info("opd teacher: %s%s on %s", name, f" + adapter {adapter}" if adapter else "", device)
-    return CompletionScorer(model)
-
-
-# ---- DistIL: the policy shown feedback ---------------------------------------------------------
 
 SOLUTION_NOTE = "(A worked solution to check against, for the grader only:\n{solution}\n)"
 CODE_NOTE = "An earlier attempt at this task was run against its tests. Result:\n{detail}"
@@ -89,9 +69,9 @@ def check_feedback_rows(rows: list[dict], task: str) -> None:
     for index, row in enumerate(rows):
         if not row.get("solution") and not row.get("test"):
             raise ConfigError(
-                f"train.objective=distil needs rich feedback, but training row {index} of data.task={task!r} has "
+                f"objective.name=distil needs rich feedback, but training row {index} of data.task={task!r} has "
                 "neither a reference 'solution' nor code 'test's; add a 'solution' column to the rows or use "
-                "train.objective=grpo")
+                "objective.name=grpo")
 
 
 def feedback_notes(rows: list[dict], completions: list[str], code_feedback) -> list[str]:
@@ -111,7 +91,7 @@ def feedback_notes(rows: list[dict], completions: list[str], code_feedback) -> l
     return notes
 
 
-def code_feedback_for(cfg: Config):
+def code_feedback_for(cfg):
     """(completions, rows) -> the code sandbox's verdict per completion, run with the recipe's
     code_execution reward options (its limits and isolation setting), for code rows' teacher notes."""
     options = next((dict(spec.options) for spec in cfg.rewards if spec.name == "code_execution"), {})
@@ -148,30 +128,31 @@ def with_prompts(batch: RolloutBatch, prompts: list[list[int]], group_size: int,
                         group_size, batch.token_entropy, batch.token_certainty)
 
 
-def feedback_batch(batch: RolloutBatch, rows: list[dict], notes: list[str], cfg: Config, tokenizer) -> RolloutBatch:
+def feedback_batch(batch: RolloutBatch, rows: list[dict], notes: list[str], n_shot: int, style: str,
+                   tokenizer) -> RolloutBatch:
     """The rollout's completions under the teacher's prompts. rows, notes: one per completion row.
     Where every completion of a group has the same note (a reference solution), one prompt per group."""
     g = batch.group_size
     per_group = all(len(set(notes[i:i + g])) == 1 for i in range(0, len(notes), g))
     chosen = range(0, len(notes), g) if per_group else range(len(notes))
-    add_special = cfg.data.prompt_style == "plain"
-    prompts = [tokenizer(teacher_prompt(rows[i], notes[i], cfg.data.n_shot, cfg.data.prompt_style, tokenizer),
+    add_special = style == "plain"
+    prompts = [tokenizer(teacher_prompt(rows[i], notes[i], n_shot, style, tokenizer),
                          add_special_tokens=add_special)["input_ids"] for i in chosen]
     return with_prompts(batch, prompts, g if per_group else 1, tokenizer.pad_token_id)
 
 
 @torch.no_grad()
-def teacher_distribution(score, batch: RolloutBatch, plan: ScoringPlan, rows_per_micro_batch: int,
+def teacher_distribution(logprobs, batch: RolloutBatch, plan: LogProbPlan, rows_per_micro_batch: int,
                          top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's top-K tokens and renormalized probabilities at each completion position,
-    (B, T, K) each, micro-batch by micro-batch. score: the policy's scorer (or its DeepSpeed engine)."""
+    (B, T, K) each, micro-batch by micro-batch. logprobs: the policy's log-prob pass (or its DeepSpeed engine)."""
     rows, width = batch.completion_ids.shape
-    device = next(score.parameters()).device
+    device = pass_device(logprobs)
     ids = torch.zeros((rows, width, top_k), dtype=torch.long, device=device)
     probs = torch.zeros((rows, width, top_k), device=device)
     prompts_per_micro = max(1, rows_per_micro_batch // batch.group_size)
     for row, part in micro_batches(batch, prompts_per_micro):
-        out = score(part, plan.temperature, plan.shared_prefix, top_k=top_k)
+        out = logprobs(part, plan.temperature, plan.shared_prefix, top_k=top_k)
         n, w = out.topk_ids.shape[:2]
         ids[row:row + n, :w], probs[row:row + n, :w] = out.topk_ids, out.topk_probs.float()
     return ids, probs

@@ -55,7 +55,7 @@ def _call_one(reward: WeightedReward, completions: list[str], columns: dict) -> 
     except RewardInfrastructureError:
         raise  # the reward's machinery failed (e.g. its sandbox): scores would mean nothing, so stop
     except Exception:  # noqa: BLE001 - a plugin's bug must not end the run; it is logged loudly
-        log.exception("reward %r raised; its scores for this batch are skipped", reward.name)
+        log.exception("reward %r raised; its rewards for this batch are skipped", reward.name)
         return [math.nan] * len(completions)
     if not isinstance(scores, (list, tuple)) or len(scores) != len(completions):
         log.error("reward %r returned %r for %d completions; skipped",
@@ -80,8 +80,8 @@ def _call_one(reward: WeightedReward, completions: list[str], columns: dict) -> 
     return out
 
 
-def score(rewards: list[WeightedReward], completions: list[str], columns: dict) -> torch.Tensor:
-    """Per-reward scores, (B, K) float with NaN where a reward does not apply."""
+def reward_matrix(rewards: list[WeightedReward], completions: list[str], columns: dict) -> torch.Tensor:
+    """Each reward of each completion, (B, K) float with NaN where a reward does not apply."""
     return torch.tensor([_call_one(r, completions, columns) for r in rewards]).T.reshape(
         len(completions), len(rewards)
     )
