@@ -17,7 +17,6 @@ import glob
 import os
 import resource
 import signal
-import site
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
@@ -67,22 +66,33 @@ def outermost(paths) -> list[str]:
     """`paths` without those inside another of them."""
     kept: list[str] = []
     for path in sorted(set(paths)):
-        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+        if not any(_inside(path, k) for k in kept):
             kept.append(path)
     return kept
 
 
+def _third_party(path: str) -> bool:
+    return any(part in ("site-packages", "dist-packages") for part in path.split(os.sep))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def visible_trees() -> list[str]:
     """Real paths of the folders the program may read: the standard library's (the import path
-    without site-packages) and those of the shared libraries this process has mapped."""
-    sites = {os.path.realpath(p) for p in site.getsitepackages()}
-    trees = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)} - sites
+    within the base installation, less site-packages and anything .pth files added elsewhere)
+    and those of the shared libraries this process has mapped (less any in site-packages)."""
+    bases = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}
+    trees = {path for path in (os.path.realpath(p) for p in sys.path if p)
+             if os.path.isdir(path) and not _third_party(path) and any(_inside(path, base) for base in bases)}
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
             path = fields[5].strip() if len(fields) == 6 else ""
             if path.startswith("/") and ".so" in os.path.basename(path) and os.path.exists(path):
-                trees.add(os.path.dirname(os.path.realpath(path)))
+                if not _third_party(os.path.realpath(path)):
+                    trees.add(os.path.dirname(os.path.realpath(path)))
     return outermost(trees)
 
 
@@ -116,8 +126,8 @@ def bind_read_only(source: str, target: str) -> None:
 
 def _point_imports_at(trees: list[str]) -> None:
     """The import path: the standard library's folders only, by their real paths (those the new root has)."""
-    sys.path[:] = [p for p in (os.path.realpath(p) for p in sys.path if p) if any(
-        p == t or p.startswith(t + "/") for t in trees) and os.path.isdir(p)]
+    sys.path[:] = [p for p in (os.path.realpath(p) for p in sys.path if p)
+                   if any(_inside(p, t) for t in trees) and not _third_party(p) and os.path.isdir(p)]
     for module in list(sys.modules.values()):  # imported packages find their submodules through __path__
         if isinstance(getattr(module, "__path__", None), list):
             module.__path__[:] = [os.path.realpath(p) for p in module.__path__]

