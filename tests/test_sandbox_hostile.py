@@ -299,7 +299,8 @@ HOSTILE = [
     pytest.param("import os, signal\nos.kill(0, signal.SIGINT)\ndef add(a, b):\n    return 0\n", {},
                  id="SIGINT-to-the-process-group-at-load"),
     pytest.param(SIGNAL_EVERYONE + "blast()\ndef add(a, b):\n    return 0\n", {}, id="every-signal-at-load"),
-    pytest.param(SIGNAL_EVERYONE + "def add(a, b):\n    blast()\n    return 0\n", {}, id="every-signal-during-the-tests"),
+    pytest.param(SIGNAL_EVERYONE + "def add(a, b):\n    blast()\n    return 0\n", {},
+                 id="every-signal-during-the-tests"),
     pytest.param(FLOOD + "def flood():\n" + FLOOD_EVERY_FD + "flood()\ndef add(a, b):\n    return 0\n",
                  {"memory_mb": 256}, id="16-MB-flood-before-ready"),
     pytest.param(FLOOD_REPLY + "def add(a, b):\n" + FLOOD_EVERY_FD + "    return 0\n", {"memory_mb": 256},
@@ -383,7 +384,8 @@ JUDGE_ATTACKS = {  # id -> program; each is right only if it reached into the ju
     "ptrace-the-judge": "import ctypes, os\ndef add(a, b):\n"
                         "    ok = ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0) == 0  # PTRACE_ATTACH\n"
                         "    return a + b if ok else 0\n",
-    "SIGINT-to-the-judge": "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGINT)\n    return 0\n",
+    "SIGINT-to-the-judge": (
+        "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGINT)\n    return 0\n"),
 }
 
 
