@@ -120,6 +120,9 @@ _HEADER = struct.Struct("<I")
 _KILL_GRACE_S = 2.0
 # Longest Outcome.detail: enough for a failing assert and its error, short enough for a prompt.
 MAX_DETAIL_CHARS = 1000
+_WITHOUT_NAMESPACES = ("no network, PID, IPC or mount namespaces, so programs can reach the network, leave "
+                       "processes and shared memory behind, and read every file their uid can (the repository, "
+                       "installed packages, datasets: answers)")
 _MINIMAL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 
 
@@ -142,9 +145,9 @@ class Limits:
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     loaded: bool  # the program compiled, ran at top level and defined the entry point
-    passed: int  # test units (top-level assert statements of `check`) that passed
+    passed: int  # tests (top-level statements of `check` with an assert on the program's result) that passed
     total: int
-    status: str  # "ready", "syntax_error", "load_error", "timeout", "died", "bad_reply" (for logs)
+    status: str  # "ready", "syntax_error", "load_error", "timeout", "died", "bad_reply", "judge_error" (for logs)
     # What went wrong, for a teacher to read ("" when every test passed), at most MAX_DETAIL_CHARS
     # (a longer one is cut, the cut marked). One of: the compile error of the last program tried
     # ("SyntaxError: expected ':' (line 1: def add(a, b))"); what running it raised ("Running the
@@ -193,16 +196,15 @@ def _probe(path: str, euid: int) -> Isolation:
     if prefix:
         probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30, check=False)
         if probe.returncode != 0:
-            missing.append(f"`unshare` failed ({probe.stderr.decode(errors='replace')[-300:].strip()}): no "
-                           "network, PID or mount namespaces, so programs can reach the network and leave "
-                           "processes behind")
+            missing.append(f"`unshare` failed ({probe.stderr.decode(errors='replace')[-300:].strip()}): "
+                           f"{_WITHOUT_NAMESPACES}")
             prefix = ()
     else:
-        missing.append("`unshare` is not on PATH: no network, PID or mount namespaces, so programs can reach "
-                       "the network and leave processes behind")
+        missing.append(f"`unshare` is not on PATH: {_WITHOUT_NAMESPACES}")
     if not is_root:
-        missing.append(f"not running as root: programs cannot be moved to an unprivileged uid, so they can "
-                       f"write the files of user {os.getuid()}")
+        missing.append("not running as root: the program shares the judge's uid (it holds no capability, but "
+                       "without namespaces it can write the files of user "
+                       f"{os.getuid()}), and no cgroup caps the memory of its processes together")
     return Isolation(command_prefix=prefix, switch_uid=is_root, missing="; ".join(missing), cgroup=cgroups.find())
 
 
