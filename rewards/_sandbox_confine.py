@@ -93,6 +93,7 @@ def visible_trees() -> list[str]:
             if path.startswith("/") and ".so" in os.path.basename(path) and os.path.exists(path):
                 if not _third_party(os.path.realpath(path)):
                     trees.add(os.path.dirname(os.path.realpath(path)))
+    trees.discard("/")  # a library loaded from / would expose everything: it stays loaded, unseen
     return outermost(trees)
 
 

