@@ -24,6 +24,7 @@ MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC = 1024, 2048, 4096, 8192, 16
 MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_READ, PR_CAPBSET_DROP = 1, 4, 23, 24
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
+CAP_SETPCAP = 8
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 FILES = ("/etc/ld.so.cache",)  # where the dynamic loader finds the shared libraries of extension modules
@@ -251,9 +252,13 @@ def bounding_set() -> list[int]:
 
 def drop_privileges(uid: int | None) -> None:
     """Leave this process no capability, now or after an exec, and no way to gain one; switch to
-    `uid` (its own group, no supplementary groups) when given. Raises if any privilege remains."""
-    for cap in bounding_set():
-        _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap} from the bounding set")
+    `uid` (its own group, no supplementary groups) when given. Raises if any privilege remains.
+    A process that holds no capability (a plain user's) cannot empty its bounding set, and needs
+    not: under no_new_privs nothing it runs gains a capability."""
+    privileged = capability_sets()[0] & (1 << CAP_SETPCAP)
+    if privileged:  # root, in the host's or a user namespace
+        for cap in bounding_set():
+            _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap} from the bounding set")
     _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear the ambient capabilities")
     if uid is not None:
         os.setgroups([])
@@ -262,7 +267,7 @@ def drop_privileges(uid: int | None) -> None:
     header, empty = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapSets * 2)()
     _check(libc.capset(ctypes.byref(header), empty), "clear the capability sets")
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
-    if any(capability_sets()) or bounding_set():
+    if any(capability_sets()) or (privileged and bounding_set()):
         raise PermissionError(f"capabilities remain after dropping them: sets {capability_sets()}, "
                               f"bounding {bounding_set()}")
     if uid is not None and os.getresuid() != (uid,) * 3:

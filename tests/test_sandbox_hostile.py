@@ -407,6 +407,23 @@ def test_in_weaker_modes_the_program_cannot_reach_the_judge(isolation, attack, m
     assert leftover_processes() == []
 
 
+@pytest.mark.parametrize("uid", [None, 65534], ids=["as-this-user", "as-a-user-without-capabilities"])
+def test_privileges_can_be_dropped_with_or_without_capabilities_to_drop(uid):
+    # A plain user (the rlimits-only mode) holds no capability and cannot empty its bounding set: that
+    # must not stop the judge. Run as root, the second case becomes such a user first.
+    if uid is not None and os.geteuid() != 0:
+        pytest.skip("becoming another user needs root")
+    script = (
+        "import importlib.util, os\n"
+        f"spec = importlib.util.spec_from_file_location('confine', {str(REPO / 'rewards' / '_sandbox_confine.py')!r})\n"
+        "confine = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(confine)\n"
+        f"if {uid} is not None:\n    os.setresuid({uid}, {uid}, {uid})\n"
+        "confine.drop_privileges(None)\nprint(confine.capability_sets())\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True)
+    assert (out.returncode, out.stdout.strip()) == (0, "(0, 0, 0)"), out.stderr[-2000:]
+
+
 def test_signals_to_the_judge_are_the_programs_failure_not_the_sandboxes(monkeypatch):
     # Without any isolation the program shares the judge's uid: signals reach it, and must still score.
     monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.Isolation(command_prefix=(), switch_uid=False))
