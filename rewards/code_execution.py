@@ -180,7 +180,8 @@ def code_execution_reward(
     partial_credit: reward for a program that loads but fails a test.
     fractional: scale between partial_credit and 1.0 by the fraction of tests passed (asserts that
         are always true do not count).
-    timeout_s, memory_mb: per-program wall-clock and address-space limits.
+    timeout_s, memory_mb: per-program wall clock, and memory (each process, and all the program's
+        processes together where a cgroup can be made).
     max_workers: programs run at once (default: the node's CPUs divided by its training processes).
     allow_unisolated: run programs even where the host cannot isolate them fully (no namespaces,
         or not root); without it that is a SandboxUnavailable error at the first call, naming the fix.

@@ -417,6 +417,18 @@ def test_feedback_raises_sandbox_failures_instead_of_describing_them(tmp_path, m
         code_feedback([RIGHT], [ADD_TEST], ["add"], timeout_s=3.0)
 
 
+def test_a_judge_that_fails_after_the_program_started_scores_0_and_logs_its_traceback(caplog):
+    # Once the program runs, anything going wrong in the judge may be the program's doing (a reply that
+    # exhausts its memory): it scores 0 instead of stopping training. Here the trusted test raises
+    # what no test should.
+    test = "def check(candidate):\n    if candidate(1, 2) == 3:\n        raise KeyboardInterrupt('from the test')\n"
+    outcome = sandbox.run_program([RIGHT], "add", test, "", sandbox.Limits(timeout_s=3.0), slot=0)
+    assert (outcome.loaded, outcome.status, outcome.passed) == (False, "judge_error", 0)
+    assert outcome.detail == "The judge could not finish judging the program (KeyboardInterrupt)."
+    assert code_execution.score(outcome, partial_credit=0.2, fractional=False) == 0.0
+    assert "KeyboardInterrupt: from the test" in caplog.text
+
+
 def test_a_judge_that_crashes_once_is_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox, "JUDGE", crashing_judge(tmp_path, crashes=1))
     assert score(RIGHT) == 1.0
