@@ -3,21 +3,28 @@
 Started as `python -I _sandbox_judge.py` (as root inside fresh namespaces when the
 host allows it). It then
 
-1. mounts size-capped tmpfs over the world-writable directories (when it has a
-   mount namespace), sets the rlimits, drops to the unprivileged slot uid and
-   makes itself non-dumpable, so a same-uid process cannot ptrace it or read
-   its memory through /proc;
-2. reads the first part of the job (the candidate programs) from stdin;
-3. forks the *candidate* process, which closes every descriptor it inherited,
-   runs the program and then serves calls to the entry point over two pipes;
-4. only then reads the second part of the job (the tests), so the candidate
-   never holds them in memory;
+1. reads the first part of the job (the candidate programs) from stdin, ignores
+   every signal it can, and (with `_sandbox_confine`) switches to a minimal
+   read-only root, names the host "sandbox" and sets the rlimits;
+2. forks the *candidate* process, which joins the sandbox's cgroups, drops every
+   capability and switches to the program's uid, and reports on a setup pipe
+   whether that worked; the judge meanwhile drops every capability, switches to
+   its own uid (so the program cannot signal or ptrace it) and becomes
+   non-dumpable;
+3. only then reads the second part of the job (the tests), so the candidate
+   never holds them in memory, and compiles them;
+4. tells the candidate to go: it closes every descriptor it inherited, runs the
+   program and then serves calls to the entry point over two pipes;
 5. runs the test's `check` body statement by statement, with `candidate` bound
    to a proxy that forwards each call to the candidate process and decodes the
    reply into plain builtin values;
 6. writes one JSON result message to the descriptor that was stdout at start
-   (the judge's own prints go to /dev/null; its stderr goes to the parent, for
-   crashes of the judge itself).
+   (the judge's own prints go to /dev/null; its stderr goes to the parent).
+
+A failure before step 4 is the sandbox's (the parent raises it); from step 4 on,
+whatever goes wrong is the program's doing or happens while judging it (a reply
+that exhausts the judge's memory), and the result scores 0 (status
+"judge_error" when the judge itself raised, its traceback on stderr).
 
 For a program that fails, the result's `detail` says what went wrong, for a
 teacher to read: the syntax or load error, or the first failing statement of
@@ -26,52 +33,36 @@ cut to the job's `detail_chars`. Exceptions the program raised are formatted in
 the candidate process (formatting them runs the program's code); the judge only
 clips the text it gets back.
 
-Self-contained on purpose: under `-I` nothing from the repository is importable.
+Self-contained on purpose: under `-I` nothing from the repository is importable;
+`_sandbox_confine.py`, next to this file, is loaded by path.
 """
 
 import ast
 import contextlib
-import ctypes
+import importlib.util
 import json
 import os
 import resource
 import select
 import signal
 import struct
-import sys
 import textwrap
 import time
+import traceback
 
-PR_SET_DUMPABLE = 4
-PR_SET_NO_NEW_PRIVS = 38
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC = 2, 4, 4096, 16384
-WORLD_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-# Imported before the uid drop when the Python installation is unreadable to
-# other users and cannot be re-mounted: what HumanEval-style programs use.
-COMMON_MODULES = (
-    "bisect",
-    "collections",
-    "copy",
-    "datetime",
-    "decimal",
-    "fractions",
-    "functools",
-    "hashlib",
-    "heapq",
-    "itertools",
-    "math",
-    "operator",
-    "random",
-    "re",
-    "statistics",
-    "string",
-    "typing",
-)
 MAX_MESSAGE_BYTES = 16 * 2**20
 # Statuses of a program that did not load: its own report, or the judge's (CandidateProxy.failure).
 FAILURES = ("syntax_error", "load_error", "timeout", "died", "bad_reply")
 _HEADER = struct.Struct("<I")
 _CUT = " [... cut]"
+_GO = b"g"
+_SETUP_OK = b"ok"
+# Exceptions from reading or decoding what the candidate sent: all mean a bad reply, never a judge crash.
+_BAD_READS = (OSError, ValueError, RecursionError, MemoryError)
+
+
+class SandboxSetupError(RuntimeError):
+    """The candidate process could not be confined: the sandbox's failure, not the program's."""
 
 
 class CandidateError(Exception):
@@ -245,12 +236,33 @@ def run_candidate(programs: list[str], entry_point: str, requests: int, replies:
         send(replies, reply)
 
 
+def start_candidate(job: dict, confine, handlers: dict, cgroup_fds: list[int], workdir: str, uid: int | None,
+                    pipes: dict) -> None:
+    """Child side: join the sandbox's cgroups (still root), restore the signal handlers, drop
+    every privilege, report on the setup pipe, wait for the judge's go, run the program. Never returns."""
+    try:
+        for fd in cgroup_fds:
+            os.write(fd, str(os.getpid()).encode())
+        confine.restore_signals(handlers)
+        confine.drop_privileges(uid)
+        confine.die_with_parent()
+        os.chdir(workdir)
+        report = _SETUP_OK
+    except BaseException as error:  # noqa: BLE001 - any failure here is the sandbox's, reported to the judge
+        report = f"{type(error).__name__}: {error}".encode()
+    os.write(pipes["setup_w"], report)
+    os.close(pipes["setup_w"])
+    if report != _SETUP_OK or os.read(pipes["go_r"], 1) != _GO:
+        os._exit(0)
+    run_candidate(job["programs"], job["entry_point"], pipes["requests_r"], pipes["replies_w"], job["detail_chars"])
+
+
 # ---- the judge ----
 
 
 def how_it_ended(pid: int) -> str:
     """"exited with code N" or "was killed by signal SIGKILL" once process `pid` has ended (waiting
-    up to 0.1 s for it), else "". WNOWAIT leaves it unreaped, so its pid is not reused before kill()."""
+    up to 0.1 s for it), else "". WNOWAIT leaves it unreaped for the namespace's teardown."""
     for _ in range(10):
         try:
             info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -267,7 +279,10 @@ def how_it_ended(pid: int) -> str:
 
 
 class CandidateProxy:
-    """Stands in for the candidate function inside the judge's test code."""
+    """Stands in for the candidate function inside the judge's test code.
+
+    The judge cannot kill the candidate (another uid): after a timeout or a bad reply it stops
+    calling it and closes the request pipe; whatever still runs dies with the sandbox."""
 
     def __init__(self, pid: int, requests: int, replies: int, deadline: float, timeout_s: float):
         self.pid, self.requests, self.replies, self.deadline = pid, requests, replies, deadline
@@ -280,20 +295,20 @@ class CandidateProxy:
         try:
             send(self.requests, encode(list(args)))
             reply = receive(self.replies, self.deadline)
-        except (CandidateError, OSError, ValueError, RecursionError) as error:
+        except (CandidateError, *_BAD_READS) as error:
             _, detail = self.failure(error)
-            self.kill()
+            self.close()
             raise CandidateError(detail) from None
         if type(reply) is list and len(reply) == 2 and reply[0] == "return":
             try:
                 return decode(reply[1])
-            except (ValueError, TypeError, RecursionError) as error:
-                raise CandidateError(f"The program returned a value the judge cannot read: {error}.") from None
+            except (TypeError, *_BAD_READS) as error:
+                raise CandidateError(f"The program returned a value the judge cannot read: {error!r}.") from None
         if type(reply) is list and len(reply) == 2 and reply[0] == "raise" and type(reply[1]) is str:
             raise CandidateError(reply[1])  # formatted by the candidate: "Type: message (line N: source)"
         raise CandidateError("The program sent a malformed reply.")
 
-    def failure(self, error: Exception) -> tuple[str, str]:
+    def failure(self, error: BaseException) -> tuple[str, str]:
         """(status, detail) for an exchange with the candidate process that raised `error`."""
         if isinstance(error, CandidateTimeout):
             return "timeout", f"Timeout: the program ran past its {self.timeout_s:g} s time limit."
@@ -304,20 +319,98 @@ class CandidateProxy:
             if isinstance(error, CandidateGone):
                 return "died", str(error)
             return "died", f"The program's process stopped ({error})."
+        if isinstance(error, MemoryError):
+            return "bad_reply", "The program sent a reply too large for the judge's memory."
         if isinstance(error, (ValueError, RecursionError)):  # not JSON, or nested too deeply to read
             return "bad_reply", "The program sent a malformed reply."
         return "bad_reply", str(error)  # e.g. over MAX_MESSAGE_BYTES
 
-    def kill(self) -> None:
-        self.dead = True
-        with contextlib.suppress(ProcessLookupError):  # already gone
-            os.kill(self.pid, 9)
+    def close(self) -> None:
+        if not self.dead:
+            self.dead = True
+            os.close(self.requests)  # a candidate waiting for a call sees the end and exits
 
 
-def test_units(test_source: str) -> tuple[str, list[tuple[object, bool, str]]] | None:
-    """(`check`'s parameter name, [(compiled statement, contains an assert, its source)]) for
-    each top-level statement of `check`, or None if they cannot run one by one."""
+# ---- which statements of `check` are tests ----
+
+
+def _always_true(test: ast.expr) -> bool:
+    """Whether an assert's condition holds whatever the program does: a truthy constant or a
+    non-empty literal (`assert (x, "msg")`), `x == x`, or and/or/not over those."""
+    if isinstance(test, ast.Constant):
+        return bool(test.value)
+    if isinstance(test, (ast.Tuple, ast.List, ast.Set)):
+        return bool(test.elts)
+    if isinstance(test, ast.Dict):
+        return bool(test.keys)
+    if isinstance(test, ast.BoolOp):
+        return (any if isinstance(test.op, ast.Or) else all)(_always_true(v) for v in test.values)
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return isinstance(test.operand, ast.Constant) and not test.operand.value
+    if isinstance(test, ast.Compare):
+        left = ast.dump(test.left)
+        return all(isinstance(op, (ast.Eq, ast.Is, ast.LtE, ast.GtE)) and ast.dump(right) == left
+                   for op, right in zip(test.ops, test.comparators))
+    return False
+
+
+def _uses_program(node: ast.AST, program: set[str], results: set[str]) -> bool:
+    """Whether `node` calls the program (a name in `program` called or passed to a call) or reads
+    a name in `results` (a value computed from a call of the program)."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            operands = [sub.func, *sub.args, *(k.value for k in sub.keywords)]
+            if any(isinstance(o, ast.Name) and o.id in program for o in operands):
+                return True
+        if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and sub.id in results:
+            return True
+    return False
+
+
+def _names(target: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+
+
+def program_results(check: ast.FunctionDef, program: set[str]) -> tuple[set[str], set[str]]:
+    """(functions, values): the names in `check` that stand for the program (`program`, and
+    functions whose body calls it) and those bound to what it computed (assigned, looped over or
+    bound by `with` from an expression that uses it), wherever in `check`, to a fixed point."""
+    program, results = set(program), set()
+    while True:
+        functions, values = set(), set()
+        for node in ast.walk(check):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node is not check:
+                if any(_uses_program(statement, program, results) for statement in node.body):
+                    functions.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr)):
+                if node.value is not None and _uses_program(node.value, program, results):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    values.update(*(_names(t) for t in targets))
+            elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+                if _uses_program(node.iter, program, results):
+                    values.update(_names(node.target))
+            elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+                if _uses_program(node.context_expr, program, results):
+                    values.update(_names(node.optional_vars))
+        if functions <= program and values <= results:
+            return program, results
+        program |= functions
+        results |= values
+
+
+def tests_the_program(statement: ast.stmt, program: set[str], results: set[str]) -> bool:
+    """Whether `statement` holds an assert whose condition depends on the program and is not
+    always true: `assert True`, `assert 1`, `assert x == x` are no tests of it."""
+    return any(isinstance(n, ast.Assert) and _uses_program(n.test, program, results) and not _always_true(n.test)
+               for n in ast.walk(statement))
+
+
+def test_units(test_source: str, entry_point: str) -> tuple[str, list[tuple[object, bool, str]]] | None:
+    """(`check`'s parameter name, [(compiled statement, tests the program, its source)]) for each
+    top-level statement of `check`, or None if they cannot run one by one or none is a test."""
     check = [n for n in ast.parse(test_source).body if isinstance(n, ast.FunctionDef) and n.name == "check"][-1]
+    parameter = check.args.args[0].arg
+    program, results = program_results(check, {parameter, entry_point})
     units = []
     for statement in check.body:
         if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
@@ -327,10 +420,10 @@ def test_units(test_source: str) -> tuple[str, list[tuple[object, bool, str]]] |
         except SyntaxError:
             return None  # e.g. `return` inside check: run it whole instead
         source = textwrap.dedent(ast.get_source_segment(test_source, statement, padded=True) or "")
-        units.append((code, any(isinstance(n, ast.Assert) for n in ast.walk(statement)), source))
+        units.append((code, tests_the_program(statement, program, results), source))
     if not any(counted for _, counted, _ in units):
         return None
-    return check.args.args[0].arg, units
+    return parameter, units
 
 
 def failed_test(source: str, error: Exception, limit: int) -> str:
@@ -353,12 +446,9 @@ def failing_line(test_source: str, error: BaseException) -> str:
     return lines[lineno - 1].strip() if lineno and 0 < lineno <= len(lines) else "check(candidate)"
 
 
-def run_tests(
-    context: str, test_source: str, entry_point: str, proxy: CandidateProxy, detail_chars: int
-) -> tuple[int, int, str]:
-    """(passed, total, detail) over the test units; each top-level assert statement of `check` is one
-    unit. detail: "" when all pass, else the first statement of `check` that failed (an assert, or a
-    statement before it whose failure caused it) and what it raised."""
+def prepare_tests(context: str, test_source: str, entry_point: str, proxy: CandidateProxy) -> tuple[dict, tuple | None]:
+    """(namespace with `check` defined and `entry_point` bound to the proxy, `test_units`). Trusted
+    code, compiled before the program runs: an error here is the test row's, never a score."""
     namespace = {"__name__": "__judge__"}
     try:
         exec(compile(context, "<prompt>", "exec"), namespace)  # helpers the tests use
@@ -367,7 +457,15 @@ def run_tests(
     # As in HumanEval's own harness, where tests may call the function by name.
     namespace[entry_point] = proxy
     exec(compile(test_source, "<test>", "exec"), namespace)
-    split = test_units(test_source)
+    return namespace, test_units(test_source, entry_point)
+
+
+def run_tests(namespace: dict, split: tuple | None, test_source: str, proxy: CandidateProxy,
+              detail_chars: int) -> tuple[int, int, str]:
+    """(passed, total, detail) over the test units; each top-level statement of `check` with an
+    assert that tests the program is one unit. detail: "" when all pass, else the first statement
+    of `check` that failed (an assert, or a statement before it whose failure caused it) and what
+    it raised."""
     if split is None:
         try:
             namespace["check"](proxy)
@@ -388,130 +486,103 @@ def run_tests(
     return passed, total, detail if passed < total else ""
 
 
-def _traversable_by_others(path: str) -> bool:
-    """Whether a process of another uid can reach `path` (o+x on it and every ancestor)."""
-    while True:
-        if not os.stat(path).st_mode & 0o001:
-            return False
-        parent = os.path.dirname(path)
-        if parent == path:
-            return True
-        path = parent
+def load_confine():
+    """`_sandbox_confine.py`, next to this file (not importable by name under -I)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_confine.py")
+    spec = importlib.util.spec_from_file_location("_sandbox_confine", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _moved(path: str, root: str, target: str) -> str:
-    """`path` with its leading `root` replaced by `target` (unchanged if outside `root`)."""
-    return target + path[len(root) :] if path == root or path.startswith(root + os.sep) else path
-
-
-def expose_python(libc, can_mount: bool) -> None:
-    """Keep the standard library importable after the uid drop.
-
-    An interpreter installed under a private directory (e.g. pyenv in /root,
-    mode 700) is unreadable to the slot uid: bind-mount it into the sandbox's
-    own /tmp and point sys.path there, or, without a mount namespace, import the
-    common modules now.
-    """
-    roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
-    hidden = sorted(root for root in roots if not _traversable_by_others(root))
-    if hidden and not can_mount:
-        for name in COMMON_MODULES:
-            __import__(name)
-        return
-    for index, root in enumerate(hidden):
-        target = f"/tmp/.python{index}"
-        os.mkdir(target, 0o755)
-        if libc.mount(root.encode(), target.encode(), None, MS_BIND | MS_REC, None):
-            raise OSError(ctypes.get_errno(), f"bind-mount {root} on {target}")
-        sys.path[:] = [_moved(os.path.realpath(p), root, target) for p in sys.path]
-        for module in list(sys.modules.values()):  # packages already imported find submodules via __path__
-            if isinstance(getattr(module, "__path__", None), list):
-                module.__path__[:] = [_moved(os.path.realpath(p), root, target) for p in module.__path__]
-    sys.path_importer_cache.clear()
-
-
-def confine(job: dict) -> None:
-    """Mounts, rlimits, privilege drop, non-dumpable: everything before the untrusted fork."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    workdir = job["workdir"]
-    if job["mount_tmpfs"]:
-        # A Python installed under a directory about to be masked (e.g. a venv in /tmp) is
-        # held open now and bound back at its own path inside the fresh tmpfs.
-        # Real paths: a venv reached through a symlink (e.g. ./.venv -> /tmp/...) lives under /tmp too.
-        masked = [os.path.realpath(d) for d in WORLD_WRITABLE_DIRS if os.path.isdir(d)]
-        roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
-        keep = {root: os.open(root, os.O_PATH) for root in roots if any(_moved(root, d, "") != root for d in masked)}
-        options = f"size={job['tmpfs_mb']}m,mode=1777".encode()
-        for target in masked:
-            if libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options):
-                raise OSError(ctypes.get_errno(), f"mount tmpfs on {target}")
-        for root, fd in keep.items():
-            os.makedirs(root, 0o755)
-            if libc.mount(f"/proc/self/fd/{fd}".encode(), root.encode(), None, MS_BIND | MS_REC, None):
-                raise OSError(ctypes.get_errno(), f"bind {root} back after masking")
-            os.close(fd)
+def prepare_host(confine, job: dict, program_uid: int | None) -> str:
+    """As root, before the fork: the new root (with a mount namespace), the host name, the rlimits.
+    Returns the program's working directory."""
+    if job["mount_namespace"]:
+        confine.enter_minimal_root(job["workdir"], job["tmpfs_mb"])  # the parent's temporary folder: a mount point
         workdir = "/tmp/sandbox"
         os.mkdir(workdir, 0o700)
-    if job["uid"] is not None:
-        expose_python(libc, can_mount=job["mount_tmpfs"])
-        os.chown(workdir, job["uid"], job["uid"])
-    cpu_s = int(job["timeout_s"]) + 1
-    for limit, value in (
-        (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
-        (resource.RLIMIT_AS, (job["memory_mb"] * 2**20,) * 2),
-        (resource.RLIMIT_FSIZE, (job["file_size_mb"] * 2**20,) * 2),
-        (resource.RLIMIT_NPROC, (job["max_processes"],) * 2),
-        (resource.RLIMIT_NOFILE, (job["max_open_files"],) * 2),
-        (resource.RLIMIT_CORE, (0, 0)),
-    ):
-        resource.setrlimit(limit, value)
-    if job["uid"] is not None:
-        os.setgroups([])
-        os.setgid(job["uid"])
-        os.setuid(job["uid"])
-    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    os.chdir(workdir)
+    else:
+        workdir = job["workdir"]
+        if program_uid is not None:
+            confine.import_common_modules_if_hidden()
+    if program_uid is not None:
+        os.chown(workdir, program_uid, program_uid)
+    if job["uts_namespace"]:
+        confine.set_hostname()
+    confine.set_limits(job)
+    return workdir
+
+
+def judge(job: dict, tests: dict, namespace: dict, split, proxy: CandidateProxy) -> dict:
+    """The result of the program that is now running: its hello, then the tests."""
+    result = {"loaded": False, "passed": 0, "total": 0, "status": "no reply", "detail": ""}
+    try:
+        hello = receive(proxy.replies, proxy.deadline)
+    except (CandidateError, *_BAD_READS) as error:
+        hello = list(proxy.failure(error))
+    if hello == ["ready"]:
+        result["status"], result["loaded"] = "ready", True
+        result["passed"], result["total"], detail = run_tests(namespace, split, tests["test"], proxy,
+                                                              job["detail_chars"])
+    elif type(hello) is list and len(hello) == 2 and hello[0] in FAILURES and type(hello[1]) is str:
+        result["status"], detail = hello  # syntax_error/load_error from the candidate, or a failure above
+    else:
+        result["status"], detail = "bad_reply", "The program wrote a malformed message to the judge's channel."
+    result["detail"] = clip(detail, job["detail_chars"])
+    return result
+
+
+def _read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def main() -> None:
     job = receive(0)
     result_fd = os.dup(1)
     os.dup2(os.open(os.devnull, os.O_RDWR), 1)
-    confine(job)
+    confine = load_confine()
+    handlers = confine.ignore_signals()
+    judge_uid, program_uid = job["uids"] or (None, None)
+    cgroup_fds = [os.open(path, os.O_WRONLY) for path in job["cgroup_procs"]]
+    workdir = prepare_host(confine, job, program_uid)
     deadline = time.monotonic() + job["timeout_s"]
-    requests_r, requests_w = os.pipe()
-    replies_r, replies_w = os.pipe()
+    pipes = {}
+    pipes["requests_r"], pipes["requests_w"] = os.pipe()
+    pipes["replies_r"], pipes["replies_w"] = os.pipe()
+    pipes["setup_r"], pipes["setup_w"] = os.pipe()
+    pipes["go_r"], pipes["go_w"] = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            run_candidate(job["programs"], job["entry_point"], requests_r, replies_w, job["detail_chars"])
+            os.close(pipes["setup_r"])
+            os.close(pipes["go_w"])
+            start_candidate(job, confine, handlers, cgroup_fds, workdir, program_uid, pipes)
         finally:
             os._exit(1)  # never run the judge's code below in the candidate process
-    os.close(requests_r)
-    os.close(replies_w)
+    for fd in (*cgroup_fds, pipes["requests_r"], pipes["replies_w"], pipes["setup_w"], pipes["go_r"]):
+        os.close(fd)
+    confine.drop_privileges(judge_uid)
+    confine.make_undumpable()
     tests = receive(0)  # read only now: the candidate never had the tests in memory
-    result = {"loaded": False, "passed": 0, "total": 0, "status": "no reply", "detail": ""}
-    proxy = CandidateProxy(pid, requests_w, replies_r, deadline, job["timeout_s"])
+    proxy = CandidateProxy(pid, pipes["requests_w"], pipes["replies_r"], deadline, job["timeout_s"])
+    namespace, split = prepare_tests(job["context"], tests["test"], job["entry_point"], proxy)
+    report = _read_to_end(pipes["setup_r"])
+    if report != _SETUP_OK:
+        raise SandboxSetupError(f"the program's process could not be confined: {report.decode(errors='replace')}")
+    os.write(pipes["go_w"], _GO)
+    os.close(pipes["go_w"])
     try:
-        hello = receive(replies_r, deadline)
-    except (CandidateError, OSError, ValueError, RecursionError) as error:
-        hello = list(proxy.failure(error))
-    if hello == ["ready"]:
-        result["status"], result["loaded"] = "ready", True
-        result["passed"], result["total"], detail = run_tests(
-            job["context"], tests["test"], job["entry_point"], proxy, job["detail_chars"]
-        )
-    elif type(hello) is list and len(hello) == 2 and hello[0] in FAILURES and type(hello[1]) is str:
-        result["status"], detail = hello  # syntax_error/load_error from the candidate, or a failure above
-    else:
-        result["status"], detail = "bad_reply", "The program wrote a malformed message to the judge's channel."
-    result["detail"] = clip(detail, job["detail_chars"])
-    proxy.kill()
-    if job["uid"] is not None and not job["pid_namespace"]:
-        # The slot uid is ours alone: take every process the candidate left behind.
-        with contextlib.suppress(ProcessLookupError):  # none left
-            os.kill(-1, 9)
+        result = judge(job, tests, namespace, split, proxy)
+    except BaseException as error:  # noqa: BLE001 - the program is running: whatever happens now scores 0
+        traceback.print_exc()
+        result = {"loaded": False, "passed": 0, "total": 0, "status": "judge_error",
+                  "detail": clip(f"The judge could not finish judging the program ({type(error).__name__}).",
+                                 job["detail_chars"])}
+    proxy.close()
     send(result_fd, result)
 
 

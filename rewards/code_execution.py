@@ -8,7 +8,9 @@ docstring for the threat model) and scored:
 - `partial_credit` when it loads but fails a test;
 - 1.0 when every test passes. With `fractional=True`, a program that loads
   scores `partial_credit + (1 - partial_credit) * passed / total`, where a
-  test is one top-level assert statement of `check`.
+  test is one top-level statement of `check` holding an assert that uses the
+  program's result and is not always true: `assert True` (HumanEval's debugging
+  lines), `assert 1`, `assert x == x` or a non-empty tuple are not tests.
 
 `code_feedback` runs the same programs and returns what went wrong in words
 (the failing test and its error), for a teacher's prompt (DistIL).
@@ -176,8 +178,10 @@ def code_execution_reward(
     prompt: the row's code prompt (signature + docstring + helpers); without it
         `prompts` is used when it is a string.
     partial_credit: reward for a program that loads but fails a test.
-    fractional: scale between partial_credit and 1.0 by the fraction of tests passed.
-    timeout_s, memory_mb: per-program wall-clock and address-space limits.
+    fractional: scale between partial_credit and 1.0 by the fraction of tests passed (asserts that
+        are always true do not count).
+    timeout_s, memory_mb: per-program wall clock, and memory (each process, and all the program's
+        processes together where a cgroup can be made).
     max_workers: programs run at once (default: the node's CPUs divided by its training processes).
     allow_unisolated: run programs even where the host cannot isolate them fully (no namespaces,
         or not root); without it that is a SandboxUnavailable error at the first call, naming the fix.

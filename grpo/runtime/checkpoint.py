@@ -21,6 +21,7 @@ checkpoints as they were.
 
 from __future__ import annotations
 
+import pickle
 import re
 import shutil
 from collections.abc import Callable
@@ -96,7 +97,12 @@ def read_state(path: Path) -> dict:
     if not file.is_file():
         raise ConfigError(f"checkpoint {path}: no trainer_state.pt; pass a step-NNNNNN folder to --resume, "
                           "or --no-resume to start fresh")
-    state = torch.load(file, map_location="cpu", weights_only=False)
+    try:  # weights_only: tensors and plain data only, so a crafted file cannot run code on resume
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"checkpoint {path}: trainer_state.pt holds more than tensors and plain data (loading "
+                          "it could run code), so this trainer did not write it; pass a checkpoint written by "
+                          "this trainer to --resume, or --no-resume to start fresh") from err
     if state.get("format") != FORMAT and "world_size" in state:
         raise ConfigError(f"checkpoint {path} was written in the per-rank DeepSpeed layout of an earlier "
                           "version, which this version cannot read; start fresh with --no-resume")
