@@ -119,13 +119,15 @@ def continuation_ids(tokenizer, messages: Sequence[dict], new_messages: Sequence
     new_messages: what follows, e.g. [{"role": "tool", "name": ..., "content": ...}, ...].
     Raises when the template renders the earlier messages differently once new ones follow (it is not
     prefix-preserving), since the difference would then not be a continuation."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("the last message must be the assistant turn the new messages answer, got "
+                         f"{messages[-1] if messages else 'no messages'!r:.80}")
     _, end_id = end_of_turn(tokenizer, chat_template)
     before = render_ids(tokenizer, messages, tools, chat_template=chat_template)
     after = render_ids(tokenizer, list(messages) + list(new_messages), tools, add_generation_prompt=True,
                        chat_template=chat_template)
     if end_id not in before:
-        raise ValueError(f"the rendered conversation has no end-of-turn token {end_id}: the last message must be "
-                         f"the assistant turn the new messages answer")
+        raise ValueError(f"the rendered conversation has no end-of-turn token {end_id}")
     cut = len(before) - before[::-1].index(end_id)
     if after[:cut] != before[:cut]:
         raise ValueError("the chat template renders the conversation differently once the new messages follow "

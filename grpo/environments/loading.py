@@ -51,11 +51,11 @@ class EnvironmentFailure(RuntimeError):
 
 
 def load_object(spec: str, what: str, key: str):
-    """The object named by "package.module:Name"; `what` and `key` name it in errors (e.g. "environment
+    """The object named by "package.module:Name"; `what` and `key` name it in errors (e.g. "an environment
     class", "env.factory")."""
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise ValueError(
-            f"{key}={spec!r} must name a {what} as 'package.module:Name' (a module importable from the working "
+            f"{key}={spec!r} must name {what} as 'package.module:Name' (a module importable from the working "
             f"directory, a colon, then the name in it), e.g. 'grpo.environments.ecom:ProductDiscoveryEnv'"
         )
     module_name, name = spec.split(":")
@@ -113,7 +113,7 @@ class Environments:
 
     def environment_of(self, row: Mapping, index: int) -> str | None:
         """The environment name row `index` selects (None with a single environment)."""
-        if list(self.factories) == [None]:
+        if list(self.factories) in ([None], []):  # one environment, or stateless tools only
             return None
         name = row.get(ENVIRONMENT_FIELD)
         if name not in self.factories:
@@ -125,7 +125,7 @@ class Environments:
 
 
 def _factory(spec, key: str) -> Callable[[], object]:
-    factory = load_object(spec, "environment class or factory", key) if isinstance(spec, str) else spec
+    factory = load_object(spec, "an environment class or factory", key) if isinstance(spec, str) else spec
     if not callable(factory):
         raise ValueError(f"{key}={spec!r} is not callable; name a class or a zero-argument function")
     return factory
@@ -159,7 +159,7 @@ def load_environments(
         raise ValueError("env needs a factory (env.factory) or stateless tools (env.tools); neither was given")
     loaded_tools = {}
     for index, spec in enumerate(tools):
-        tool = load_object(spec, "tool function", f"env.tools[{index}]") if isinstance(spec, str) else spec
+        tool = load_object(spec, "a tool function", f"env.tools[{index}]") if isinstance(spec, str) else spec
         if not inspect.isfunction(tool):
             raise ValueError(f"env.tools[{index}]={spec!r} is not a plain function")
         if tool.__name__ in loaded_tools:

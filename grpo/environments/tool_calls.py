@@ -78,7 +78,7 @@ def _call_from_fields(name, arguments, text: str) -> ToolCall:
         arguments = {}
     if not isinstance(arguments, dict):
         return ToolCall(name, None, f"the \"arguments\" of {name!r} must be a JSON object of argument names to "
-                                    f"values, got a {type(arguments).__name__}", text)
+                                    f"values, got a {type(arguments).__name__}; write {_CALL_FORMAT}", text)
     return ToolCall(name, arguments, None, text)
 
 
