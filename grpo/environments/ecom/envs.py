@@ -6,8 +6,8 @@ Only tools are public: everything else is private or a property, since TRL (and 
 every public function of the class into a tool the model sees.
 
 The agent's bookkeeping for the hallucination part: every id a tool result or the request showed is
-"seen"; every id the agent passes to a tool (an id argument, or an id inside free text) is "used";
-the used ids never seen are hallucinated. Ids the agent writes in its own text to the customer are
+"seen"; an id the agent passes to a tool (an id argument, or an id inside free text) that was not
+seen before that call is hallucinated (a tool echoing it back afterwards does not make it retrieved). Ids the agent writes in its own text to the customer are
 not read: `get_reward()` takes no argument in TRL's convention, so the environment sees tool calls
 only; each task's final action is therefore a tool call that carries the ids it commits to.
 """
@@ -47,7 +47,7 @@ class _ShopEnv:
         self._level = check_level(level)
         self._calls = 0
         self._seen: set[str] = set()
-        self._used: set[str] = set()
+        self._hallucinated: set[str] = set()
         rng = random.Random(f"ecom/{type(self).__name__}/{seed}/{level}")
         self._taken: set[str] = set()
         request, self._min_calls = self._generate(rng, level)
@@ -62,7 +62,7 @@ class _ShopEnv:
     def reward_parts(self) -> RewardParts:
         if self._world is None:
             raise RuntimeError(f"{type(self).__name__}: get_reward before reset")
-        return ecom_reward(self._completed(), self._calls, self._min_calls, len(self._used - self._seen))
+        return ecom_reward(self._completed(), self._calls, self._min_calls, len(self._hallucinated))
 
     @property
     def success(self) -> bool:
@@ -77,10 +77,11 @@ class _ShopEnv:
         return self._min_calls
 
     def _called(self, *ids, text: str = "") -> None:
-        """Count a tool call and note the ids it uses (id arguments as given, ids inside free text)."""
+        """Count a tool call and note the ids it uses that nothing showed yet (id arguments as given, ids
+        inside free text)."""
         self._calls += 1
-        self._used.update(i.strip() for i in ids if isinstance(i, str) and i.strip())
-        self._used.update(ID_PATTERN.findall(text))
+        used = {i.strip() for i in ids if isinstance(i, str) and i.strip()} | set(ID_PATTERN.findall(text))
+        self._hallucinated |= used - self._seen
 
     def _shown(self, text: str) -> str:
         self._seen.update(ID_PATTERN.findall(text))
