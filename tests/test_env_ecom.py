@@ -207,7 +207,7 @@ def test_returns_hallucinating():
 
 
 def test_returns_failing():
-    env, _, (order_id, product_id) = returns()
+    env, _, (order_id, _) = returns()
     env.lookup_order(order_id)
     assert env.get_reward() == 0.0  # looked, never returned
     # the right return plus a wrong one (every id looked up first): the task fails, nothing hallucinated

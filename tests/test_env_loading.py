@@ -156,6 +156,20 @@ def test_reset_raising_is_an_environment_failure_per_row_and_all_rows_failing_is
         raise_if_all_failed(episodes)
 
 
+def test_a_factory_that_breaks_after_the_probe_fails_its_rows():
+    made = []
+
+    def factory():
+        if made:
+            raise OSError("out of file handles")
+        made.append(1)
+        return NumberGuessEnv()
+
+    (failure,) = start_episodes(load_environments(factory), [{"secret": 1}])
+    assert isinstance(failure, EnvironmentFailure) and "the factory raised OSError" in failure.message
+    assert "out of file handles" in failure.traceback
+
+
 def test_some_rows_failing_is_left_to_the_caller():
     class SometimesRaises(NumberGuessEnv):
         def reset(self, **row):

@@ -34,12 +34,14 @@ The pieces, in the order a rollout uses them (modules):
 - curriculum: `Curriculum`: RLVE's adaptive difficulty per environment, exact resume, rank-safe
 - ecom:       an offline e-commerce gym after Ecom-RLVE (four environments, three-part reward)
 
-One turn of the loop, for the rows still running:
+One turn of the loop, for the rows still running (`read = tool_call_reader(tokenizer)`; the turn's
+text is its sampled ids decoded with special tokens kept, without the end-of-turn token):
 
-    turn = read(text_of_sampled_turn)                     # AssistantTurn; no calls -> the episode ends
-    results = executor.run([(episode.toolbox, turn.calls)])[0]
+    turn = read(text)                                     # AssistantTurn; no calls: the episode ends
+    results = executor.run([(episode.toolbox, turn.calls)])[0]      # all rows in one call, in practice
     new = episode.record_turn(turn, results)              # conversation and counts
     ids = continuation_ids(tokenizer, episode.messages[:-len(new)], new, episode.schemas)
+    # the episode's sequence += sampled ids + ids (the ids get loss mask 0); then the next turn
 
 This package imports no model code: it needs transformers' chat-template utilities and the standard
 library (grpo.training, grpo.rollout and train.py use it, never the reverse).

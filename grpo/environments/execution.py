@@ -156,6 +156,18 @@ def _invoke(tool: Callable, arguments: dict):
     return tool(**arguments)
 
 
+def _run_call(done: queue.Queue, row: int, index: int, name: str, tool: Callable, arguments: dict) -> None:
+    """One call, in its own thread: puts (row, index, (outcome, content), seconds) on `done`."""
+    began = time.perf_counter()
+    try:
+        value = _invoke(tool, arguments)
+        outcome = (OK, value if isinstance(value, str) else str(value))
+    except Exception as error:  # noqa: BLE001  (a tool's own failure is reported to the model)
+        last = traceback.extract_tb(error.__traceback__)[-1]
+        outcome = ("raised", f"Error: {name} raised {type(error).__name__}: {error} (at {last.name}, line {last.lineno})")
+    done.put((row, index, outcome, time.perf_counter() - began))
+
+
 def _checked(toolbox: Toolbox, call: ToolCall) -> ToolResult | None:
     """The result of a call that must not run (with the reason), or None for a call that may."""
     if call.error is not None:
@@ -221,18 +233,8 @@ class ToolExecutor:
             index = to_run[row].pop(0)
             call = calls[index]
 
-            def work(tool=toolbox.tools[call.name], arguments=dict(call.arguments)):
-                began = time.perf_counter()
-                try:
-                    value = _invoke(tool, arguments)
-                    outcome = (OK, value if isinstance(value, str) else str(value))
-                except Exception as error:  # noqa: BLE001  (a tool's own failure is reported to the model)
-                    last = traceback.extract_tb(error.__traceback__)[-1]
-                    outcome = ("raised", f"Error: {call.name} raised {type(error).__name__}: {error} "
-                                         f"(at {last.name}, line {last.lineno})")
-                done.put((row, index, outcome, time.perf_counter() - began))
-
-            thread = threading.Thread(target=work, daemon=True, name=f"tool-{call.name}")
+            thread = threading.Thread(target=_run_call, args=(done, row, index, call.name, toolbox.tools[call.name],
+                                                              dict(call.arguments)), daemon=True, name=f"tool-{call.name}")
             running[row] = (index, time.monotonic() + self.timeout_s, thread)
             thread.start()
 
