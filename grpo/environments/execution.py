@@ -76,8 +76,12 @@ class Toolbox:
         return cls(dict(tools), parameters)
 
     def busy(self) -> bool:
+        """Whether a call that ran out of time is still running on these tools."""
         self._abandoned[:] = [t for t in self._abandoned if t.is_alive()]
         return bool(self._abandoned)
+
+    def abandon(self, thread: threading.Thread) -> None:
+        self._abandoned.append(thread)
 
 
 def count_outcomes(results: Sequence[ToolResult]) -> Counter:
@@ -110,7 +114,7 @@ def _type_error(schema: dict, value, where: str) -> str | None:
         fits = any(isinstance(value, _JSON_TYPES[n]) and not (n in ("integer", "number") and isinstance(value, bool))
                    for n in names if n in _JSON_TYPES)
         if not fits:
-            return f"{where} must be {' or '.join(names)}, got {json_type(value)} {value!r:.40}"
+            return f"{where} must be {' or '.join(names)}, got {_json_type(value)} {value!r:.40}"
     if "enum" in schema and value not in schema["enum"]:
         return f"{where} must be one of {schema['enum']}, got {value!r:.40}"
     if isinstance(value, list) and "items" in schema:
@@ -126,7 +130,7 @@ def _type_error(schema: dict, value, where: str) -> str | None:
     return None
 
 
-def json_type(value) -> str:
+def _json_type(value) -> str:
     for name, kinds in _JSON_TYPES.items():
         if isinstance(value, kinds) and not (name in ("integer", "number") and isinstance(value, bool)):
             return name
@@ -266,7 +270,7 @@ class ToolExecutor:
                 results[row][later] = ToolResult(calls[later].name, "Error: not run, since an earlier call in this "
                                                  "turn ran out of time", "skipped")
             to_run[row].clear()
-            toolbox._abandoned.append(thread)
+            toolbox.abandon(thread)
             self._abandoned.append(thread)
             del running[row]
         self._abandoned[:] = [t for t in self._abandoned if t.is_alive()]
