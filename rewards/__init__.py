@@ -4,12 +4,13 @@ Every reward has TRL's signature `fn(completions, **columns) -> list[float | Non
 (see `rewards.registry`); `None` marks a row the reward does not apply to.
 """
 
-from rewards import code_execution, gsm8k, keywords, majority_vote, math_answer, multihop
+from rewards import code_execution, gsm8k, keywords, majority_vote, math_answer, multihop, reasoning_gym
 from rewards.code_execution import code_execution_reward
 from rewards.gsm8k import correctness_reward, format_reward
 from rewards.keywords import keywords_reward
 from rewards.math_answer import math_verify_reward
 from rewards.multihop import multihop_answer, multihop_rubric
+from rewards.reasoning_gym import reasoning_gym_reward
 from rewards.registry import get, names, register
 
 __all__ = [
@@ -28,5 +29,7 @@ __all__ = [
     "multihop_answer",
     "multihop_rubric",
     "names",
+    "reasoning_gym",
+    "reasoning_gym_reward",
     "register",
 ]

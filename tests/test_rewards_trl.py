@@ -24,6 +24,8 @@ CASES = {
                                                            "Final answer: Dunmere"]),
     "multihop_rubric": ({"answer": ["Kestia", "Kestia"], "path": [["Rivoford"], ["Rivoford"]]},
                         ["Rivoford is located in Kestia.\nFinal answer: Kestia", "Final answer: Kestia"]),
+    "reasoning_gym": ({"answer": ["4", "4"], "metadata": [{"source_dataset": "basic_arithmetic"}] * 2},
+                      ["2 + 2 <answer>4</answer>", "<answer>5</answer>"]),
 }
 TRL_KEYWORDS = {"completion_ids": [[1, 2], [3]], "trainer_state": object(), "log_extra": None, "log_metric": None}
 
