@@ -2,12 +2,15 @@
 
     python scripts/extrapolate.py RUN_DIR --use-first K --target-step S --out DIR
 
-Reads the adapters train.py saved under RUN_DIR/checkpoints/step-N/adapter/, fits each tensor's
-rank-1 trajectory over the first K of them (grpo/research/extrapolate.py says how), and writes the adapter
-predicted for step S to DIR with the adapter_config.json of the K-th checkpoint. If the run also
-saved a real adapter at step S, prints how far the prediction lies from it, relative to how far
-training moved, next to the same figure for simply stopping at the K-th checkpoint. To compare
-held-out reward, evaluate DIR and RUN_DIR/checkpoints/step-S/adapter with evaluate.py.
+Reads the adapters train.py saved under RUN_DIR/checkpoints/step-N/adapter/, fits the rank-1
+trajectory of each LoRA layer's merged weight change scale·B·A (and of each other tensor) over the
+first K of them, cuts each predicted change back to the adapter's rank r by SVD
+(grpo/research/extrapolate.py says how), and writes the adapter predicted for step S to DIR with the
+adapter_config.json of the K-th checkpoint. Prints how much of the predicted move the rank-r cut
+leaves out (rank_truncation_error) and, if the run also saved a real adapter at step S, how far the
+prediction's merged weights lie from it, relative to how far training moved, next to the same figure
+for simply stopping at the K-th checkpoint. To compare held-out reward, evaluate DIR and
+RUN_DIR/checkpoints/step-S/adapter with evaluate.py.
 """
 
 import argparse
@@ -19,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from grpo.research.extrapolate import (
     adapter_dirs,
-    extrapolate_trajectory,
+    extrapolate_adapter,
     load_adapter_snapshots,
+    lora_layers,
+    read_adapter_config,
     trajectory_error,
     write_adapter,
 )
@@ -37,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def extrapolate_run(run_dir: Path, use_first: int, target_step: int, out: Path) -> dict:
     """Fit, write and compare; returns the report that main prints."""
-    saved = list(adapter_dirs(run_dir))
+    dirs = adapter_dirs(run_dir)
+    saved = list(dirs)
     if use_first < 2:
         raise ValueError(f"--use-first must be at least 2 (a line needs two points), got {use_first}")
     if len(saved) < use_first:
@@ -48,13 +54,23 @@ def extrapolate_run(run_dir: Path, use_first: int, target_step: int, out: Path) 
     with_real = target_step in saved and target_step not in used_steps
     steps, snapshots = load_adapter_snapshots(run_dir, used_steps + ([target_step] if with_real else []))
     used = snapshots[:use_first]
-    predicted = extrapolate_trajectory(used, used_steps, target_step)
-    write_adapter(out, predicted, adapter_dirs(run_dir)[used_steps[-1]])
-    report = {"run_dir": str(run_dir), "used_steps": used_steps, "target_step": target_step, "out": str(out)}
+    layers = lora_layers(used[-1], read_adapter_config(dirs[used_steps[-1]]))
+    for step in used_steps[:-1]:
+        if lora_layers(used[-1], read_adapter_config(dirs[step])) != layers:
+            raise ValueError(
+                f"the adapter_config.json of step {step} gives other LoRA layers or scales than that of step "
+                f"{used_steps[-1]}; fit only checkpoints of one run configuration"
+            )
+    predicted, truncation = extrapolate_adapter(used, used_steps, target_step, layers)
+    write_adapter(out, predicted, dirs[used_steps[-1]])
+    report = {
+        "run_dir": str(run_dir), "used_steps": used_steps, "target_step": target_step, "out": str(out),
+        "rank_truncation_error": truncation,
+    }
     if with_real:
         real = snapshots[steps.index(target_step)]
-        report["relative_weight_error"] = trajectory_error(predicted, real, used[0])
-        report["relative_weight_error_if_stopped"] = trajectory_error(used[-1], real, used[0])
+        report["relative_weight_error"] = trajectory_error(predicted, real, used[0], layers)
+        report["relative_weight_error_if_stopped"] = trajectory_error(used[-1], real, used[0], layers)
     return report
 
 
