@@ -5,7 +5,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from scripts import extrapolate as cli
 from grpo.research.extrapolate import (
     LoraLayer,
     extrapolate_adapter,
@@ -16,6 +15,7 @@ from grpo.research.extrapolate import (
     trajectory_error,
     write_adapter,
 )
+from scripts import extrapolate as cli
 
 W, V = "w", "v"
 MODULE = "base_model.model.model.layers.0.self_attn.q_proj"
@@ -202,8 +202,9 @@ def test_factored_fit_matches_the_dense_reference_and_drops_the_tail_singular_va
     torch.testing.assert_close((predicted - expected).norm(), dropped)
     assert truncation == pytest.approx(float(dropped / (predicted - merged[0]).norm()), rel=1e-6)
     # B^T B = A A^T = diag(σ_1, σ_2) / scale
-    torch.testing.assert_close(out[LB].double().T @ out[LB].double(), torch.diag(singular[:rank] / scale), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out[LA].double() @ out[LA].double().T, torch.diag(singular[:rank] / scale), rtol=1e-5, atol=1e-6)
+    split = torch.diag(singular[:rank] / scale)
+    torch.testing.assert_close(out[LB].double().T @ out[LB].double(), split, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[LA].double() @ out[LA].double().T, split, rtol=1e-5, atol=1e-6)
 
 
 def test_lora_layer_that_never_moved_or_is_zero_stays_without_nan():
@@ -232,7 +233,8 @@ def test_trajectory_error_compares_merged_weights_with_the_scale():
     actual = {LB: torch.tensor([[1.0], [0.0]]), LA: torch.tensor([[3.0, 4.0]]), HEAD: torch.zeros(2)}
     predicted = {LB: torch.tensor([[2.0], [0.0]]), LA: torch.tensor([[1.5, 2.0]]), HEAD: torch.tensor([0.0, 5.0])}
     assert trajectory_error(predicted, actual, anchor, [layer]) == pytest.approx(0.5)
-    assert trajectory_error({**predicted, HEAD: torch.zeros(2)}, actual, anchor, [layer]) == pytest.approx(0.0, abs=1e-7)
+    same_head = {**predicted, HEAD: torch.zeros(2)}
+    assert trajectory_error(same_head, actual, anchor, [layer]) == pytest.approx(0.0, abs=1e-7)
     assert trajectory_error(predicted, actual, anchor) != pytest.approx(0.5)
 
 
@@ -451,7 +453,7 @@ def test_written_adapter_loads_in_peft_with_the_predicted_merged_weights(tiny_mo
         history = torch.stack([scale * s[f"{key}.lora_B.weight"].double() @ s[f"{key}.lora_A.weight"].double()
                                for s in snaps])  # (3, d_out, d_in)
         predicted = _dense_relex(history, steps, target)
-        expected, singular = _truncate(predicted, snaps[0][f"{key}.lora_A.weight"].shape[0])
+        expected, _ = _truncate(predicted, snaps[0][f"{key}.lora_A.weight"].shape[0])
         delta = merged[f"{module}.weight"].double() - base[f"{module}.weight"].double()
         torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-5)
         dropped += float((predicted - expected).square().sum())

@@ -6,9 +6,9 @@ the direction and the line, and write down a later checkpoint without training t
 
 RELEX is linear in weight space, so for a LoRA-adapted module we fit the merged weight change
 ΔW = scale · B @ A (B (d_out, r), A (r, d_in); scale = lora_alpha / r, or lora_alpha / sqrt(r)
-under rsLoRA), not A and B one by one: if A and B each moved on a line, B(t) @ A(t) would grow
-quadratically in t, and A and B can move along curves (B Q, Q^-1 A for any invertible Q) while
-ΔW moves on a line. The predicted ΔW is then written back as a rank-r (B, A) pair by SVD. What
+under rsLoRA), not A and B one by one: extending A and B each on its own line makes the predicted
+B(t) @ A(t) quadratic in t, and A and B can move along curves (B Q, Q^-1 A for any invertible Q)
+while ΔW moves on a line. The predicted ΔW is then written back as a rank-r (B, A) pair by SVD. What
 that loses: the prediction is a combination of k rank-r snapshots, so its rank can reach k·r; the
 adapter keeps its top r singular values, and the part dropped (its Frobenius norm is the root sum
 of squares of the other singular values) is reported by `extrapolate_adapter`. Other trainable
@@ -31,6 +31,7 @@ import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -68,6 +69,7 @@ def _line_weights(gram: torch.Tensor, steps: torch.Tensor, target_step: float) -
         return torch.zeros_like(gram[0])
     sigma, u = eigenvalues[-1].sqrt(), eigenvectors[:, -1]  # (), (k-1,)
     coords = torch.cat([torch.zeros_like(u[:1]), sigma * u])  # (k,); the anchor sits at 0
+    steps = steps.to(coords.device)
     centered_steps = steps - steps.mean()
     slope = (centered_steps * (coords - coords.mean())).sum() / (centered_steps**2).sum()
     intercept = coords.mean() - slope * steps.mean()
@@ -100,14 +102,16 @@ def _extrapolate_lora_layer(
     """
     k, d_out, rank = bs.shape
     products = scale**2 * _frobenius_products(bs, as_)  # (k, k): <ΔW_i, ΔW_j>
-    gram = products[1:, 1:] - products[1:, :1] - products[:1, 1:] + products[0, 0]  # (k-1, k-1): <ΔW_i - ΔW_0, ΔW_j - ΔW_0>
+    # (k-1, k-1): <ΔW_i - ΔW_0, ΔW_j - ΔW_0>
+    gram = products[1:, 1:] - products[1:, :1] - products[:1, 1:] + products[0, 0]
     weights = _line_weights(gram, steps, target_step)  # (k-1,)
-    coeffs = torch.cat([1 - weights.sum(dim=0, keepdim=True), weights])  # (k,): predicted ΔW = sum_i coeffs_i ΔW_i
-    left = (scale * coeffs[:, None, None] * bs).permute(1, 0, 2).reshape(d_out, k * rank)  # [c_0 s B_0 | c_1 s B_1 | ...]
+    coeffs = torch.cat([1 - weights.sum(dim=0, keepdim=True), weights])  # (k,): predicted ΔW = sum_i c_i ΔW_i
+    left = (scale * coeffs[:, None, None] * bs).permute(1, 0, 2).reshape(d_out, k * rank)  # [c_0 s B_0 | ...]
     right = as_.reshape(k * rank, -1)  # (k r, d_in): [A_0; A_1; ...]
     q_left, r_left = torch.linalg.qr(left)  # (d_out, p), (p, k r)
     q_right, r_right = torch.linalg.qr(right.T)  # (d_in, q), (q, k r)
-    u, singular, vh = torch.linalg.svd(r_left @ r_right.T, full_matrices=False)  # predicted ΔW = q_left u diag(singular) vh q_right^T
+    # predicted ΔW = left @ right = q_left (r_left r_right^T) q_right^T = q_left u diag(singular) vh q_right^T
+    u, singular, vh = torch.linalg.svd(r_left @ r_right.T, full_matrices=False)
     root = (singular[:rank] / scale).sqrt()  # so that scale · B @ A carries singular[:rank]
     b = (q_left @ u[:, :rank]) * root  # (d_out, <= r)
     a = root[:, None] * (vh[:rank] @ q_right.T)  # (<= r, d_in)
@@ -122,7 +126,7 @@ def _check_snapshots(snapshots: list[dict[str, torch.Tensor]], steps: list[int])
             f"extrapolation needs at least 2 snapshots with one step each, got {len(snapshots)} snapshots "
             f"and {len(steps)} steps; save more checkpoints or use more of them"
         )
-    if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+    if any(later <= earlier for earlier, later in pairwise(steps)):
         raise ValueError(f"snapshot steps must be strictly increasing, got {steps}")
     first = snapshots[0]
     for step, snapshot in zip(steps, snapshots):
@@ -138,7 +142,8 @@ def _check_snapshots(snapshots: list[dict[str, torch.Tensor]], steps: list[int])
     integer = sorted(name for name, tensor in first.items() if not tensor.is_floating_point())
     if integer:
         raise ValueError(
-            f"tensor {integer[0]!r} has dtype {first[integer[0]].dtype}; only floating-point weights can be extrapolated"
+            f"tensor {integer[0]!r} has dtype {first[integer[0]].dtype}; "
+            "only floating-point weights can be extrapolated"
         )
 
 
@@ -177,8 +182,8 @@ def extrapolate_adapter(
     """Predict a LoRA adapter at `target_step`: each layer of `layers` on its merged ΔW, the rest per tensor.
 
     snapshots and steps as for `extrapolate_trajectory`; layers from `lora_layers`. For each layer,
-    steps 1-5 of `extrapolate_trajectory` run on ΔW_i = scale · B_i @ A_i (same anchor, same k = 2
-    case); the predicted ΔW is cut to the rank r of the snapshots by SVD, U S V^T -> B = U sqrt(S/scale),
+    steps 1-5 of `extrapolate_trajectory` run on ΔW_i = scale · B_i @ A_i (the same anchor; with
+    k = 2 the line runs through both ΔW); the predicted ΔW is cut to the rank r of the snapshots by SVD, U S V^T -> B = U sqrt(S/scale),
     A = sqrt(S/scale) V^T, so that peft, loading the same adapter_config.json, applies exactly the
     truncation. Returns (tensors, truncation): the adapter's tensors (names, shapes, dtypes of the
     snapshots) and ||predicted - truncated|| / ||predicted - ΔW_0|| with Frobenius norms over all
@@ -190,7 +195,9 @@ def extrapolate_adapter(
     for layer in layers:
         bs = torch.stack([s[layer.b_key].double() for s in snapshots])  # (k, d_out, r)
         as_ = torch.stack([s[layer.a_key].double() for s in snapshots])  # (k, r, d_in)
-        b, a, layer_dropped, layer_moved = _extrapolate_lora_layer(bs, as_, layer.scale, step_values, float(target_step))
+        b, a, layer_dropped, layer_moved = _extrapolate_lora_layer(
+            bs, as_, layer.scale, step_values, float(target_step)
+        )
         extrapolated[layer.b_key] = b.to(snapshots[0][layer.b_key].dtype)
         extrapolated[layer.a_key] = a.to(snapshots[0][layer.a_key].dtype)
         dropped, moved = dropped + float(layer_dropped), moved + float(layer_moved)
@@ -204,7 +211,8 @@ def extrapolate_adapter(
 def _lora_scale(config: dict, module: str, rank: int) -> float:
     """peft's scale for `module` (a base-model module name): alpha / r, or alpha / sqrt(r) with use_rslora,
     where rank_pattern and alpha_pattern override r and lora_alpha for the modules they match."""
-    from peft.utils.other import get_pattern_key  # peft's own matching of the pattern keys
+    # peft's own matching of the pattern keys, so that each layer gets the scale peft gives it
+    from peft.utils.other import get_pattern_key
 
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), config["r"])
