@@ -39,8 +39,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def finish(procs: list[subprocess.Popen], what: str, timeout: float = 240) -> None:
-    """Wait for launcher processes (each in its own session, so a timeout kills its workers too)."""
+def finish(procs: list[subprocess.Popen], what: str, timeout: float = 240) -> list[str]:
+    """Wait for launcher processes (each in its own session, so a timeout kills its workers too); their
+    stdout and stderr, one string each."""
     deadline = time.monotonic() + timeout
     outputs = []
     for proc in procs:
@@ -52,6 +53,7 @@ def finish(procs: list[subprocess.Popen], what: str, timeout: float = 240) -> No
             pytest.fail(f"{what} took over {timeout} s: " + proc.communicate()[1][-3000:])
     for proc, (stdout, stderr) in zip(procs, outputs):
         assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return [stdout + stderr for stdout, stderr in outputs]
 
 
 def start(command: list[str]) -> subprocess.Popen:
@@ -59,12 +61,13 @@ def start(command: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def run_two_ranks(model_dir, out_dir, steps, *extra):
+def run_two_ranks(model_dir, out_dir, steps, *extra) -> str:
+    """The launcher's output (both ranks' logs)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                "-m", "tests.helpers.zero3_run",
                *tiny_args(model_dir, out_dir, steps, *ONE_PROMPT_PER_MICRO_BATCH, *extra)]
-    finish([start(command)], "two-rank run")
+    return finish([start(command)], "two-rank run")[0]
 
 
 def run_two_nodes(model_dir, node_dirs, steps, *extra):
@@ -76,6 +79,28 @@ def run_two_nodes(model_dir, node_dirs, steps, *extra):
                     *tiny_args(model_dir, out_dir, steps, *ONE_PROMPT_PER_MICRO_BATCH, *extra)])
              for node, out_dir in enumerate(node_dirs)]
     finish(procs, "two-node run")
+
+
+DYNAMIC = ("rollout.dynamic_sampling=true", "train.seed=2", "log.eval_before=false",
+           "rewards=[{name: has_letter_e, weight: 1.0}]")  # a rare reward: most groups have no spread
+
+
+@pytest.mark.parametrize("strategy", ["zero3", "ddp"])
+def test_dynamic_sampling_on_two_ranks_matches_one_process(tiny_model_dir, tmp_path, strategy):
+    """DAPO's filter across ranks: the same rounds, the same kept groups (a short batch: 3 of the 4 prompts
+    after 4 rounds, so the ranks hold unequal shares and pad), the same adapter after the step."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    run_two_ranks(tiny_model_dir, two, 1, f"train.strategy={strategy}", *DYNAMIC)
+    train.main(tiny_args(tiny_model_dir, one, 1, *ONE_PROMPT_PER_MICRO_BATCH, *DYNAMIC))
+    (a,), (b,) = step_records(one), step_records(two)
+    assert (a["dynamic_sampling/tries"], a["dynamic_sampling/groups"]) == (4, 3)
+    assert (b["dynamic_sampling/tries"], b["dynamic_sampling/groups"]) == (4, 3)
+    for key in ("reward/total/mean", "reward/total/std", "completion/length_mean", "loss"):
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    wa, wb = adapter_weights(one), adapter_weights(two)
+    moved = max(wa[k].abs().max().item() for k in wa if "lora_B" in k)
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert moved > 5e-4 and worst < 1e-5, (moved, worst)
 
 
 def merge_as_s3_would(roots, merged):
@@ -100,8 +125,21 @@ def eval_row_keys(out_dir):
 @pytest.fixture(scope="module")
 def two_rank_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("zero3") / "run"
-    run_two_ranks(tiny_model_dir, out, 2)
+    output = run_two_ranks(tiny_model_dir, out, 2)
+    (out / "launcher.log").write_text(output)
     return out
+
+
+def test_the_zero3_start_up_line_counts_the_whole_adapter(two_rank_run):
+    """LoRA r=4 on q, k, v, o, gate, up, down of the tiny Llama (hidden 32, kv 16, MLP 64), 2 layers:
+    per layer q 4x32+32x4 = 256, k and v 4x32+16x4 = 192 each, o 256, gate and up 4x32+64x4 = 384 each,
+    down 4x64+32x4 = 384: 2048, so 4096 in all; not the 0 the empty partitions would give."""
+    import re
+
+    line = re.search(r"trainable parameters: (\d+) of (\d+)", (two_rank_run / "launcher.log").read_text())
+    assert line is not None
+    trainable, every = map(int, line.groups())
+    assert trainable == 4096 and every > trainable
 
 
 def test_two_ranks_train_and_each_holds_half_of_the_parameters(two_rank_run):
@@ -243,9 +281,8 @@ def recipe(*overrides):
 
 
 @pytest.mark.parametrize("override, named", [
-    ("rollout.dynamic_sampling=true", "dynamic_sampling"), ("model.use_lora=false", "use_lora"),
-    ("log.merge_final=true", "merge_final"),
-], ids=["dynamic-sampling", "full-finetune", "merge-final"])
+    ("model.use_lora=false", "use_lora"), ("log.merge_final=true", "merge_final"),
+], ids=["full-finetune", "merge-final"])
 def test_zero3_refuses_what_it_cannot_honour_naming_the_setting(override, named):
     check_recipe(recipe())  # the defaults pass
     check_recipe(recipe("model.load_in_4bit=true"))  # QLoRA runs under ZeRO-3
@@ -253,11 +290,11 @@ def test_zero3_refuses_what_it_cannot_honour_naming_the_setting(override, named)
         check_recipe(recipe(override))
 
 
-def test_ddp_refuses_only_dynamic_sampling():
-    for allowed in ("model.use_lora=false", "log.merge_final=true", "model.load_in_4bit=true"):
+def test_dynamic_sampling_runs_on_many_ranks_and_ddp_refuses_nothing_zero3_refuses():
+    check_recipe(recipe("rollout.dynamic_sampling=true"))  # DAPO's filter on several ranks, under zero3 too
+    for allowed in ("model.use_lora=false", "log.merge_final=true", "model.load_in_4bit=true",
+                    "rollout.dynamic_sampling=true"):
         check_recipe(recipe(allowed), "ddp")
-    with pytest.raises(ConfigError, match="dynamic_sampling"):
-        check_recipe(recipe("rollout.dynamic_sampling=true"), "ddp")
 
 
 def test_ds_config_auto_fields_come_from_the_recipe():
@@ -273,7 +310,7 @@ def test_ds_config_auto_fields_come_from_the_recipe():
     "change, message",
     [
         pytest.param({"train_batch_size": 32}, r"train_batch_size=32 contradicts the recipe \(train.batch_size x "
-                                                r"train.grad_accum_steps x 4 ranks gives 64\)",
+                                                r"train.grad_accum_steps / train.mini_batches x 4 ranks gives 64\)",
                      id="batch-size-mismatch"),
         pytest.param({"bf16": {"enabled": True}}, r"bf16.enabled=True contradicts the recipe \(model.dtype=float32",
                      id="bf16-on-float32"),

@@ -303,7 +303,7 @@ PUBLISHED = REPO_ROOT / "recipes" / "qwen2.5-0.5b-gsm8k.yaml"
     pytest.param("train.bogus=1", "unknown key", id="unknown-key"),
     pytest.param("rollout.group_size=1", "at least 2 per prompt", id="group-of-one"),
     pytest.param("train.global_batch_prompts=12", "not a multiple of 16", id="global-batch-not-divisible"),
-    pytest.param("rollout.dynamic_sampling=true", "dynamic_sampling", id="dynamic-sampling-on-many-ranks"),
+    pytest.param("train.mini_batches=3", "train.mini_batches=3 must divide", id="mini-batches-not-dividing"),
 ])
 def test_the_launcher_refuses_what_train_py_would_refuse_before_uploading(source_dir, capsys, override, message):
     argv = base_argv(source_dir) + ["--recipe", str(PUBLISHED), "--instance-type", "ml.g5.12xlarge",

@@ -73,16 +73,50 @@ def decoupled_advantages(scores: torch.Tensor, weights: torch.Tensor, group_size
     return torch.where(flat, torch.zeros_like(out), out)
 
 
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024, arXiv:2402.14740; as verl's `rloo`): each completion's
+    reward minus the mean of the other G - 1 of its group, A_i = G / (G - 1) * (r_i - mean_g). (B,) -> (B,).
+    No std: the baseline is unbiased for the policy gradient. A group whose rewards are all equal gets 0."""
+    grouped = group_view(rewards.float(), group_size, min_size=2)  # (P, G)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    flat = ~has_spread(rewards, group_size).unsqueeze(1)  # (P, 1)
+    return torch.where(flat, torch.zeros_like(centered), centered * group_size / (group_size - 1)).view(-1)
+
+
+def reinforce_pp_baseline_advantages(rewards: torch.Tensor, lengths: torch.Tensor, group_size: int,
+                                     eps: float = 1e-8) -> torch.Tensor:
+    """REINFORCE++-baseline (Hu et al. 2025, arXiv:2501.03262; as verl's `reinforce_plus_plus_baseline`):
+    the group mean subtracted, then the batch whitened over its tokens. (B,), lengths (B,) -> (B,).
+
+        a_i = r_i - mean_g(r);   A_i = (a_i - mu) / sqrt(var + eps)
+        mu = sum_i n_i a_i / N,  var = sum_i n_i (a_i - mu)^2 / (N - 1),  N = sum_i n_i tokens
+
+    Every token of a completion carries a_i, so the batch statistics weigh each completion by its length
+    n_i (verl's masked_whiten over the response tokens, Bessel-corrected). As in verl, a group with no
+    reward spread has a_i = 0 but A_i = -mu / sigma, not 0: the whitening shifts every completion.
+    """
+    grouped = group_view(rewards.float(), group_size, min_size=2)  # (P, G)
+    centered = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)  # (B,)
+    n = lengths.to(centered.dtype)
+    tokens = n.sum()
+    if tokens < 2:
+        return torch.zeros_like(centered)
+    mu = (n * centered).sum() / tokens
+    var = (n * (centered - mu) ** 2).sum() / (tokens - 1)
+    return (centered - mu) * torch.rsqrt(var + eps)
+
+
 # ---- the estimators a recipe picks by name (advantage.estimator) ---------------------------------
 # Each takes the shaped reward columns (B, K) (NaN = not applicable), their weights (K,), the weighted
-# total (B,), the group size and advantage.scale, and returns one advantage per completion (B,).
+# total (B,), each completion's length in tokens (B,), the group size and advantage.scale, and returns
+# one advantage per completion (B,). Batch statistics are over the rows given: the step's, every rank's.
 
-AdvantageFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, str], torch.Tensor]
+AdvantageFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, str], torch.Tensor]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
 
 
 def register_advantage_estimator(name: str):
-    """Decorator: make `fn(columns, weights, total, group_size, scale) -> (B,)` selectable as `name`."""
+    """Decorator: make `fn(columns, weights, total, lengths, group_size, scale) -> (B,)` selectable as `name`."""
 
     def decorator(fn: AdvantageFn) -> AdvantageFn:
         if name in ADVANTAGE_ESTIMATORS:
@@ -94,18 +128,28 @@ def register_advantage_estimator(name: str):
 
 
 def estimate_advantages(name: str, columns: torch.Tensor, weights: torch.Tensor, total: torch.Tensor,
-                        group_size: int, scale: str = "group") -> torch.Tensor:
+                        lengths: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
     """The registered estimator `name` on a batch's rewards: (B,) advantages."""
     if name not in ADVANTAGE_ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {name!r}; valid: {', '.join(ADVANTAGE_ESTIMATORS)}")
-    return ADVANTAGE_ESTIMATORS[name](columns, weights, total, group_size, scale)
+    return ADVANTAGE_ESTIMATORS[name](columns, weights, total, lengths, group_size, scale)
 
 
 @register_advantage_estimator("grpo")
-def _grpo(columns, weights, total, group_size, scale):
+def _grpo(columns, weights, total, lengths, group_size, scale):
     return group_advantages(total, group_size, scale)
 
 
 @register_advantage_estimator("gdpo")
-def _gdpo(columns, weights, total, group_size, scale):
+def _gdpo(columns, weights, total, lengths, group_size, scale):
     return decoupled_advantages(columns, weights, group_size)
+
+
+@register_advantage_estimator("rloo")
+def _rloo(columns, weights, total, lengths, group_size, scale):
+    return leave_one_out_advantages(total, group_size)
+
+
+@register_advantage_estimator("reinforce_pp")
+def _reinforce_pp(columns, weights, total, lengths, group_size, scale):
+    return reinforce_pp_baseline_advantages(total, lengths, group_size)

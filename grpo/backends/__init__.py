@@ -11,8 +11,8 @@ Each one owns what differs:
   -> TokenLogProbs (grpo/rollout/logprobs.py);
 - `generation()`: the context the sampler runs in, yielding the policy to decode with;
 - `reference_logprobs()`: the context that yields the log-prob pass of the frozen reference;
-- `backward(loss)` per micro-batch and `step(loss_finite) -> {"grad_norm", "lr", "skipped"}` per
-  optimizer step: a step whose loss or gradient norm is not finite changes nothing (no optimizer
+- `backward(loss, last)` per micro-batch (last: the optimizer step's final one) and
+  `step(loss_finite) -> {"grad_norm", "lr", "skipped"}` per optimizer step: a step whose loss or gradient norm is not finite changes nothing (no optimizer
   or schedule step) and says so with skipped = 1;
 - `save_checkpoint`, `load_checkpoint` (one format for all of them: grpo/runtime/checkpoint.py),
   `save_final_adapter`.

@@ -62,7 +62,8 @@ class SingleProcess:
             with self.model.disable_adapter():
                 yield self.logprobs
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, last: bool = False) -> None:
+        """Accumulate the gradient of one micro-batch's loss (last: the optimizer step's final one)."""
         loss.backward()
 
     def step(self, loss_finite: bool = True) -> dict:

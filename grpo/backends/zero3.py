@@ -57,9 +57,12 @@ class DeepSpeedZero3:
         with self.model.disable_adapter():
             yield self.engine
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss, scale_wrt_gas=False)  # the loss is already divided by the micro-batch count
-        self.engine.step()  # a no-op until the accumulation boundary
+    def backward(self, loss: torch.Tensor, last: bool = False) -> None:
+        """One micro-batch's backward; `last` is the optimizer step's boundary. The boundary is set by the
+        caller, not counted by DeepSpeed: a step may hold any number of micro-batches (dynamic sampling)."""
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loss is already the step's share (update.py)
+        self.engine.step()  # a no-op until the boundary
 
     def step(self, loss_finite: bool = True) -> dict:
         """DeepSpeed has already stepped at the last micro-batch's boundary; it skips a step whose

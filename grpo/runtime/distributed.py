@@ -41,9 +41,6 @@ def world_from_env(env=os.environ) -> World:
 
 def check_recipe(cfg: Config, strategy: str = "zero3") -> None:
     """Recipe settings that the multi-process strategy cannot honour, refused before anything loads."""
-    if cfg.rollout.dynamic_sampling:
-        raise ConfigError("rollout.dynamic_sampling=true keeps a varying number of groups per rank, but "
-                          "every rank must run the same passes and steps; set it to false or train with one process")
     if strategy != "zero3":
         return
     if cfg.rollout.compile:
@@ -216,6 +213,16 @@ def gather_rows(tensors: dict[str, torch.Tensor], world: World) -> dict[str, tor
     return out
 
 
+def gather_with_sizes(tensor: torch.Tensor, world: World) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's rows of `tensor` (2-D, the same width on every rank) stacked in rank order, and each
+    rank's number of rows (one collective): rank r's rows start at sum(sizes[:r])."""
+    if world.size == 1:
+        return tensor, [tensor.shape[0]]
+    parts = [None] * world.size
+    torch.distributed.all_gather_object(parts, tensor.cpu())
+    return torch.cat(parts), [p.shape[0] for p in parts]
+
+
 def rows_before(rows: int, world: World) -> int:
     """How many rows the ranks before this one hold, given each rank's `rows` (a collective): where this
     rank's rows start in `gather_rows`' result."""
@@ -274,6 +281,17 @@ def finish() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def full_numel(param: torch.nn.Parameter) -> int:
+    """A parameter's whole size, also under ZeRO-3, where this rank holds a partition (or nothing) of it."""
+    return getattr(param, "ds_numel", None) or param.numel()
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, all) parameters of the model, whole sizes whatever the backend (ZeRO-3 included)."""
+    params = list(model.parameters())
+    return sum(full_numel(p) for p in params if p.requires_grad), sum(full_numel(p) for p in params)
 
 
 def shard_sizes(model) -> dict:

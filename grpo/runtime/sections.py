@@ -202,9 +202,10 @@ class AdvantageConfig:
     """How rewards become advantages (grpo/algorithm/advantages.py ADVANTAGE_ESTIMATORS)."""
 
     # grpo (the weighted total normalized in its group) | gdpo (each reward normalized in its group, the
-    # weighted sum normalized over the batch)
+    # weighted sum normalized over the batch) | rloo (leave-one-out baseline) | reinforce_pp (REINFORCE++ with
+    # the group-mean baseline, whitened over the batch's tokens)
     estimator: str = "grpo"
-    scale: str = "group"  # grpo: group | batch | none (Dr. GRPO: no std)
+    scale: str = "group"  # grpo only: group | batch | none (Dr. GRPO: no std)
 
     def check(self) -> None:
         one_of(self.estimator, tuple(ADVANTAGE_ESTIMATORS), "advantage.estimator")
@@ -212,6 +213,9 @@ class AdvantageConfig:
         require(self.estimator != "gdpo" or self.scale == "group",
                 f"advantage.estimator=gdpo normalizes each reward in its group and then the batch; "
                 f"advantage.scale={self.scale!r} would be a second normalization: leave it at group")
+        require(self.estimator in ("grpo", "gdpo") or self.scale == "group",
+                f"advantage.scale={self.scale!r} is GRPO's std choice; advantage.estimator={self.estimator} has its "
+                "own normalization: leave advantage.scale at group")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,19 @@
-"""Stages 1-2 of a step: this rank's rollout (G completions per prompt) and its rewards."""
+"""Stages 1-2 of a step: this rank's rollout (G completions per prompt) and the rewards of the step.
+
+Each rank samples its contiguous share of the step's prompts. The rewards' batch statistics (POW3R's
+dynamic weights, GDPO's and advantage.scale=batch's normalization) are taken over the rows of every
+rank, gathered in rank order, which is one process's order: a step's advantages do not depend on the
+number of processes.
+
+DAPO's dynamic sampling on any number of ranks: each round every rank samples its share of a fresh
+draw of `prompts_per_step` prompts; the round's reward columns are gathered (the one collective of a
+round), so every rank sees the same groups with reward spread and keeps, in global order, the first
+ones the step still needs. All ranks therefore run the same rounds and agree on the kept groups; each
+trains the kept groups it sampled (nothing moves between ranks), and since the loss is divided by the
+step's totals (grpo/training/update.py) the gradient is that of one process with the same seed. Ranks
+holding fewer kept groups than the most loaded one add copies of a sampled group with no token in
+the loss (`padding`), so every rank runs the same passes (ZeRO-3 needs them in lockstep).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +28,7 @@ from grpo.rollout import rewarding
 from grpo.rollout.batch import RolloutBatch, concat_batches
 from grpo.rollout.generation import generate
 from grpo.rollout.sampling import SamplingParams
+from grpo.runtime import distributed
 from grpo.runtime.config import Config
 from grpo.runtime.distributed import World
 from grpo.training import reward_shaping
@@ -23,20 +39,33 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StepRollout:
-    """This rank's rollout of one step: the batch, the (B, K) reward matrix (NaN = not
-    applicable), the shaped rewards the advantages come from, and what to log."""
+    """This rank's rollout of one step and the step's rewards over every rank.
+
+    batch: this rank's groups (possibly none); scores (B, K): their reward matrix (NaN = not
+    applicable); shaped: the step's shaped rewards over every rank's rows (global order); global_rows
+    (B,): this rank's rows in `shaped`; padding: groups this rank adds with no token in the loss, so it
+    runs as many passes as the others (None: none); prompts, rows: each group's prompt text and data
+    row, in batch order.
+    """
 
     batch: RolloutBatch
     scores: torch.Tensor
     shaped: reward_shaping.ShapedRewards
+    global_rows: torch.Tensor
     info: dict
-    prompts: list[str]  # each group's prompt text, in batch order
-    rows: list[dict]  # each group's data row, in batch order
+    prompts: list[str]
+    rows: list[dict]
+    padding: RolloutBatch | None = None
 
     @property
     def total(self) -> torch.Tensor:
-        """(B,) the weighted total reward of each completion."""
-        return self.shaped.total
+        """(B,) the weighted total reward of each of this rank's completions."""
+        return self.shaped.total[self.global_rows]
+
+    @property
+    def num_groups(self) -> int:
+        """Groups of the step over every rank."""
+        return self.shaped.total.shape[0] // self.batch.group_size
 
 
 def sampling_params(cfg: Config, max_new_tokens: int | None = None) -> SamplingParams:
@@ -55,46 +84,103 @@ def reward_weights(reward_fns: list[rewarding.WeightedReward]) -> torch.Tensor:
     return torch.tensor([rf.weight for rf in reward_fns])  # (K,)
 
 
+@dataclass
+class _Round:
+    """One draw of the step's prompts: this rank's share, sampled and rewarded, and the draw's reward
+    columns over every rank."""
+
+    batch: RolloutBatch
+    matrix: torch.Tensor  # (B, K) this rank's
+    every: torch.Tensor  # (rows of all ranks, K' + 1) in rank order: the reward columns, then the length
+    first_group: int  # this rank's first group in the draw's global order
+    prompts: list[str]
+    rows: list[dict]
+
+
 def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: list[rewarding.WeightedReward],
                      step: int, world: World, max_new_tokens: int | None = None) -> StepRollout:
-    """This rank's rollout and reward for one step (max_new_tokens: the step's horizon, if not the recipe's).
+    """This rank's rollout and the step's rewards (max_new_tokens: the step's horizon, if not the recipe's).
 
-    With DAPO dynamic sampling (one process only), groups whose totals are all equal are dropped
-    and further prompts drawn (each try from its own seeded order, so resuming stays exact) until
-    the step's prompts carry signal or the tries run out; a short batch then trains as it is.
+    With DAPO dynamic sampling, groups whose totals are all equal are dropped and further prompts drawn
+    (each round from its own seeded order, so resuming stays exact) until the step's prompts carry
+    signal or rollout.dynamic_sampling_max_tries extra rounds are spent; a short batch then trains as
+    it is (logged: dynamic_sampling/groups).
     """
     r, v, g = cfg.rollout, cfg.reward_shaping, cfg.rollout.group_size
     max_new = max_new_tokens or r.max_new_tokens
-    per_step, weights, params = prompts_per_step(cfg, world), reward_weights(reward_fns), sampling_params(cfg, max_new)
-    kept, needed, tries = [], per_step, 1 + (r.dynamic_sampling_max_tries if r.dynamic_sampling else 0)
-    generating = 0.0  # seconds in the sampler, over all tries
-    for attempt in range(tries):
+    per_step, base, params = prompts_per_step(cfg, world), reward_weights(reward_fns), sampling_params(cfg, max_new)
+    generating = 0.0  # seconds in the sampler, over all rounds
+
+    def draw(attempt: int) -> _Round:
+        nonlocal generating
         indices, seeds = rank_prompts(len(prompts), step, per_step, cfg.train.seed + attempt * 7_919, world)
         chosen = prompts.subset(indices)
         started = time.perf_counter()
         with backend.generation() as policy:
-            batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds, compiled=cfg.rollout.compile)
+            batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds, compiled=r.compile)
         generating += time.perf_counter() - started
         matrix = rewarding.reward_matrix(reward_fns, batch.texts, rewarding.expand_columns(chosen.rows, g))  # (B, K)
-        texts = [row["prompt"] for row in chosen.rows]
-        if not r.dynamic_sampling:
-            shaped = reward_shaping.shape_rewards(matrix, weights, batch, v, max_new)
-            return StepRollout(batch, matrix, shaped, {**shaped.info, "time/generate_s": generating}, texts,
-                               chosen.rows)
-        total = reward_shaping.shape_rewards(matrix, weights, batch, v, max_new).total
-        groups = has_spread(total, g).nonzero().squeeze(1).tolist()[:needed]
-        rows_kept = [i * g + j for i in groups for j in range(g)]
-        kept.append((batch.select_groups(groups), matrix[rows_kept], [texts[i] for i in groups],
-                     [chosen.rows[i] for i in groups]))
+        columns = reward_shaping.reward_columns(matrix, batch, v, max_new)  # (B, K')
+        lengths = batch.completion_mask.sum(1, keepdim=True).to(columns.dtype)  # (B, 1)
+        every, sizes = distributed.gather_with_sizes(torch.cat([columns, lengths], dim=1), world)
+        return _Round(batch, matrix, every, sum(sizes[: world.rank]) // g, [row["prompt"] for row in chosen.rows],
+                      chosen.rows)
+
+    if not r.dynamic_sampling:
+        one = draw(0)
+        shaped = _shaped(one.every, base, g, v)
+        start = one.first_group * g
+        rows = torch.arange(start, start + one.batch.completion_ids.shape[0])
+        return StepRollout(one.batch, one.matrix, shaped, rows, {**shaped.info, "time/generate_s": generating},
+                           one.prompts, one.rows)
+    return _dynamic_rollout(draw, cfg, per_step, base, world, step, tokenizer.pad_token_id,
+                            lambda: generating)
+
+
+def _dynamic_rollout(draw, cfg: Config, per_step: int, base: torch.Tensor, world: World, step: int, pad_id: int,
+                     generating) -> StepRollout:
+    r, v, g = cfg.rollout, cfg.reward_shaping, cfg.rollout.group_size
+    kept_columns, mine, parts = [], [], []  # every rank's kept rows; this rank's positions among them; its groups
+    kept_per_rank = [0] * world.size
+    needed = per_step
+    for attempt in range(1 + r.dynamic_sampling_max_tries):
+        one = draw(attempt)
+        total = _shaped(one.every, base, g, v).total
+        groups = has_spread(total, g).nonzero().squeeze(1).tolist()[:needed]  # global groups, in order
+        local = one.batch.num_prompts
+        own = [i - one.first_group for i in groups if one.first_group <= i < one.first_group + local]
+        position = sum(c.shape[0] for c in kept_columns)  # rows kept before this round
+        for j, i in enumerate(groups):
+            kept_per_rank[_rank_of(i, one.every.shape[0] // g, world)] += 1
+            if one.first_group <= i < one.first_group + local:
+                mine.extend(range(position + j * g, position + (j + 1) * g))
+        kept_columns.append(one.every[[i * g + k for i in groups for k in range(g)]])
+        rows = [i * g + k for i in own for k in range(g)]
+        parts.append((one.batch.select_groups(own), one.matrix[rows], [one.prompts[i] for i in own],
+                      [one.rows[i] for i in own]))
         needed -= len(groups)
         if needed == 0:
             break
-    batch = concat_batches([b for b, _, _, _ in kept], tokenizer.pad_token_id)
-    matrix = torch.cat([m for _, m, _, _ in kept])
-    if batch.num_prompts == 0:  # nothing had signal: train on nothing rather than crash
-        log.warning("step %d: no group with reward spread after %d tries", step, tries)
-    shaped = reward_shaping.shape_rewards(matrix, weights, batch, v, max_new)
-    info = {**shaped.info, "dynamic_sampling/tries": attempt + 1, "dynamic_sampling/groups": batch.num_prompts,
-            "time/generate_s": generating}
-    return StepRollout(batch, matrix, shaped, info, [t for _, _, texts, _ in kept for t in texts],
-                       [row for _, _, _, rows in kept for row in rows])
+    every = torch.cat(kept_columns)
+    batch = concat_batches([b for b, _, _, _ in parts], pad_id)
+    shaped = _shaped(every, base, g, v)
+    kept = every.shape[0] // g
+    if kept == 0:  # nothing had signal: every rank skips the step
+        log.warning("step %d: no group with reward spread after %d rounds", step, attempt + 1)
+    padding = max(kept_per_rank) - batch.num_prompts
+    info = {**shaped.info, "dynamic_sampling/tries": attempt + 1, "dynamic_sampling/groups": kept,
+            "time/generate_s": generating()}
+    return StepRollout(batch, torch.cat([m for _, m, _, _ in parts]), shaped, torch.tensor(mine, dtype=torch.long),
+                       info, [p for _, _, prompts, _ in parts for p in prompts], [row for *_, rows in parts for row in rows],
+                       one.batch.select_groups([0] * padding) if padding and kept else None)
+
+
+def _shaped(every: torch.Tensor, base: torch.Tensor, group_size: int, v) -> reward_shaping.ShapedRewards:
+    """The shaped rewards of gathered rows (reward columns, then the completion length)."""
+    return reward_shaping.shape_rewards(every[:, :-1], every[:, -1], base, group_size, v)
+
+
+def _rank_of(group: int, groups: int, world: World) -> int:
+    """The rank that sampled global group `group` of a draw of `groups` (contiguous shares)."""
+    return next(rank for rank in range(world.size)
+                if group in distributed.rank_share(groups, World(rank, world.size)))

@@ -13,6 +13,7 @@ from grpo.objectives.base import LossSettings
 from grpo.rollout import rewarding
 from grpo.rollout.logprobs import LogProbPlan
 from grpo.runtime.config import Config
+from grpo.runtime.distributed import parameter_counts
 from grpo.runtime.model import trainable_parameters
 from grpo.training.policy import build_policy, make_optimizer, seed_everything
 from grpo.training.prompts import PromptSet, load_prompt_sets
@@ -62,8 +63,9 @@ def build_run(cfg: Config, launch: Launch,
     optimizer, scheduler = make_optimizer(params, t, total_steps * t.num_iterations * t.mini_batches)
     backend = create_backend(cfg, launch, model, reference, optimizer, scheduler)
     objective = build_objective(cfg, ObjectiveSetup(launch.replica_device, tokenizer, train_prompts.rows, total_steps))
-    log.info("%d train prompts, %d eval prompts, %d trainable parameters, %d steps", len(train_prompts),
-             len(eval_prompts), sum(p.numel() for p in params), total_steps)
+    trainable, every = parameter_counts(model)
+    log.info("%d train prompts, %d eval prompts, %d steps; trainable parameters: %d of %d (%.3f%%)",
+             len(train_prompts), len(eval_prompts), total_steps, trainable, every, 100 * trainable / max(every, 1))
     log.info("global batch: %d prompts x %d = %d completions per optimizer step (%s over %d process(es): "
              "%d prompts per micro-batch x %d micro-batches each)", per_step, cfg.rollout.group_size,
              per_step * cfg.rollout.group_size, launch.strategy, world.size, t.batch_size // cfg.rollout.group_size,

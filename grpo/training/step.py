@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from grpo.objectives import Targets
+from grpo.rollout.batch import concat_batches
 from grpo.rollout.logprobs import frozen_logprobs
 from grpo.runtime import distributed
 from grpo.training import metrics, reward_shaping
@@ -50,14 +51,16 @@ def train_step(run: Run, step: int) -> StepResult | None:
     # 1-2. rollout and rewards
     rollout = collect_rollouts(backend, run.tokenizer, cfg, run.train_prompts, run.rewards, step, run.world,
                                run.objective.max_new_tokens(step))
-    batch = rollout.batch
     generated = time.perf_counter()
-    if batch.num_prompts == 0:
+    if rollout.num_groups == 0:  # dynamic sampling kept nothing on any rank
         return None
 
-    # 3. advantages (the recipe's estimator) and the tokens that train
-    advantages = reward_shaping.advantages(rollout.shaped, batch.group_size, cfg.advantage)  # (B,)
+    # 3. advantages (the recipe's estimator, over the step's rows of every rank) and the tokens that train
+    advantages = reward_shaping.advantages(rollout.shaped, cfg.rollout.group_size, cfg.advantage)[rollout.global_rows]
+    batch = rollout.batch
     targets = Targets(reward_shaping.loss_mask(batch, cfg.tokens), advantages, rollout.total)
+    if rollout.padding is not None:  # groups that run the passes with no token in the loss
+        batch, targets = with_padding(batch, targets, rollout.padding, run.tokenizer.pad_token_id)
 
     # 4. frozen log-probs: the reference (KL), the sampling policy's (when a later optimizer step trains on
     # this rollout: the ratio's denominator), the objective's targets
@@ -82,6 +85,17 @@ def train_step(run: Run, step: int) -> StepResult | None:
     times = {"time/step_s": finished - started, "time/rollout_and_reward_s": generated - started,
              "time/frozen_logprobs_s": frozen - generated, "time/update_s": finished - frozen}
     return StepResult(rollout, advantages, updates, means, times)
+
+
+def with_padding(batch, targets: Targets, padding, pad_id: int):
+    """`batch` followed by the `padding` groups, whose loss mask, advantages and rewards are 0."""
+    rows = padding.completion_ids.shape[0]
+    zeros = torch.zeros(rows)
+    joined = concat_batches([batch, padding], pad_id)
+    mask = torch.zeros(joined.completion_ids.shape)
+    mask[: targets.loss_mask.shape[0], : targets.loss_mask.shape[1]] = targets.loss_mask
+    return joined, Targets(mask, torch.cat([targets.advantages, zeros.to(targets.advantages.dtype)]),
+                           torch.cat([targets.rewards, zeros.to(targets.rewards.dtype)]))
 
 
 def mini_batches(batch, targets: Targets, count: int):

@@ -74,13 +74,14 @@ def policy_update(logprobs, backend, batch: RolloutBatch, targets: Targets, obje
     counts = distributed.sum_over_ranks(aggregation_counts(targets.loss_mask).to(device), world)
     loss_sum = torch.zeros((), device=device)
     sums: dict[str, torch.Tensor] = {}
-    for row, part in micro_batches(batch, plan.prompts_per_micro_batch):
+    parts = list(micro_batches(batch, plan.prompts_per_micro_batch))
+    for index, (row, part) in enumerate(parts):
         rows = slice(row, row + part.completion_ids.shape[0])
         micro = targets.rows(rows, part.completion_ids.shape[1], device)
         logp, per_token, indicators = micro_batch_loss(logprobs, part, micro, objective, loss, plan)
         mask = micro.loss_mask
         micro_loss = aggregate_loss(per_token, mask, loss.aggregation, loss.max_tokens, counts) * world.size
-        backend.backward(micro_loss)
+        backend.backward(micro_loss, last=index == len(parts) - 1)
         loss_sum += micro_loss.detach()
         with torch.no_grad():
             for name, value in {"tokens": mask, **{k: v.float() * mask for k, v in indicators.items()}}.items():

@@ -1,4 +1,4 @@
-"""train.py with an extra reward registered, so a random tiny model sees reward spread.
+"""train.py with the tests' rewards registered: one a random tiny model sees spread in, one it rarely does.
 
 Run as `python -m tests.helpers.train_with_digit_reward [train.py args]` (used by the
 kill-and-resume test, which needs training in a separate process it can kill).
@@ -13,6 +13,13 @@ import rewards
 def digit_share(completions, **columns):
     """Share of characters that are digits: random byte-level text has spread in it."""
     return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]
+
+
+@rewards.register("has_letter_e")
+def has_letter_e(completions, **columns):
+    """1 if the completion holds an "e": rare in short random byte-level text, so most groups of a random
+    tiny model have no reward spread (what DAPO's dynamic sampling drops)."""
+    return [float("e" in text) for text in completions]
 
 
 if __name__ == "__main__":
