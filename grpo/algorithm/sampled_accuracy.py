@@ -56,7 +56,7 @@ def majority_at_k(answers: Sequence[Hashable | None], correct: Sequence[bool], k
         raise ValueError("maj@k: a sample without an answer (None) is marked correct; it cannot win a vote")
     mixed = correct_answers & {a for a, ok in zip(answers, correct) if not ok}
     if mixed:
-        raise ValueError(f"maj@k: answer {sorted(map(repr, mixed))[0]} is marked both correct and incorrect; "
+        raise ValueError(f"maj@k: answer {min(map(repr, mixed))} is marked both correct and incorrect; "
                          "equal answers must have one correctness")
     votes = Counter(a for a in answers if a is not None)
     abstentions = n - sum(votes.values())
