@@ -143,7 +143,7 @@ def evaluate_sampled(model, tokenizer, prompts: list[str], answers: list[str], a
                            desc=f"{desc} x{n} sampled", seeds=seeds)
     correct, _ = score([d["text"] for d in drawn], [answer for answer in answers for _ in range(n)])
     per_problem = [
-        [{"completion": d["text"], "answer": final_answer(d["text"]), "correct": ok, "tokens": d["tokens"],
+        [{"completion": d["text"], "vote": final_answer(d["text"]), "correct": ok, "tokens": d["tokens"],
           "truncated": d["truncated"]}
          for d, ok in zip(drawn[i * n:(i + 1) * n], correct[i * n:(i + 1) * n])]
         for i in range(len(prompts))
@@ -153,7 +153,7 @@ def evaluate_sampled(model, tokenizer, prompts: list[str], answers: list[str], a
         metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(d["correct"] for d in draws), k)
                                               for draws in per_problem]))
     for k in args.k:
-        metrics[f"maj@{k}"] = float(np.mean([majority_at_k([d["answer"] for d in draws], [d["correct"] for d in draws], k)
+        metrics[f"maj@{k}"] = float(np.mean([majority_at_k([d["vote"] for d in draws], [d["correct"] for d in draws], k)
                                              for draws in per_problem]))
     return metrics, per_problem
 

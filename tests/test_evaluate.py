@@ -171,7 +171,7 @@ def test_pass_and_maj_at_k_from_scripted_samples(tiny_gsm8k, monkeypatch):
                 "maj@1": 3 / 8, "maj@2": (4 / 6 + 1 / 4) / 2, "maj@4": 0.5}
     assert {key: result[key] for key in expected} == pytest.approx(expected, abs=1e-12)
     assert result["sampling"] == {"samples": 4, "temperature": 1.0, "top_p": 1.0, "seed": 0}
-    votes = [[d["answer"] for d in s["sampled"]] for s in result["samples"]]
+    votes = [[d["vote"] for d in s["sampled"]] for s in result["samples"]]
     assert votes == [[20.0, 20.0, 18.0, None], [21.0, 21.0, 22.0, 23.0]]
     assert [[d["correct"] for d in s["sampled"]] for s in result["samples"]] == [
         [True, True, False, False], [False, False, True, False]]
