@@ -5,16 +5,30 @@
     # an instruct model, offline, on the local GSM8K copy
     python evaluate.py --model /tmp/smolhf --style chat --shots 0 8 --limit 50 \
         --data-dir ../shared/data/gsm8k --out eval/smol
+    # beside greedy accuracy: pass@k and maj@k for k = 1, 4, 16 from 16 samples per problem at T = 0.7
+    python evaluate.py --model Qwen/Qwen2.5-0.5B --limit 100 --samples 16 --k 1 4 16 --temperature 0.7 --out eval/q16
     # one chart from two earlier runs
     python evaluate.py --compare eval/base/results.json eval/trained/results.json --out eval/both
 
-Generation is the trainer's own (`grpo.rollout.generate`: greedy here, same stop strings),
-and scoring uses the training rewards, so a number here means what the reward meant in
+Generation is the trainer's own (`grpo.rollout.generate`: greedy for accuracy, same stop
+strings), and scoring uses the training rewards, so a number here means what the reward meant in
 training: correct = `gsm8k_correctness` is 1 (a single "#### The final answer is N" line
 holding the right number); formatted = `gsm8k_format` is positive.
 
+With --samples N, each problem also gets N sampled completions (problem i draws with a seed made
+from --seed and i alone: reproducible whatever the batch, and the same draws for base and trained),
+scored the same way, and for each --k:
+- pass@k: the chance that k samples hold a correct one, the unbiased estimator of Chen et al. 2021
+  from all N samples;
+- maj@k: the chance that the majority answer of k samples is correct. Samples vote with the number
+  on their answer line ("72", "72.0" and "$72" agree); samples without one do not vote; a tie is
+  broken at random (a correct answer tied with t others counts 1 / (t + 1)). Like pass@k it is
+  averaged over every k-subset of the N samples, not read off the first k: the same expectation,
+  less noise (grpo/algorithm/sampled_accuracy.py).
+
 Writes to --out: results.json (settings, metrics and every completion with its score),
-results.md (the table) and accuracy.png (accuracy by shot count, base beside trained).
+results.md (the table) and accuracy.png (accuracy by shot count, base beside trained; with
+samples, pass@k and maj@k against k beside it).
 """
 
 from __future__ import annotations
@@ -22,33 +36,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 import rewards
 from data import SHOT_COUNTS, STOP_STRINGS, STYLES, gsm8k_files, load_task, with_prompts
+from grpo.algorithm.sampled_accuracy import majority_at_k, pass_at_k
 from grpo.runtime.config import CPU_MATMUL
 from grpo.runtime.tracking import MlflowSink, require
+from rewards.gsm8k import extract_final_answer, parse_number
 
 logger = logging.getLogger("evaluate")
 
 SPLITS = ("test", "validation")
 RESULTS_JSON, RESULTS_MD, CHART_PNG = "results.json", "results.md", "accuracy.png"
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, HumanEval paper).
-
-    1 - C(n - c, k) / C(n, k): the chance that k samples drawn from the n hold a correct one.
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def score(completions: list[str], answers: list[str]) -> tuple[list[bool], list[bool]]:
@@ -58,9 +64,22 @@ def score(completions: list[str], answers: list[str]) -> tuple[list[bool], list[
     return [s is not None and s >= 1.0 for s in correctness], [s > 0 for s in formatting]
 
 
+def final_answer(completion: str) -> float | None:
+    """The number on the completion's single answer line, as the correctness reward reads it; None if none."""
+    text = extract_final_answer(completion)
+    return None if text is None else parse_number(text)
+
+
+def problem_seed(seed: int, index: int) -> int:
+    """The sampling seed of problem `index` (its position in the split): depends on nothing else."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
 def generate_texts(model, tokenizer, prompts: list[str], args: argparse.Namespace, *, group_size: int,
-                   temperature: float, desc: str) -> list[dict]:
-    """`group_size` completions per prompt, as dicts {text, tokens, truncated}, in prompt order."""
+                   temperature: float, desc: str, seeds: list[int] | None = None) -> list[dict]:
+    """`group_size` completions per prompt, as dicts {text, tokens, truncated}, in prompt order.
+
+    seeds: one per prompt for sampling (None: greedy, or torch's global generator)."""
     from grpo.rollout import SamplingParams, generate  # the trainer's sampler: same stop handling
 
     params = SamplingParams(temperature=temperature, top_p=args.top_p if temperature > 0 else 1.0,
@@ -72,7 +91,8 @@ def generate_texts(model, tokenizer, prompts: list[str], args: argparse.Namespac
             chunk = prompts[start:start + prompts_per_batch]
             # As train.py tokenizes: chat templates already carry their special tokens.
             token_lists = [tokenizer(p, add_special_tokens=args.style == "plain")["input_ids"] for p in chunk]
-            batch = generate(model, tokenizer, token_lists, group_size=group_size, params=params)
+            chunk_seeds = None if seeds is None else seeds[start:start + prompts_per_batch]
+            batch = generate(model, tokenizer, token_lists, group_size=group_size, params=params, seeds=chunk_seeds)
             lengths = batch.completion_mask.sum(1).long().tolist()  # (B,) generated tokens
             outputs += [
                 {"text": text, "tokens": n, "truncated": bool(cut)}
@@ -83,7 +103,7 @@ def generate_texts(model, tokenizer, prompts: list[str], args: argparse.Namespac
 
 
 def evaluate_setting(model, tokenizer, rows: list[dict], label: str, n_shot: int, args: argparse.Namespace) -> dict:
-    """Greedy accuracy (and optionally sampled pass@k) of one model at one shot count."""
+    """Greedy accuracy of one model at one shot count; with --samples, pass@k and maj@k too."""
     prompted = with_prompts(rows, n_shot, args.style, tokenizer)
     prompts, answers = [row["prompt"] for row in prompted], [row["answer"] for row in prompted]
     started = time.perf_counter()
@@ -101,9 +121,9 @@ def evaluate_setting(model, tokenizer, rows: list[dict], label: str, n_shot: int
         "truncated_rate": sum(g["truncated"] for g in greedy) / n,
     }
     sampled = [None] * n
-    if args.pass_k:
-        pass_metrics, sampled = sampled_pass_at_k(model, tokenizer, prompts, answers, args, f"{label} {n_shot}-shot")
-        run.update(pass_metrics)
+    if args.samples:
+        sampled_metrics, sampled = evaluate_sampled(model, tokenizer, prompts, answers, args, f"{label} {n_shot}-shot")
+        run.update(sampled_metrics)
     run["seconds"] = time.perf_counter() - started
     run["samples"] = [
         {"index": i, "question": row["question"], "answer": row["answer"], "completion": g["text"],
@@ -114,48 +134,91 @@ def evaluate_setting(model, tokenizer, rows: list[dict], label: str, n_shot: int
     return run
 
 
-def sampled_pass_at_k(model, tokenizer, prompts: list[str], answers: list[str], args: argparse.Namespace,
-                      desc: str) -> tuple[dict, list[list[dict]]]:
-    """pass@k from --num-samples sampled completions per problem, and those completions per problem."""
-    n = args.num_samples
+def evaluate_sampled(model, tokenizer, prompts: list[str], answers: list[str], args: argparse.Namespace,
+                     desc: str) -> tuple[dict, list[list[dict]]]:
+    """pass@k and maj@k for each --k from --samples completions per problem, and those completions per problem."""
+    n = args.samples
+    seeds = [problem_seed(args.seed, i) for i in range(len(prompts))]
     drawn = generate_texts(model, tokenizer, prompts, args, group_size=n, temperature=args.temperature,
-                           desc=f"{desc} x{n} sampled")
+                           desc=f"{desc} x{n} sampled", seeds=seeds)
     correct, _ = score([d["text"] for d in drawn], [answer for answer in answers for _ in range(n)])
     per_problem = [
-        [{"completion": d["text"], "correct": ok} for d, ok in zip(drawn[i * n:(i + 1) * n], correct[i * n:(i + 1) * n])]
+        [{"completion": d["text"], "vote": final_answer(d["text"]), "correct": ok, "tokens": d["tokens"],
+          "truncated": d["truncated"]}
+         for d, ok in zip(drawn[i * n:(i + 1) * n], correct[i * n:(i + 1) * n])]
         for i in range(len(prompts))
     ]
-    scores = [pass_at_k(n, sum(d["correct"] for d in draws), args.pass_k) for draws in per_problem]
-    metrics = {f"pass@{args.pass_k}": sum(scores) / len(scores), "pass_k_samples": n,
-               "temperature": args.temperature, "top_p": args.top_p}
+    metrics = {"sampling": {"samples": n, "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}}
+    for k in args.k:
+        metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(d["correct"] for d in draws), k)
+                                              for draws in per_problem]))
+    for k in args.k:
+        metrics[f"maj@{k}"] = float(np.mean([majority_at_k([d["vote"] for d in draws], [d["correct"] for d in draws], k)
+                                             for draws in per_problem]))
     return metrics, per_problem
 
 
+def metric_ks(run: dict, family: str) -> list[int]:
+    """The k of every `{family}@k` metric of a run ("pass" or "maj"), ascending."""
+    return sorted(int(key.partition("@")[2]) for key in run if key.startswith(f"{family}@"))
+
+
 def markdown_table(runs: list[dict]) -> str:
-    """One row per (model, shot count): accuracy, format rate, mean length[, pass@k]."""
-    pass_keys = sorted({key for run in runs for key in run if key.startswith("pass@")})
-    header = ["model", "shots", "n", "accuracy", "format rate", "mean tokens", "truncated"] + pass_keys
+    """One row per (model, shot count): accuracy, format rate, mean length[, sampling, pass@k, maj@k]."""
+    sampled_columns = [f"{family}@{k}" for family in ("pass", "maj")
+                       for k in sorted({k for run in runs for k in metric_ks(run, family)})]
+    sampling = ["samples"] if any("sampling" in run for run in runs) else []
+    header = ["model", "shots", "n", "accuracy", "format rate", "mean tokens", "truncated"] + sampling + sampled_columns
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in sorted(runs, key=lambda r: (r["label"], r["n_shot"])):
         cells = [run["label"], str(run["n_shot"]), str(run["n"]), f"{run['accuracy']:.1%}",
                  f"{run['format_rate']:.1%}", f"{run['mean_completion_tokens']:.1f}", f"{run['truncated_rate']:.1%}"]
-        cells += [f"{run[key]:.1%}" if key in run else "" for key in pass_keys]
+        if sampling:
+            drawn = run.get("sampling")
+            cells.append(f"{drawn['samples']} at T={drawn['temperature']:g}" if drawn else "")
+        cells += [f"{run[key]:.1%}" if key in run else "" for key in sampled_columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot_accuracy(runs: list[dict], path: Path, title: str) -> Path:
-    """Grouped bars: accuracy (%) by shot count, one bar per model label."""
+    """Greedy accuracy (%) by shot count, one bar per model label; where runs sampled, two more panels:
+    pass@k and maj@k (%) against k, one line per (model, shot count)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
+    sampled = [run for run in runs if metric_ks(run, "pass") or metric_ks(run, "maj")]
+    shots = sorted({run["n_shot"] for run in runs})
+    fig, axes = plt.subplots(1, 3 if sampled else 1, figsize=(1.6 + 1.4 * len(shots) + (9 if sampled else 0), 4),
+                             squeeze=False)
+    greedy_bars(axes[0, 0], runs, title)
+    for ax, family in zip(axes[0, 1:], ("pass", "maj")):
+        for run in sampled:
+            ks = metric_ks(run, family)
+            ax.plot(ks, [100 * run[f"{family}@{k}"] for k in ks], marker="o",
+                    label=f"{run['label']} {run['n_shot']}-shot" if ks else None)  # an older file may lack maj@k
+        ks = sorted({k for run in sampled for k in metric_ks(run, family)})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k (samples)")
+        ax.set_ylabel(f"{family}@k (%)")
+        ax.set_ylim(0, 105)
+        ax.set_title(f"{family}@k")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def greedy_bars(ax, runs: list[dict], title: str) -> None:
+    """Grouped bars on `ax`: greedy accuracy (%) by shot count, one bar per model label."""
     labels = list(dict.fromkeys(run["label"] for run in runs))
     shots = sorted({run["n_shot"] for run in runs})
     accuracy = {(run["label"], run["n_shot"]): 100 * run["accuracy"] for run in runs}
     width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(shots), 4))
     for i, label in enumerate(labels):
         xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(shots))]
         heights = [accuracy.get((label, s), 0.0) for s in shots]
@@ -163,14 +226,10 @@ def plot_accuracy(runs: list[dict], path: Path, title: str) -> Path:
         ax.bar_label(bars, labels=[f"{h:.0f}%" if (label, s) in accuracy else "" for h, s in zip(heights, shots)],
                      fontsize=8)
     ax.set_xticks(range(len(shots)), [f"{s}-shot" for s in shots])
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("greedy accuracy (%)")
     ax.set_ylim(0, max([*accuracy.values(), 10.0]) * 1.15)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def write_report(result: dict, out_dir: Path) -> dict[str, Path]:
@@ -193,8 +252,10 @@ def report_to_mlflow(result: dict, paths: dict[str, Path], args: argparse.Namesp
     try:
         for run in result["runs"]:
             name = f"{run['label']}/{run['n_shot']}shot"
+            sampled = {f"{name}/{family}_at_{k}": run[f"{family}@{k}"]  # MLflow names take no "@"
+                       for family in ("pass", "maj") for k in metric_ks(run, family)}
             sink.log_metrics(run["n_shot"], {f"{name}/accuracy": run["accuracy"],
-                                             f"{name}/format_rate": run["format_rate"]})
+                                             f"{name}/format_rate": run["format_rate"], **sampled})
             samples = run.get("samples") or []
             if samples:
                 table = {key: [s[key] for s in samples] for key in ("index", "question", "answer", "completion",
@@ -242,18 +303,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, help="local GSM8K copy with train.jsonl/test.jsonl (default: hub)")
     parser.add_argument("--on-bad-row", default="error", choices=("error", "skip"))
     parser.add_argument("--batch-size", type=int, default=16,
-                        help="completions per generation batch (for pass@k: batch-size // num-samples problems)")
+                        help="completions per generation batch (with --samples: batch-size // samples problems)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="auto = bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     parser.add_argument("--cpu-matmul", default="auto", choices=CPU_MATMUL,
                         help="float32 products on CPU, as model.cpu_matmul in train.py")
-    parser.add_argument("--pass-k", type=int, help="also report pass@k from --num-samples sampled completions")
-    parser.add_argument("--num-samples", type=int, help="samples per problem for pass@k (default: k)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature for pass@k")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling for pass@k")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed for pass@k sampling")
+    parser.add_argument("--samples", type=int,
+                        help="also sample N completions per problem and report pass@k and maj@k (default: greedy only)")
+    parser.add_argument("--k", type=int, nargs="+",
+                        help="k for pass@k and maj@k, each 1..--samples (default: the powers of 2 below N, and N)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature for --samples")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling for --samples")
+    parser.add_argument("--seed", type=int, default=0, help="with each problem's index, the seed its samples draw from")
     parser.add_argument("--compare", type=Path, nargs="+", metavar="RESULTS_JSON",
                         help="no evaluation: merge these results.json files into one table and chart")
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md, accuracy.png")
@@ -269,12 +332,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size and --max-new-tokens must be positive")
     if args.skip_base and args.adapter is None:
         parser.error("--skip-base needs --adapter (otherwise nothing is evaluated)")
-    if args.pass_k is not None:
-        args.num_samples = args.num_samples or args.pass_k
-        if not 1 <= args.pass_k <= args.num_samples:
-            parser.error(f"--pass-k {args.pass_k} needs 1 <= k <= --num-samples ({args.num_samples})")
-        if args.temperature <= 0:
-            parser.error(f"--temperature {args.temperature}: pass@k needs sampling, use a value > 0")
+    if args.samples is None:
+        if args.k is not None:
+            parser.error("--k needs --samples N (the completions pass@k and maj@k are estimated from)")
+        return args
+    if args.samples < 1:
+        parser.error(f"--samples {args.samples}: must be a positive number of completions per problem")
+    if args.temperature <= 0:
+        parser.error(f"--temperature {args.temperature}: --samples needs sampling, use a value > 0")
+    args.k = sorted(set(args.k or [*(2**i for i in range(args.samples.bit_length()) if 2**i < args.samples),
+                                   args.samples]))
+    if not 1 <= args.k[0] <= args.k[-1] <= args.samples:
+        parser.error(f"--k {' '.join(map(str, args.k))}: each k must be in 1..--samples ({args.samples})")
     return args
 
 
@@ -289,7 +358,6 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     model.eval()
     speedups.apply(model, device, args.cpu_matmul)  # this device's speed-ups, as in training
-    torch.manual_seed(args.seed)
     runs = []
     if not args.skip_base:
         runs += [evaluate_setting(model, tokenizer, rows, "base", n_shot, args) for n_shot in args.shots]

@@ -1,23 +1,32 @@
 """Variants against their baseline on the CPU demo: several paired seeds, one table with 95% intervals.
 
-    .venv/bin/python scripts/compare_variants.py --out runs/variants [--seeds 0 1 2] [--steps 8]
-        [--eval-rows 200] [--only delta_proxy kl_cov ...] [--teacher-adapter DIR] [--threads N]
-        [--tabulate] [section.key=value ...]
+    .venv/bin/python scripts/compare_variants.py --out runs/variants --num-seeds 3 [--steps 8]
+        [--eval-rows 200] [--only delta_proxy kl_cov ...] [--run-seeds 0 1] [--teacher-adapter DIR]
+        [--threads N] [--tabulate] [section.key=value ...]
+
+A comparison is a folder, OUT. Its plan is fixed when it is created and written in
+OUT/comparison.json: the seeds (0 .. --num-seeds - 1), --steps, --eval-rows and the extra
+overrides. Later invocations continue it (they may omit these options; given, they must match) and
+may add variants, but not seeds: adding seeds once intervals have been seen, until one excludes 0,
+makes the intervals lie (optional stopping). More seeds means a new comparison (another --out).
 
 Every run is `train.py --recipe recipes/cpu-demo.yaml` with the variant's overrides, `train.seed=S`,
 `data.limit_eval=ROWS` and the extra overrides. The seed drives the data order, the sampling seeds
 and, for the synthetic task, which problems are generated: the runs of one seed see the same prompts
 and sampling seeds at step 1 and are evaluated (greedy) on the same held-out rows. Each run writes
 eval_rows.jsonl (one line per held-out row); a variant's seed-S run is paired with its baseline's
-seed-S run, per seed and per row. scripts/variant_stats.py defines the statistics: significance is
-decided by the seed-level t interval, since training noise dominates. The pre-training evaluation
-does not depend on the variant: only the plain runs make it (one per seed, as the rows depend on it).
+seed-S run, per seed and per row. scripts/variant_stats.py defines the statistics: a hierarchical
+bootstrap over seeds and rows for each 95% interval and p-value, Holm's adjustment over the table's
+comparisons for the decision. The pre-training evaluation does not depend on the variant: only the
+plain runs make it (one per seed, as the rows depend on it).
 
 A variant is compared with its own `baseline` and with plain when that differs (kl_cov against
 plain_mu2, its control with the same two updates per rollout, then against plain). By default all
-variants run, topd only when --teacher-adapter is given; --only runs the named ones and their baselines. Each finished (variant, seed) run is
-saved as OUT/VARIANT/seed-S/result.json; a re-run skips those and retries failed ones (their log is
-OUT/VARIANT/seed-S/train.log). OUT/variants.json and OUT/variants.md are rewritten after every run.
+variants run, topd only when --teacher-adapter is given; --only runs the named ones and their
+baselines, --run-seeds only some of the comparison's seeds (to share the work between processes).
+Each finished (variant, seed) run is saved as OUT/VARIANT/seed-S/result.json; a re-run skips those
+and retries failed ones (their log is OUT/VARIANT/seed-S/train.log). OUT/variants.json and
+OUT/variants.md are rewritten after every run.
 
 Dropped from the single-seed version: the trajectory-extrapolation row. It is not a training variant,
 and with seeds it would need every checkpoint of each plain run kept and two more held-out
@@ -43,6 +52,8 @@ from scripts import variant_stats  # noqa: E402
 
 RECIPE = "recipes/cpu-demo.yaml"
 TEACHER = "{teacher_adapter}"  # replaced by --teacher-adapter
+PLAN = "comparison.json"  # in OUT: what the comparison runs, fixed when it is created
+DEFAULT_STEPS, DEFAULT_EVAL_ROWS = 8, 200
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,59 @@ def load_result(run_dir: Path, argv: list[str]) -> dict | None:
     return result
 
 
+def finished_runs(out: Path) -> list[tuple[str, int]]:
+    """(variant, seed) of every finished run saved under `out`."""
+    return sorted((path.parent.parent.name, int(path.parent.name.removeprefix("seed-")))
+                  for path in out.glob("*/seed-*/result.json"))
+
+
+def fixed_plan(out: Path, num_seeds: int | None, steps: int | None, eval_rows: int | None,
+               overrides: list[str]) -> dict:
+    """The comparison's plan from OUT/comparison.json, written there from these arguments when OUT is new.
+
+    An argument left out (None, or no overrides) takes the plan's value; one given must match it,
+    and the seeds never change: more seeds is a new comparison.
+    """
+    path = out / PLAN
+    if not path.is_file():
+        return _new_plan(out, num_seeds, steps, eval_rows, overrides)
+    plan = json.loads(path.read_text())
+    if num_seeds is not None and list(range(num_seeds)) != plan["seeds"]:
+        done = {seed for _, seed in finished_runs(out)}
+        state = ("every seed has finished runs, so its intervals may have been seen" if done >= set(plan["seeds"])
+                 else f"runs of seeds {sorted(done)} have finished" if done else "no run has finished yet")
+        raise SystemExit(
+            f"{out} is a comparison of {len(plan['seeds'])} seeds ({path}); --num-seeds {num_seeds} would change "
+            f"that ({state}). A comparison's seeds are fixed when it is created: seeds added after seeing its "
+            f"intervals bias them. Start a new comparison with another --out (e.g. --out {out}-{num_seeds}seeds "
+            f"--num-seeds {num_seeds}); leave --num-seeds out to continue this one.")
+    asked = {"steps": steps, "eval_rows": eval_rows, "overrides": overrides or None}
+    changed = [f"{key} {plan[key]!r} (asked: {value!r})" for key, value in asked.items()
+               if value is not None and value != plan[key]]
+    if changed:
+        raise SystemExit(f"{out} was created with {'; '.join(changed)} ({path}): use another --out for other "
+                         "settings, or leave these options out to continue it")
+    return plan
+
+
+def _new_plan(out: Path, num_seeds: int | None, steps: int | None, eval_rows: int | None,
+              overrides: list[str]) -> dict:
+    if num_seeds is None:
+        raise SystemExit(f"{out} is a new comparison: give --num-seeds N, the number of paired seeds (at least 2) "
+                         "decided before any result is seen")
+    plan = {"recipe": RECIPE, "seeds": list(range(num_seeds)), "steps": steps or DEFAULT_STEPS,
+            "eval_rows": eval_rows or DEFAULT_EVAL_ROWS, "overrides": overrides}
+    if finished_runs(out):
+        seeds = sorted({seed for _, seed in finished_runs(out)})
+        raise SystemExit(
+            f"{out} holds finished runs (seeds {seeds}) but no {PLAN}: it was made before comparisons fixed "
+            f"their seeds. If seeds {seeds} were chosen before any result was seen, write "
+            f"{json.dumps({**plan, 'seeds': seeds})} to {out / PLAN} to continue it; otherwise use another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLAN).write_text(json.dumps(plan, indent=2) + "\n")
+    return plan
+
+
 def mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -159,35 +223,39 @@ def summarize(results: list[dict], failed: list[tuple[str, int]], settings: dict
                 continue
             comparisons.append({"variant": name, "baseline": baseline,
                                 **variant_stats.compare(rows[name], rows[baseline])})
-    return {"settings": settings, "runs": runs, "comparisons": comparisons,
+    return {"settings": settings, "runs": runs, "comparisons": variant_stats.decide(comparisons),
             "failed": [{"variant": n, "seed": s} for n, s in failed]}
-
-
-def _ci(ci: dict) -> str:
-    if ci["half_width"] is None:
-        return f"{ci['mean']:+.3f} [no interval: one seed]"
-    return f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
 
 
 def comparison_row(c: dict) -> str:
     """One line of the comparison table."""
     per_seed = ", ".join(f"{d:+.3f}" for d in c["per_seed_diff"])
-    significant = "**yes**" if c["significant"] else "no"
+    if c["p"] is None:
+        interval, p, p_holm = f"{c['mean_diff']:+.3f} [no interval: one seed]", "-", "-"
+    else:
+        interval = f"{c['mean_diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+        p, p_holm = f"{c['p']:.4f}", f"{c['p_holm']:.4f}"
     return (f"| {c['variant']} | {c['baseline']} | {', '.join(map(str, c['seeds']))} | "
-            f"{mean(c['acc_variant']):.3f} vs {mean(c['acc_baseline']):.3f} | {per_seed} | "
-            f"{_ci(c['seed_ci'])} | {significant} | {_ci(c['row_ci'])} ({c['row_ci']['n']} rows) |")
+            f"{mean(c['acc_variant']):.3f} vs {mean(c['acc_baseline']):.3f} | {per_seed} | {interval} | "
+            f"{p} | {p_holm} | {'**yes**' if c['differs'] else 'no'} |")
 
 
 COMPARISON_HEADER = (
     "Δacc = held-out accuracy (greedy) of the variant minus its baseline's, paired by seed: same prompts "
     "and sampling seeds at step 1, same held-out rows.\n"
-    "**Significance is decided by the seed-level 95% interval** (Student t over the per-seed Δacc, "
-    "df = seeds - 1): the noise of training differs from seed to seed and dominates. The row-level "
-    "interval (normal approximation on the per-row differences pooled over seeds) only measures which "
-    "held-out rows were drawn; it is for reference, not significance.\n\n"
-    "| variant | vs | seeds | acc variant vs baseline (mean) | Δacc per seed | mean Δacc [95% seed CI] "
-    "| significant (seed CI excludes 0) | row-level Δacc [95% CI] |\n"
-    "|---|---|---|---|---|---|---|---|"
+    f"The 95% interval and p come from a hierarchical bootstrap ({variant_stats.BOOTSTRAP_RESAMPLES} "
+    f"resamples, bootstrap seed {variant_stats.BOOTSTRAP_SEED}): seeds drawn with replacement, then each "
+    "drawn seed's held-out rows, the variant and its baseline sharing every draw. p is two-sided "
+    "(the interval excludes 0 exactly when p < 0.05). **\"Differs\" is decided by Holm's adjusted p "
+    "<= 0.05 over the comparisons of this table** (the chance of any false \"yes\" in it is that of one "
+    "comparison's p < 0.05); "
+    "the intervals are per comparison, not adjusted. An interval that contains 0 does not show that "
+    "the variants are equal: this evidence cannot tell them apart at this level. With few seeds the "
+    "interval is wide, and too narrow still where seed-to-seed noise dominates (the bootstrap knows only "
+    "the seeds that ran): decide on 10 seeds or more.\n\n"
+    "| variant | vs | seeds | acc variant vs baseline (mean) | Δacc per seed | mean Δacc [95% interval] "
+    "| p | p (Holm) | differs (Holm, 5%) |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -219,22 +287,28 @@ def markdown(summary: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/variants"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of each paired run")
-    parser.add_argument("--steps", type=int, default=8, help="training steps per run")
-    parser.add_argument("--eval-rows", type=int, default=200, help="held-out rows (data.limit_eval; 500 exist)")
+    parser.add_argument("--out", type=Path, default=Path("runs/variants"), help="the comparison's folder")
+    parser.add_argument("--num-seeds", type=int,
+                        help="paired seeds 0..N-1; needed to create a comparison, fixed in OUT/comparison.json then")
+    parser.add_argument("--steps", type=int, help=f"training steps per run (new comparison: {DEFAULT_STEPS})")
+    parser.add_argument("--eval-rows", type=int,
+                        help=f"held-out rows (data.limit_eval; 500 exist; new comparison: {DEFAULT_EVAL_ROWS})")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS),
                         help="variants to run (their baselines run too); default: all")
+    parser.add_argument("--run-seeds", type=int, nargs="+",
+                        help="run only these of the comparison's seeds (a share of the work); default: all")
     parser.add_argument("--teacher-adapter", type=Path, help="LoRA adapter folder of the teacher (topd only)")
     parser.add_argument("--threads", type=int, default=0, help="train.py --threads (0 = torch default)")
     parser.add_argument("--tabulate", action="store_true",
-                        help="run nothing: write the table from the finished runs of these seeds (several "
-                             "invocations with disjoint --only/--seeds can share the work, then one --tabulate)")
-    parser.add_argument("overrides", nargs="*", help="extra section.key=value for every run")
+                        help="run nothing: write the table from the finished runs (several invocations with "
+                             "disjoint --only/--run-seeds can share the work, then one --tabulate)")
+    parser.add_argument("overrides", nargs="*", help="extra section.key=value for every run (fixed at creation)")
     args = parser.parse_args(argv)
-    if len(set(args.seeds)) < 2 and not args.only:
-        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed-level interval needs at least 2 seeds "
-                     "(one seed only with --only, to share a comparison's runs between invocations)")
+    if args.num_seeds is not None and args.num_seeds < 2:
+        parser.error(f"--num-seeds {args.num_seeds}: the interval resamples seeds, it needs at least 2")
+    for name in ("steps", "eval_rows"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
     if args.teacher_adapter is not None and not args.teacher_adapter.is_dir():
         parser.error(f"--teacher-adapter {args.teacher_adapter}: no such folder (a saved LoRA adapter, "
                      "e.g. runs/cpu-demo/final/adapter)")
@@ -246,17 +320,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     names = selected_variants(args.only, args.teacher_adapter)
-    seeds = list(dict.fromkeys(args.seeds))
-    settings = {"recipe": RECIPE, "seeds": seeds, "steps": args.steps, "eval_rows": args.eval_rows,
-                "overrides": args.overrides, "variants": {n: list(VARIANTS[n].overrides) for n in names}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    planned = [(n, s, train_args(n, s, args.steps, args.eval_rows, args.teacher_adapter, args.overrides))
+    plan = fixed_plan(args.out, args.num_seeds, args.steps, args.eval_rows, args.overrides)
+    seeds = plan["seeds"]
+    unknown = sorted(set(args.run_seeds or []) - set(seeds))
+    if unknown:
+        raise SystemExit(f"--run-seeds {' '.join(map(str, unknown))}: not seeds of {args.out} "
+                         f"({' '.join(map(str, seeds))}, fixed in {args.out / PLAN})")
+    settings = {**plan, "variants": {n: list(VARIANTS[n].overrides) for n in names},
+                "bootstrap": {"resamples": variant_stats.BOOTSTRAP_RESAMPLES, "seed": variant_stats.BOOTSTRAP_SEED},
+                "alpha": variant_stats.ALPHA}
+    planned = [(n, s, train_args(n, s, plan["steps"], plan["eval_rows"], args.teacher_adapter, plan["overrides"]))
                for n in names for s in seeds]  # variant by variant: each finished one has all its seeds
     results = {(n, s): r for n, s, argv in planned if (r := load_result(args.out / n / f"seed-{s}", argv))}
     failed = []
     summary = summarize(list(results.values()), failed, settings)
+    to_run = set(args.run_seeds or seeds)
     for name, seed, argv in planned:
-        if (name, seed) in results or args.tabulate:
+        if (name, seed) in results or seed not in to_run or args.tabulate:
             continue
         result = run_one(name, seed, argv, args.out / name / f"seed-{seed}", args.threads)
         if result is None:

@@ -1,98 +1,97 @@
 """Paired statistics for scripts/compare_variants.py: is a variant's held-out accuracy different from
-its baseline's, beyond the noise of a few short training runs?
+its baseline's, beyond the noise of a few short training runs and of the held-out rows drawn?
 
-Each variant runs with several seeds, and each seed is paired with the baseline run of the same seed
-(same prompts, same sampling seeds at step 1, same held-out rows). Two 95% intervals for the mean
-accuracy difference variant - baseline:
+Each variant runs with the comparison's seeds, and each seed is paired with the baseline run of the
+same seed (same prompts, same sampling seeds at step 1, same held-out rows). The data of one
+comparison are the paired differences d[s][i] = correct_variant - correct_baseline of row i under
+seed s, and the effect is their mean Δacc: the mean over seeds of each seed's accuracy difference.
 
-- seed level (decides significance): d_s = acc_variant(s) - acc_baseline(s) per seed, the mean of
-  the d_s with a Student-t interval, df = seeds - 1 and the Bessel-corrected sd. Training noise
-  (which prompts, which samples, where the short run lands) differs from seed to seed and dominates,
-  so only this interval counts a seed as one observation of it.
-- row level (for reference): the per-row differences correct_variant - correct_baseline of every
-  paired (seed, row), pooled over seeds, with the normal approximation mean +- 1.96 sd / sqrt(n)
-  (Bessel-corrected sd). It treats rows as independent and so only measures which held-out rows were
-  drawn; it is narrower than the seed interval and must not be read as significance.
+- Interval: a two-stage (hierarchical) bootstrap. One resample draws the seeds with replacement,
+  then, for each seed drawn, its rows with replacement; the variant and its baseline share both
+  draws because the differences are resampled. The 95% interval is the 2.5% and 97.5% percentiles
+  of the resampled Δacc. Both sources of noise are in it: which training runs (seeds) happened, and
+  which rows were held out. The rows are nested in seeds, as in the synthetic demo where each seed
+  generates its own held-out problems; on a fixed held-out set they are crossed with seeds, and
+  the nested resampling is the usual, slightly conservative, simplification.
+- p-value: two-sided, from the same resamples: p = 2 (1 + m) / (B + 1), at most 1, with m the
+  resampled Δacc on the smaller side of 0 (ties count on both sides) and B resamples. The lower
+  bound is then > 0 (or the upper < 0) exactly when p < 0.05 (when 0.05 B / 2 is a whole number,
+  as for the default B).
+- Multiple comparisons: Holm's step-down adjustment of those p-values over the comparisons of one
+  table (Holm 1979: controls the chance of any false "differs" in the table at 5%, under any
+  dependence between the comparisons, such as a shared baseline). A comparison differs when its
+  adjusted p is at most 0.05. The intervals are not adjusted: each one is a 95% interval for its
+  own comparison.
 
-A difference is significant when the seed-level interval excludes 0. Pure functions, no I/O.
+With few seeds the bootstrap only knows the seeds that ran: resampling S seeds gives normal, not
+Student-t, tails and (S - 1) / S of their variance, so when seed-to-seed noise outweighs row noise
+the interval is too narrow and a chance "differs" is more frequent than 5%, markedly so with 2 to
+5 seeds; when row noise dominates, resampling rows inside seeds whose means already carry it makes
+the interval conservative. Fixed bootstrap seed and number of resamples: the same runs give the
+same table. Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-# Student-t 0.975 quantiles, df 1..30 (scipy.stats.t.ppf(0.975, df), 4 decimals); beyond: _t_beyond_table.
-T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
-Z_975 = 1.959964  # standard normal 0.975 quantile
+import numpy as np
 
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with `df` degrees of freedom (two-sided 95%)."""
-    if df < 1:
-        raise ValueError(f"df={df}: a t interval needs at least 2 observations (df >= 1)")
-    if df <= len(T_975):
-        return T_975[df - 1]
-    # Cornish-Fisher expansion of t around the normal quantile (Abramowitz & Stegun 26.7.5);
-    # off by < 1e-4 at df = 31, less beyond
-    z = Z_975
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+ALPHA = 0.05  # two-sided: 95% intervals; the family-wise level of a table's decisions
 
 
-@dataclass(frozen=True)
-class Interval:
-    """mean +- half_width over n observations (half_width is inf when n < 2: no interval)."""
+def hierarchical_bootstrap(diffs: Sequence[Sequence[float]], resamples: int = BOOTSTRAP_RESAMPLES,
+                           seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(resamples,) resampled mean differences: seeds drawn with replacement, then rows within each.
 
-    mean: float
-    half_width: float
-    n: int
-
-    @property
-    def low(self) -> float:
-        return self.mean - self.half_width
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.half_width
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
-    def as_dict(self) -> dict:
-        finite = math.isfinite(self.half_width)
-        return {"mean": self.mean, "half_width": self.half_width if finite else None,
-                "low": self.low if finite else None, "high": self.high if finite else None, "n": self.n}
+    diffs: S seeds, each a list of its R_s paired row differences. A resample's statistic is the mean
+    over its S drawn seeds of each one's mean over its R_s redrawn rows. Drawing R_s rows with
+    replacement and summing them is drawing multinomial counts over the seed's distinct values (for
+    0/1 correctness, d is -1, 0 or 1), which keeps memory at (resamples, S).
+    """
+    if not diffs or any(len(rows) == 0 for rows in diffs):
+        raise ValueError(f"hierarchical_bootstrap needs at least one seed and one row per seed, got row counts "
+                         f"{[len(rows) for rows in diffs]}")
+    rng = np.random.default_rng(seed)
+    drawn_seeds = rng.integers(len(diffs), size=(resamples, len(diffs)))  # (B, S) the seed in each slot
+    seed_means = np.empty((resamples, len(diffs)))  # (B, S) the slot's resampled row mean
+    for s, rows in enumerate(diffs):
+        values, counts = np.unique(np.asarray(rows, dtype=np.float64), return_counts=True)  # (V,), (V,)
+        slots = drawn_seeds == s  # (B, S)
+        redrawn = rng.multinomial(len(rows), counts / len(rows), size=int(slots.sum()))  # (slots, V)
+        seed_means[slots] = redrawn @ values / len(rows)
+    return seed_means.mean(axis=1)
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and Bessel-corrected standard deviation (n >= 2)."""
-    n = len(values)
-    mean = sum(values) / n
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+def bootstrap_p_value(resampled: np.ndarray) -> float:
+    """Two-sided p-value of "mean difference 0": 2 (1 + m) / (B + 1), at most 1, with m = the number
+    of the B resampled means on the smaller side of 0 (ties at 0 count on both sides)."""
+    smaller_side = min(int((resampled <= 0).sum()), int((resampled >= 0).sum()))
+    return min(1.0, 2 * (1 + smaller_side) / (len(resampled) + 1))
 
 
-def _interval(diffs: list[float], quantile, empty: str) -> Interval:
-    """mean +- quantile(n) * sd / sqrt(n) of `diffs`; no interval (inf) for one value."""
-    if not diffs:
-        raise ValueError(empty)
-    if len(diffs) == 1:
-        return Interval(diffs[0], math.inf, 1)
-    mean, sd = _mean_sd(diffs)
-    return Interval(mean, quantile(len(diffs)) * sd / math.sqrt(len(diffs)), len(diffs))
+def percentile_interval(resampled: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
+    """The alpha/2 and 1 - alpha/2 percentiles of the resampled means, each a resampled value.
+
+    The lower bound is the smallest value with at least alpha/2 of the resamples at or below it, the
+    upper the largest with at least alpha/2 at or above it (mirror images, so that the interval
+    excludes 0 exactly when `bootstrap_p_value` < alpha, for alpha B / 2 whole)."""
+    low = np.quantile(resampled, alpha / 2, method="inverted_cdf")
+    high = -np.quantile(-resampled, alpha / 2, method="inverted_cdf")
+    return float(low), float(high)
 
 
-def seed_interval(diffs: list[float]) -> Interval:
-    """95% t interval (df = n - 1) for the mean of per-seed differences d_s."""
-    return _interval(diffs, lambda n: t_quantile_975(n - 1), "seed_interval: no per-seed differences")
-
-
-def row_interval(diffs: list[float]) -> Interval:
-    """95% normal-approximation interval for the mean of paired per-row differences."""
-    return _interval(diffs, lambda n: Z_975, "row_interval: no paired rows")
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's adjusted p-values, in the given order: sorted ascending, the i-th smallest (from 1) of m
+    becomes max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where it is <= alpha is Holm's test."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def final_rows(records: list[dict], tag: str = "after") -> dict[int, int]:
@@ -122,24 +121,38 @@ def accuracy(rows: dict[int, int]) -> float:
     return sum(rows.values()) / len(rows)
 
 
-def compare(variant: dict[int, dict[int, int]], baseline: dict[int, dict[int, int]]) -> dict:
+def compare(variant: dict[int, dict[int, int]], baseline: dict[int, dict[int, int]],
+            resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
     """Paired comparison over the seeds both have: {seed: {row: correct}} for the variant and its baseline.
 
-    Returns seeds, per-seed accuracies and differences d_s, the seed-level interval (decides
-    `significant`) and the row-level interval pooled over seeds.
+    Returns the seeds, per-seed accuracies and differences d_s, their mean, and from the hierarchical
+    bootstrap the 95% interval `low`, `high` and the unadjusted two-sided `p` (None, None, None with
+    one shared seed: one training run says nothing about training noise).
     """
     seeds = sorted(variant.keys() & baseline.keys())
     if not seeds:
         raise ValueError("compare: no seed run by both the variant and its baseline")
+    diffs = [paired_row_diffs(variant[s], baseline[s]) for s in seeds]
     per_seed = [accuracy(variant[s]) - accuracy(baseline[s]) for s in seeds]
-    rows = [d for s in seeds for d in paired_row_diffs(variant[s], baseline[s])]
-    by_seed = seed_interval(per_seed)
+    low = high = p = None
+    if len(seeds) > 1:
+        resampled = hierarchical_bootstrap(diffs, resamples, seed)
+        (low, high), p = percentile_interval(resampled), bootstrap_p_value(resampled)
     return {
         "seeds": seeds,
+        "rows": [len(d) for d in diffs],
         "acc_variant": [accuracy(variant[s]) for s in seeds],
         "acc_baseline": [accuracy(baseline[s]) for s in seeds],
         "per_seed_diff": per_seed,
-        "seed_ci": by_seed.as_dict(),
-        "row_ci": row_interval(rows).as_dict(),
-        "significant": by_seed.excludes_zero,
+        "mean_diff": sum(per_seed) / len(per_seed),
+        "low": low, "high": high, "p": p,
     }
+
+
+def decide(comparisons: list[dict], alpha: float = ALPHA) -> list[dict]:
+    """The comparisons of one table with `p_holm` (Holm over those that have a p-value) and `differs`
+    (p_holm <= alpha); a comparison without a p-value gets None and False."""
+    tested = [i for i, c in enumerate(comparisons) if c["p"] is not None]
+    adjusted = dict(zip(tested, holm_adjust([comparisons[i]["p"] for i in tested])))
+    return [{**c, "p_holm": adjusted.get(i), "differs": i in adjusted and adjusted[i] <= alpha}
+            for i, c in enumerate(comparisons)]

@@ -2,8 +2,8 @@
 resuming and variant selection; the per-row held-out file a real tiny training run writes."""
 
 import json
-import math
 
+import numpy as np
 import pytest
 
 import train
@@ -12,61 +12,102 @@ from scripts import variant_stats as vs
 from tests.helpers import train_with_digit_reward  # noqa: F401  (registers "digit_share")
 from tests.test_train import tiny_args
 
-# ---- t quantiles and the two intervals -----------------------------------------------------------
+# ---- the hierarchical bootstrap, its p-value and interval, Holm ---------------------------------
 
 
-@pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)])
-def test_t_quantile_table(df, expected):
-    assert vs.t_quantile_975(df) == expected
+@pytest.mark.parametrize("value", [1.0, -1.0, 0.5], ids=["all-better", "all-worse", "all-half"])
+def test_bootstrap_of_equal_differences_is_degenerate_at_that_value(value):
+    # every row of every seed differs by `value`: any resample of seeds and rows has mean `value`
+    resampled = vs.hierarchical_bootstrap([[value] * 5, [value] * 3, [value] * 7], resamples=1000)
+    assert (resampled == value).all()
+    assert vs.percentile_interval(resampled) == (value, value)
+    assert vs.bootstrap_p_value(resampled) == 2 / 1001  # no resample on 0's side: 2 (1 + 0) / (B + 1)
 
 
-def test_t_quantile_beyond_the_table_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for df in (31, 45, 100, 1000):
-        assert vs.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-4)
+def test_bootstrap_of_no_difference_has_p_one():
+    resampled = vs.hierarchical_bootstrap([[0, 0], [0, 0, 0]], resamples=1000)
+    assert vs.percentile_interval(resampled) == (0.0, 0.0)
+    assert vs.bootstrap_p_value(resampled) == 1.0  # 2 (1 + 1000) / 1001, capped at 1
 
 
-def test_t_quantile_needs_two_observations():
-    with pytest.raises(ValueError, match="df=0"):
-        vs.t_quantile_975(0)
+def test_bootstrap_resamples_seeds():
+    # two seeds of one row each, d = 1 and 0; rows cannot vary, seeds can: the mean of two seeds
+    # drawn with replacement is 1 (both the first: 1/4), 1/2 (one of each: 1/2) or 0 (1/4)
+    resampled = vs.hierarchical_bootstrap([[1], [0]], resamples=10_000)
+    shares = [float((resampled == v).mean()) for v in (0.0, 0.5, 1.0)]
+    assert shares == pytest.approx([0.25, 0.5, 0.25], abs=0.02)  # binomial sd 0.005 at B = 10000
+    assert vs.percentile_interval(resampled) == (0.0, 1.0)  # 1/4 > 2.5% on each side
+    assert vs.bootstrap_p_value(resampled) == pytest.approx(0.5, abs=0.03)  # 2 x P(<= 0) = 2 x 1/4
 
 
-def test_seed_interval_three_seeds_not_significant():
-    # d = 0.02, 0.04, 0.06: mean 0.04; sd = sqrt((0.02^2 + 0 + 0.02^2) / 2) = 0.02;
-    # half-width = t(0.975, 2) * sd / sqrt(3) = 4.3027 * 0.02 / 1.7321 = 0.04968 -> [-0.0097, 0.0897]
-    ci = vs.seed_interval([0.02, 0.04, 0.06])
-    assert ci.mean == pytest.approx(0.04)
-    assert ci.half_width == pytest.approx(0.0496833, abs=1e-6)
-    assert ci.low == pytest.approx(-0.0096833, abs=1e-6) and ci.n == 3
-    assert not ci.excludes_zero
+def test_bootstrap_resamples_rows_within_seeds():
+    # two identical seeds with rows d = 1, 0: seed draws change nothing, the four redrawn rows are
+    # fair coins: mean = Binomial(4, 1/2) / 4, P(0) = P(1) = 1/16 > 2.5%
+    resampled = vs.hierarchical_bootstrap([[1, 0], [1, 0]], resamples=10_000)
+    assert float((resampled == 0).mean()) == pytest.approx(1 / 16, abs=0.01)
+    assert vs.percentile_interval(resampled) == (0.0, 1.0)
+    assert vs.bootstrap_p_value(resampled) == pytest.approx(2 / 16, abs=0.015)
 
 
-@pytest.mark.parametrize("sign", [1, -1], ids=["better", "worse"])
-def test_seed_interval_three_seeds_significant(sign):
-    # d = 0.10, 0.12, 0.14: mean 0.12, sd 0.02, the same half-width 0.04968 -> [0.0703, 0.1697]
-    ci = vs.seed_interval([sign * 0.10, sign * 0.12, sign * 0.14])
-    assert ci.mean == pytest.approx(sign * 0.12)
-    assert sorted([ci.low, ci.high]) == pytest.approx(sorted([sign * 0.0703167, sign * 0.1696833]), abs=1e-6)
-    assert ci.excludes_zero
+def test_bootstrap_variance_has_both_stages():
+    # seed 0 rows 1,0,0,0 (mean 1/4, variance 3/16), seed 1 rows 1,1,0,0 (mean 1/2, variance 1/4).
+    # One slot: Var = Var over seeds of the means + mean over seeds of (row variance / 4 rows)
+    #   = ((1/4 - 3/8)^2 + (1/2 - 3/8)^2) / 2 + (3/16 / 4 + 1/4 / 4) / 2 = 1/64 + 7/128 = 9/128;
+    # two independent slots: 9/256 = 0.03515625 (seeds only: 1/128, rows only: 7/256)
+    resampled = vs.hierarchical_bootstrap([[1, 0, 0, 0], [1, 1, 0, 0]], resamples=10_000)
+    assert float(resampled.mean()) == pytest.approx(3 / 8, abs=0.01)
+    assert float(resampled.var()) == pytest.approx(9 / 256, rel=0.05)
 
 
-def test_seed_interval_edge_cases():
-    one = vs.seed_interval([0.05])  # one seed: no spread to estimate, so no interval and never significant
-    assert one.half_width == math.inf and not one.excludes_zero
-    assert one.as_dict() == {"mean": 0.05, "half_width": None, "low": None, "high": None, "n": 1}
-    flat = vs.seed_interval([0.0, 0.0, 0.0])  # no difference at all: [0, 0] contains 0
-    assert flat.half_width == 0.0 and not flat.excludes_zero
-    with pytest.raises(ValueError, match="no per-seed differences"):
-        vs.seed_interval([])
+def test_bootstrap_is_fixed_by_its_seed():
+    diffs = [[1, 0, -1, 0], [0, 0, 1], [1, 1, 0, -1, 0]]
+    first = vs.hierarchical_bootstrap(diffs, resamples=500, seed=3)
+    assert (first == vs.hierarchical_bootstrap(diffs, resamples=500, seed=3)).all()
+    assert not (first == vs.hierarchical_bootstrap(diffs, resamples=500, seed=4)).all()
 
 
-def test_row_interval_normal_approximation():
-    # d = 1, 0, 0, -1, 1, 0: mean 1/6 = 0.16667; squared deviations 2 x 0.69444 + 3 x 0.02778 + 1.36111
-    # = 2.83333, / 5 = 0.56667, sd 0.75277; half-width 1.959964 x 0.75277 / sqrt(6) = 0.60233
-    ci = vs.row_interval([1, 0, 0, -1, 1, 0])
-    assert ci.mean == pytest.approx(1 / 6)
-    assert ci.half_width == pytest.approx(0.602333, abs=1e-6)
-    assert not ci.excludes_zero
+@pytest.mark.parametrize("diffs", [[], [[1, 0], []]], ids=["no-seed", "a-seed-without-rows"])
+def test_bootstrap_needs_rows(diffs):
+    with pytest.raises(ValueError, match="at least one seed and one row per seed"):
+        vs.hierarchical_bootstrap(diffs)
+
+
+@pytest.mark.parametrize(
+    ("at_or_below_zero", "excludes_zero"),
+    [(249, True), (250, False), (251, False)],
+    ids=["below-2.5%", "at-2.5%", "above-2.5%"],
+)
+@pytest.mark.parametrize("sign", [1, -1], ids=["lower-side", "upper-side"])
+def test_interval_excludes_zero_exactly_when_p_is_below_5_percent(at_or_below_zero, excludes_zero, sign):
+    # B = 10000: the 2.5% tail holds 250 resamples; p = 2 (1 + m) / 10001 < 0.05 exactly when m <= 249
+    resampled = sign * np.concatenate([-np.ones(at_or_below_zero), np.ones(10_000 - at_or_below_zero)])
+    low, high = vs.percentile_interval(resampled)
+    assert (low > 0 or high < 0) == excludes_zero == (vs.bootstrap_p_value(resampled) < 0.05)
+
+
+@pytest.mark.parametrize(
+    ("p_values", "adjusted"),
+    [
+        # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04; running max: 0.06 for 0.04
+        pytest.param([0.01, 0.04, 0.03, 0.005], [0.03, 0.06, 0.06, 0.02], id="four"),
+        pytest.param([0.5, 0.6], [1.0, 1.0], id="capped-at-one"),  # 2 x 0.5 = 1; max(1, 0.6) = 1
+        pytest.param([0.03], [0.03], id="one-comparison-unchanged"),
+        pytest.param([0.02, 0.02], [0.04, 0.04], id="ties"),  # 2 x 0.02, then max(0.04, 1 x 0.02)
+        pytest.param([], [], id="none"),
+    ],
+)
+def test_holm_adjustment_by_hand(p_values, adjusted):
+    assert vs.holm_adjust(p_values) == pytest.approx(adjusted)
+
+
+def test_decide_applies_holm_to_the_comparisons_with_a_p_value():
+    def c(p):
+        return {"variant": "v", "baseline": "plain", "p": p}
+    # 0.01 and 0.04 of two tested: 0.02 and max(0.02, 0.04) = 0.04, both <= 0.05; None is untested
+    decided = vs.decide([c(0.01), c(None), c(0.04)])
+    assert [(d["p_holm"], d["differs"]) for d in decided] == [(0.02, True), (None, False), (0.04, True)]
+    # each below 5% alone, not after Holm: 2 x 0.03 = 0.06, max(0.06, 0.04) = 0.06
+    assert [d["differs"] for d in vs.decide([c(0.03), c(0.04)])] == [False, False]
 
 
 # ---- pairing rows --------------------------------------------------------------------------------
@@ -101,21 +142,34 @@ def rows_with(correct: int, total: int = 50) -> dict[int, int]:
     return {i: int(i < correct) for i in range(total)}
 
 
-def test_compare_pairs_by_seed_and_pools_rows():
-    # 50 rows per seed; the variant gets 1, 2, 3 more rows right than plain at seeds 0, 1, 2:
-    # d_s = 0.02, 0.04, 0.06 (the seed interval above: not significant). The 150 pooled row
-    # differences are six 1s and 144 0s: mean 0.04, sd = sqrt((6 x 0.96^2 + 144 x 0.04^2) / 149)
-    # = 0.196616, half-width 1.959964 x 0.196616 / sqrt(150) = 0.031464: the row interval alone
-    # would call it significant, which is why it does not decide.
+def test_compare_pairs_by_seed():
+    # 50 rows per seed; the variant gets 1, 2, 3 more rows right than plain at seeds 0, 1, 2: d_s = 0.02,
+    # 0.04, 0.06, mean 0.04; six discordant rows in 150, all in the variant's favour
     plain = {0: rows_with(10), 1: rows_with(20), 2: rows_with(30), 3: rows_with(5)}  # seed 3: no variant run
     variant = {0: rows_with(11), 1: rows_with(22), 2: rows_with(33)}
     c = vs.compare(variant, plain)
-    assert c["seeds"] == [0, 1, 2]
-    assert c["per_seed_diff"] == pytest.approx([0.02, 0.04, 0.06])
+    assert c["seeds"] == [0, 1, 2] and c["rows"] == [50, 50, 50]
+    assert c["per_seed_diff"] == pytest.approx([0.02, 0.04, 0.06]) and c["mean_diff"] == pytest.approx(0.04)
     assert c["acc_variant"] == pytest.approx([0.22, 0.44, 0.66])
-    assert c["seed_ci"]["half_width"] == pytest.approx(0.0496833, abs=1e-6) and not c["significant"]
-    assert c["row_ci"]["mean"] == pytest.approx(0.04) and c["row_ci"]["n"] == 150
-    assert c["row_ci"]["half_width"] == pytest.approx(0.031464, abs=1e-6) and c["row_ci"]["low"] > 0
+    # Every difference is >= 0, so no resample is below 0 and p = 2 (1 + #resamples at 0) / (B + 1). A slot
+    # redraws no discordant row with chance (49/50)^50 = 0.36417, (48/50)^50 = 0.12989 or (47/50)^50 = 0.04533
+    # by its seed; a resample is 0 when its three slots are: ((0.36417 + 0.12989 + 0.04533) / 3)^3 = 0.005812,
+    # so p = 2 (1 + 58.1) / 10001 = 0.0118 (binomial sd of p: 0.0015)
+    assert c["low"] >= 0 and c["low"] < 0.04 < c["high"]
+    assert c["p"] == pytest.approx(0.0118, abs=0.005)
+
+
+def test_compare_is_paired():
+    # the variant gets exactly the baseline's rows right, whose accuracy varies widely by seed and row:
+    # every paired difference is 0, so the interval is [0, 0] (unpaired, it would span the spread)
+    plain = {0: rows_with(10), 1: rows_with(40), 2: rows_with(25)}
+    c = vs.compare(dict(plain), plain, resamples=500)
+    assert (c["low"], c["high"], c["p"]) == (0.0, 0.0, 1.0)
+
+
+def test_compare_with_one_seed_has_no_interval():
+    c = vs.compare({0: rows_with(12)}, {0: rows_with(10)})
+    assert c["mean_diff"] == pytest.approx(0.04) and (c["low"], c["high"], c["p"]) == (None, None, None)
 
 
 def test_compare_without_a_shared_seed_is_an_error():
@@ -126,29 +180,35 @@ def test_compare_without_a_shared_seed_is_an_error():
 # ---- the table -----------------------------------------------------------------------------------
 
 
-def comparison(diffs, acc_baseline=(0.2, 0.2, 0.2)):
-    return {"variant": "delta_proxy", "baseline": "plain", "seeds": [0, 1, 2],
+def comparison(diffs, low, high, p, p_holm, acc_baseline=(0.2, 0.2, 0.2)):
+    return {"variant": "delta_proxy", "baseline": "plain", "seeds": [0, 1, 2], "rows": [50, 50, 50],
             "acc_variant": [a + d for a, d in zip(acc_baseline, diffs)], "acc_baseline": list(acc_baseline),
-            "per_seed_diff": diffs, "seed_ci": vs.seed_interval(diffs).as_dict(),
-            "row_ci": vs.row_interval([1, 0, 0, -1, 1, 0]).as_dict(),
-            "significant": vs.seed_interval(diffs).excludes_zero}
+            "per_seed_diff": diffs, "mean_diff": sum(diffs) / len(diffs), "low": low, "high": high, "p": p,
+            "p_holm": p_holm, "differs": p_holm is not None and p_holm <= 0.05}
 
 
-def test_table_row_not_significant():
-    assert cv.comparison_row(comparison([0.02, 0.04, 0.06])) == (
+def test_table_row_not_different():
+    assert cv.comparison_row(comparison([0.02, 0.04, 0.06], -0.01, 0.09, 0.031, 0.062)) == (
         "| delta_proxy | plain | 0, 1, 2 | 0.240 vs 0.200 | +0.020, +0.040, +0.060 | +0.040 [-0.010, +0.090] "
-        "| no | +0.167 [-0.436, +0.769] (6 rows) |")
+        "| 0.0310 | 0.0620 | no |")
 
 
-def test_table_row_significant():
-    assert cv.comparison_row(comparison([0.10, 0.12, 0.14])) == (
+def test_table_row_different():
+    assert cv.comparison_row(comparison([0.10, 0.12, 0.14], 0.07, 0.17, 0.0002, 0.0006)) == (
         "| delta_proxy | plain | 0, 1, 2 | 0.320 vs 0.200 | +0.100, +0.120, +0.140 | +0.120 [+0.070, +0.170] "
-        "| **yes** | +0.167 [-0.436, +0.769] (6 rows) |")
+        "| 0.0002 | 0.0006 | **yes** |")
 
 
-def test_the_header_says_which_interval_decides():
-    assert "Significance is decided by the seed-level 95% interval" in cv.COMPARISON_HEADER
-    assert "significant (seed CI excludes 0)" in cv.COMPARISON_HEADER
+def test_table_row_one_seed():
+    row = {**comparison([0.02], None, None, None, None), "seeds": [0], "acc_variant": [0.22], "acc_baseline": [0.2]}
+    assert cv.comparison_row(row) == (
+        "| delta_proxy | plain | 0 | 0.220 vs 0.200 | +0.020 | +0.020 [no interval: one seed] | - | - | no |")
+
+
+def test_the_header_says_what_decides_and_what_an_interval_with_zero_means():
+    assert "Holm's adjusted p <= 0.05 over the comparisons of this table" in cv.COMPARISON_HEADER
+    assert "does not show that the variants are equal" in cv.COMPARISON_HEADER
+    assert "10000 resamples, bootstrap seed 0" in cv.COMPARISON_HEADER
 
 
 # ---- selecting variants and their train.py arguments ---------------------------------------------
@@ -170,13 +230,25 @@ def test_train_args_pair_by_seed_and_only_plain_evaluates_before(tmp_path):
     assert "log.eval_before=false" in topd and f"objective.teacher_adapter={tmp_path}" in topd
 
 
-def test_parse_args_refuses_one_seed_and_a_missing_teacher(tmp_path):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["--num-seeds", "1"], "--num-seeds 1: the interval resamples seeds", id="one-seed"),
+        pytest.param(["--seeds", "0", "1"], "unrecognized arguments: --seeds", id="old-seed-list"),
+        pytest.param(["--steps", "0"], "--steps 0: must be positive", id="zero-steps"),
+        pytest.param(["--teacher-adapter", "missing-folder"], "no such folder", id="missing-teacher"),
+    ],
+)
+def test_parse_args_refuses(argv, message, capsys):
     with pytest.raises(SystemExit):
-        cv.parse_args(["--seeds", "0", "0"])
-    with pytest.raises(SystemExit):
-        cv.parse_args(["--teacher-adapter", str(tmp_path / "missing")])
-    assert cv.parse_args([]).seeds == [0, 1, 2] and cv.parse_args([]).eval_rows == 200
-    assert cv.parse_args(["--seeds", "2", "--only", "pow3r"]).seeds == [2]  # one share of a split comparison
+        cv.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_parse_args_leaves_the_plan_to_the_comparison_folder():
+    args = cv.parse_args([])
+    assert (args.num_seeds, args.steps, args.eval_rows, args.overrides) == (None, None, None, [])
+    assert cv.parse_args(["--num-seeds", "5", "--run-seeds", "3"]).run_seeds == [3]
 
 
 def test_kl_cov_is_compared_with_its_control_then_with_plain():
@@ -195,10 +267,9 @@ def test_kl_cov_is_compared_with_its_control_then_with_plain():
 # ---- orchestration: resuming, failures, the files written ----------------------------------------
 
 
-def test_main_saves_per_run_skips_finished_ones_and_lists_failures(tmp_path, monkeypatch):
-    calls = []
-    correct = {("plain", 0): 10, ("plain", 1): 20, ("pow3r", 0): 11, ("pow3r", 1): 22}
-
+def fake_runs(correct: dict, calls: list):
+    """A stand-in for run_one (which trains for minutes): the scripted correct-row count of each (variant,
+    seed), None for a run that fails; it saves result.json as run_one does."""
     def fake_run(name, seed, argv, run_dir, threads):
         calls.append((name, seed))
         if (name, seed) not in correct:
@@ -210,30 +281,79 @@ def test_main_saves_per_run_skips_finished_ones_and_lists_failures(tmp_path, mon
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "result.json").write_text(json.dumps(result))
         return result
+    return fake_run
 
-    monkeypatch.setattr(cv, "run_one", fake_run)
-    argv = ["--out", str(tmp_path), "--seeds", "0", "1", "--only", "pow3r", "overlong_mask"]
+
+def test_main_saves_per_run_skips_finished_ones_and_lists_failures(tmp_path, monkeypatch):
+    calls = []
+    correct = {("plain", 0): 10, ("plain", 1): 20, ("pow3r", 0): 11, ("pow3r", 1): 22}
+    monkeypatch.setattr(cv, "run_one", fake_runs(correct, calls))
+    argv = ["--out", str(tmp_path), "--num-seeds", "2", "--only", "pow3r", "overlong_mask"]
     summary = cv.main(argv)
     assert calls == [("plain", 0), ("plain", 1), ("pow3r", 0), ("pow3r", 1), ("overlong_mask", 0),
                      ("overlong_mask", 1)]
     assert summary["failed"] == [{"variant": "overlong_mask", "seed": 0}, {"variant": "overlong_mask", "seed": 1}]
     [c] = summary["comparisons"]
     assert (c["variant"], c["baseline"], c["per_seed_diff"]) == ("pow3r", "plain", pytest.approx([0.02, 0.04]))
+    assert c["p_holm"] == c["p"]  # the only comparison with a p-value: Holm over one changes nothing
+    assert summary["settings"]["bootstrap"] == {"resamples": 10_000, "seed": 0}
     plain_runs = summary["runs"][0]
     assert plain_runs["wall_s_total"] == 60.0 and plain_runs["acc_after"] == pytest.approx(0.3)
     md = (tmp_path / "variants.md").read_text()
     assert "| pow3r | plain | 0, 1 |" in md and "- overlong_mask seed 1" in md
     assert json.loads((tmp_path / "variants.json").read_text()) == json.loads(json.dumps(summary))
+    assert json.loads((tmp_path / "comparison.json").read_text()) == {
+        "recipe": cv.RECIPE, "seeds": [0, 1], "steps": 8, "eval_rows": 200, "overrides": []}
 
     calls.clear()
     cv.main(argv)
     assert calls == [("overlong_mask", 0), ("overlong_mask", 1)]  # finished runs are skipped, failed retried
+    calls.clear()
+    cv.main(["--out", str(tmp_path), "--only", "overlong_mask"])  # the plan comes from the folder
+    assert calls == [("overlong_mask", 0), ("overlong_mask", 1)]
     with pytest.raises(SystemExit, match="use another --out"):
         cv.main([*argv, "--steps", "4"])
 
     calls.clear()  # --tabulate runs nothing, and tables what is finished: here both seeds of plain and pow3r
-    table = cv.main(["--out", str(tmp_path), "--seeds", "0", "1", "--tabulate"])
+    table = cv.main(["--out", str(tmp_path), "--tabulate"])
     assert calls == [] and [(c["variant"], c["seeds"]) for c in table["comparisons"]] == [("pow3r", [0, 1])]
+
+
+def test_run_seeds_share_the_work_and_must_be_the_comparisons(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cv, "run_one", fake_runs({("plain", s): 10 + s for s in range(3)}, calls))
+    cv.main(["--out", str(tmp_path), "--num-seeds", "3", "--only", "plain", "--run-seeds", "2"])
+    cv.main(["--out", str(tmp_path), "--only", "plain", "--run-seeds", "0", "1"])
+    assert calls == [("plain", 2), ("plain", 0), ("plain", 1)]
+    with pytest.raises(SystemExit, match=r"--run-seeds 3: not seeds of .* \(0 1 2, fixed in"):
+        cv.main(["--out", str(tmp_path), "--only", "plain", "--run-seeds", "1", "3"])
+
+
+def test_a_comparison_refuses_other_seeds(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cv, "run_one", fake_runs({("plain", s): 10 + s for s in range(3)}, calls))
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit, match=r"is a new comparison: give --num-seeds N"):
+        cv.main(["--out", str(out), "--only", "plain"])
+    cv.main(["--out", str(out), "--num-seeds", "3", "--only", "plain", "--run-seeds", "0"])
+    with pytest.raises(SystemExit, match=r"cmp is a comparison of 3 seeds .*runs of seeds \[0\] have finished"):
+        cv.main(["--out", str(out), "--num-seeds", "2", "--only", "plain"])
+    cv.main(["--out", str(out), "--num-seeds", "3", "--only", "plain"])  # the same seeds: continues it
+    with pytest.raises(SystemExit, match=r"every seed has finished runs.*another --out \(e\.g\. --out .*cmp-5seeds "
+                                         r"--num-seeds 5\)"):
+        cv.main(["--out", str(out), "--num-seeds", "5", "--only", "plain"])
+    assert json.loads((out / "comparison.json").read_text())["seeds"] == [0, 1, 2]  # unchanged
+    assert calls == [("plain", 0), ("plain", 1), ("plain", 2)]
+
+
+def test_a_folder_with_runs_but_no_plan_is_not_adopted(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cv, "run_one", fake_runs({("plain", 0): 10}, calls))
+    cv.main(["--out", str(tmp_path), "--num-seeds", "2", "--only", "plain", "--run-seeds", "0"])
+    (tmp_path / "comparison.json").unlink()  # as a folder made before comparisons fixed their seeds
+    with pytest.raises(SystemExit, match=r"holds finished runs \(seeds \[0\]\) but no comparison.json"):
+        cv.main(["--out", str(tmp_path), "--num-seeds", "4", "--only", "plain"])
+    assert not (tmp_path / "comparison.json").exists() and calls == [("plain", 0)]
 
 
 # ---- the per-row file a real training run writes -------------------------------------------------
