@@ -314,6 +314,8 @@ def check_recipe_for_job(recipe: Path, overrides: list[str], processes: int, lau
     try:
         cfg = for_world(load_config(recipe, overrides), processes)
         strategy = cfg.train.strategy
+        if strategy == "auto":  # decided on the instance from its GPU memory; either choice must pass
+            strategy = "zero3" if launcher == "deepspeed" else "ddp"
         if launcher == "deepspeed" and strategy != "zero3":
             raise ConfigError(f"--launcher deepspeed runs ZeRO-3 but train.strategy={strategy}; use --launcher "
                               "torchrun or train.strategy=zero3")

@@ -237,7 +237,13 @@ def comparison_row(c: dict) -> str:
         p, p_holm = f"{c['p']:.4f}", f"{c['p_holm']:.4f}"
     return (f"| {c['variant']} | {c['baseline']} | {', '.join(map(str, c['seeds']))} | "
             f"{mean(c['acc_variant']):.3f} vs {mean(c['acc_baseline']):.3f} | {per_seed} | {interval} | "
-            f"{p} | {p_holm} | {'**yes**' if c['differs'] else 'no'} |")
+            f"{p} | {p_holm} | {_verdict(c)} |")
+
+
+def _verdict(c: dict) -> str:
+    if c["differs"] is None:
+        return f"undecided ({len(c['seeds'])} seeds < {variant_stats.MIN_SEEDS_TO_DECIDE})"
+    return "**yes**" if c["differs"] else "no"
 
 
 COMPARISON_HEADER = (
@@ -252,7 +258,8 @@ COMPARISON_HEADER = (
     "the intervals are per comparison, not adjusted. An interval that contains 0 does not show that "
     "the variants are equal: this evidence cannot tell them apart at this level. With few seeds the "
     "interval is wide, and too narrow still where seed-to-seed noise dominates (the bootstrap knows only "
-    "the seeds that ran): decide on 10 seeds or more.\n\n"
+    f"the seeds that ran): below {variant_stats.MIN_SEEDS_TO_DECIDE} seeds there is no verdict "
+    "(\"undecided\").\n\n"
     "| variant | vs | seeds | acc variant vs baseline (mean) | Δacc per seed | mean Δacc [95% interval] "
     "| p | p (Holm) | differs (Holm, 5%) |\n"
     "|---|---|---|---|---|---|---|---|---|"

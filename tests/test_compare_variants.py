@@ -101,13 +101,15 @@ def test_holm_adjustment_by_hand(p_values, adjusted):
 
 
 def test_decide_applies_holm_to_the_comparisons_with_a_p_value():
-    def c(p):
-        return {"variant": "v", "baseline": "plain", "p": p}
+    def c(p, seeds=10):
+        return {"variant": "v", "baseline": "plain", "p": p, "seeds": list(range(seeds))}
     # 0.01 and 0.04 of two tested: 0.02 and max(0.02, 0.04) = 0.04, both <= 0.05; None is untested
     decided = vs.decide([c(0.01), c(None), c(0.04)])
-    assert [(d["p_holm"], d["differs"]) for d in decided] == [(0.02, True), (None, False), (0.04, True)]
+    assert [(d["p_holm"], d["differs"]) for d in decided] == [(0.02, True), (None, None), (0.04, True)]
     # each below 5% alone, not after Holm: 2 x 0.03 = 0.06, max(0.06, 0.04) = 0.06
     assert [d["differs"] for d in vs.decide([c(0.03), c(0.04)])] == [False, False]
+    # fewer seeds than MIN_SEEDS_TO_DECIDE: adjusted, but no verdict
+    assert [(d["p_holm"], d["differs"]) for d in vs.decide([c(0.01, seeds=3)])] == [(0.01, None)]
 
 
 # ---- pairing rows --------------------------------------------------------------------------------
@@ -184,25 +186,33 @@ def comparison(diffs, low, high, p, p_holm, acc_baseline=(0.2, 0.2, 0.2)):
     return {"variant": "delta_proxy", "baseline": "plain", "seeds": [0, 1, 2], "rows": [50, 50, 50],
             "acc_variant": [a + d for a, d in zip(acc_baseline, diffs)], "acc_baseline": list(acc_baseline),
             "per_seed_diff": diffs, "mean_diff": sum(diffs) / len(diffs), "low": low, "high": high, "p": p,
-            "p_holm": p_holm, "differs": p_holm is not None and p_holm <= 0.05}
+            "p_holm": p_holm, "differs": None}
 
 
 def test_table_row_not_different():
-    assert cv.comparison_row(comparison([0.02, 0.04, 0.06], -0.01, 0.09, 0.031, 0.062)) == (
+    row = {**comparison([0.02, 0.04, 0.06], -0.01, 0.09, 0.031, 0.062), "differs": False}
+    assert cv.comparison_row(row) == (
         "| delta_proxy | plain | 0, 1, 2 | 0.240 vs 0.200 | +0.020, +0.040, +0.060 | +0.040 [-0.010, +0.090] "
         "| 0.0310 | 0.0620 | no |")
 
 
 def test_table_row_different():
-    assert cv.comparison_row(comparison([0.10, 0.12, 0.14], 0.07, 0.17, 0.0002, 0.0006)) == (
+    row = {**comparison([0.10, 0.12, 0.14], 0.07, 0.17, 0.0002, 0.0006), "differs": True}
+    assert cv.comparison_row(row) == (
         "| delta_proxy | plain | 0, 1, 2 | 0.320 vs 0.200 | +0.100, +0.120, +0.140 | +0.120 [+0.070, +0.170] "
         "| 0.0002 | 0.0006 | **yes** |")
+
+
+def test_table_row_with_too_few_seeds_gives_no_verdict():
+    assert cv.comparison_row(comparison([0.10, 0.12, 0.14], 0.07, 0.17, 0.0002, 0.0006)).endswith(
+        "| 0.0002 | 0.0006 | undecided (3 seeds < 10) |")
 
 
 def test_table_row_one_seed():
     row = {**comparison([0.02], None, None, None, None), "seeds": [0], "acc_variant": [0.22], "acc_baseline": [0.2]}
     assert cv.comparison_row(row) == (
-        "| delta_proxy | plain | 0 | 0.220 vs 0.200 | +0.020 | +0.020 [no interval: one seed] | - | - | no |")
+        "| delta_proxy | plain | 0 | 0.220 vs 0.200 | +0.020 | +0.020 [no interval: one seed] | - | - | "
+        "undecided (1 seeds < 10) |")
 
 
 def test_the_header_says_what_decides_and_what_an_interval_with_zero_means():

@@ -62,11 +62,11 @@ def start(command: list[str]) -> subprocess.Popen:
 
 
 def run_two_ranks(model_dir, out_dir, steps, *extra) -> str:
-    """The launcher's output (both ranks' logs)."""
+    """The launcher's output (both ranks' logs). ZeRO-3 unless `extra` names another train.strategy."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                "-m", "tests.helpers.zero3_run",
-               *tiny_args(model_dir, out_dir, steps, *ONE_PROMPT_PER_MICRO_BATCH, *extra)]
+               *tiny_args(model_dir, out_dir, steps, *ONE_PROMPT_PER_MICRO_BATCH, "train.strategy=zero3", *extra)]
     return finish([start(command)], "two-rank run")[0]
 
 
@@ -76,7 +76,7 @@ def run_two_nodes(model_dir, node_dirs, steps, *extra):
     procs = [start([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
                     "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
                     "-m", "tests.helpers.zero3_run",
-                    *tiny_args(model_dir, out_dir, steps, *ONE_PROMPT_PER_MICRO_BATCH, *extra)])
+                    *tiny_args(model_dir, out_dir, steps, *ONE_PROMPT_PER_MICRO_BATCH, "train.strategy=zero3", *extra)])
              for node, out_dir in enumerate(node_dirs)]
     finish(procs, "two-node run")
 
@@ -177,10 +177,12 @@ def assert_same_weights(a: dict, b: dict, atol: float) -> None:
     assert worst <= atol, worst
 
 
-@pytest.mark.parametrize("strategy", ["zero3", "ddp"])
+@pytest.mark.parametrize("strategy", ["zero3", "ddp", "auto"])
 def test_one_step_on_two_ranks_matches_one_step_on_one_process(tiny_model_dir, tmp_path, strategy):
     two, one = tmp_path / "two", tmp_path / "one"
-    run_two_ranks(tiny_model_dir, two, 1, f"train.strategy={strategy}")
+    output = run_two_ranks(tiny_model_dir, two, 1, f"train.strategy={strategy}")
+    if strategy == "auto":  # the tiny base fits anywhere: replicated, and the choice is logged with its reason
+        assert "train.strategy=auto: ddp, as the frozen base" in output
     train.main(tiny_args(tiny_model_dir, one, 1, *ONE_PROMPT_PER_MICRO_BATCH))
     (a,), (b,) = step_records(one), step_records(two)
     assert a["reward/total/mean"] == b["reward/total/mean"]  # the same completions were sampled

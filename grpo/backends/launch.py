@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from grpo.backends.single import DataParallel, SingleProcess
+from grpo.backends.strategy import resolve_strategy
 from grpo.backends.zero3 import DeepSpeedZero3
 from grpo.runtime import distributed
 from grpo.runtime.config import Config, ConfigError, for_world
@@ -28,6 +29,7 @@ class Launch:
     strategy: str  # single | ddp | zero3
     ds_config: dict | None = None
     _hf_deepspeed: object = None  # kept alive: transformers reads it while loading
+    why: str = ""  # how the strategy was chosen (logged at start)
 
     @property
     def replica_device(self) -> torch.device:
@@ -41,35 +43,38 @@ def start_world(cfg: Config, deepspeed_config: str | None) -> tuple[Launch, Conf
     """Join the process group the launch asked for and resolve the recipe for it.
 
     One process without --deepspeed trains alone. More than one process (or --deepspeed) runs
-    train.strategy: zero3 (with ds_config.json unless --deepspeed names another file) or ddp.
+    train.strategy: zero3 (with ds_config.json unless --deepspeed names another file), ddp, or auto
+    (grpo/backends/strategy.py: ddp when the frozen base fits on every device; rank 0 decides, all follow).
     Returns the launch and the recipe as this world runs it (global batch, dtype, attention).
     """
     world = distributed.world_from_env()
-    strategy = cfg.train.strategy if (world.size > 1 or deepspeed_config) else "single"
-    if deepspeed_config and strategy != "zero3":
-        raise ConfigError(f"--deepspeed runs DeepSpeed ZeRO-3 but train.strategy={strategy}; drop --deepspeed "
-                          "or set train.strategy=zero3")
     cfg = for_world(cfg, world.size)
-    if strategy == "single":
+    if world.size == 1 and not deepspeed_config:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return Launch(world, device, strategy), resolve_for_device(cfg, device.type == "cuda")
-    distributed.check_recipe(cfg, strategy)
-    if strategy == "ddp":
-        device = distributed.start_process_group(world)
-    else:
-        distributed.start(world)
-        device = None
+        return Launch(world, device, "single"), resolve_for_device(cfg, device.type == "cuda")
+    device = distributed.start_process_group(world)  # DeepSpeed, if it runs, takes this group over
     cfg = resolve_for_device(cfg, torch.cuda.is_available())
     if world.is_main:  # fetch (and convert) the demo model once, before the other ranks load it
         resolve_source(cfg.model.name, cfg.model.gguf_file)
     distributed.barrier(world)
+    strategy, why = cfg.train.strategy, f"train.strategy={cfg.train.strategy}"
+    if strategy == "auto" and deepspeed_config:
+        strategy, why = "zero3", "train.strategy=auto: zero3, as --deepspeed was given"
+    elif strategy == "auto":
+        strategy, why = distributed.from_rank_zero(
+            lambda: resolve_strategy(cfg, distributed.local_processes(world), world.local_rank), world)
+    if deepspeed_config and strategy != "zero3":
+        raise ConfigError(f"--deepspeed runs DeepSpeed ZeRO-3 but train.strategy={strategy}; drop --deepspeed "
+                          "or set train.strategy=zero3")
+    distributed.check_recipe(cfg, strategy)
     if strategy == "ddp":
-        return Launch(world, device, strategy), cfg
+        return Launch(world, device, strategy, why=why), cfg
     from transformers.integrations import HfDeepSpeedConfig
 
+    distributed.start(world)
     ds_path = Path(deepspeed_config) if deepspeed_config else DEFAULT_DS_CONFIG
     ds_config = distributed.load_ds_config(ds_path, cfg, world.size, hidden_size(cfg.model.name, cfg.model.gguf_file))
-    return Launch(world, None, strategy, ds_config, HfDeepSpeedConfig(ds_config)), cfg
+    return Launch(world, None, strategy, ds_config, HfDeepSpeedConfig(ds_config), why), cfg
 
 
 def create_backend(cfg: Config, launch: Launch, model, reference, optimizer, scheduler):

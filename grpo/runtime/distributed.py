@@ -55,8 +55,22 @@ def check_recipe(cfg: Config, strategy: str = "zero3") -> None:
                           "and merge final/adapter afterwards (peft merge_and_unload)")
 
 
+def local_processes(world: World, env=os.environ) -> int:
+    """Processes on this node (torchrun's LOCAL_WORLD_SIZE; the whole world when unset)."""
+    return int(env.get("LOCAL_WORLD_SIZE", world.size))
+
+
+def from_rank_zero(decide, world: World):
+    """Rank 0's `decide()`, on every rank (a collective): one decision even where ranks could differ."""
+    value = [decide() if world.is_main else None]
+    if world.size > 1:
+        torch.distributed.broadcast_object_list(value, src=0)
+    return value[0]
+
+
 def start(world: World) -> None:
-    """Join the process group: NCCL on GPUs, gloo on CPU (DS_ACCELERATOR=cpu, without oneCCL)."""
+    """DeepSpeed's communication over the process group (start_process_group's, when it was started:
+    DeepSpeed takes it over), or a new one: NCCL on GPUs, gloo on CPU (DS_ACCELERATOR=cpu, without oneCCL)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 

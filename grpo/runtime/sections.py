@@ -30,7 +30,7 @@ CPU_MATMUL = ("auto", "onednn", "torch")  # model.cpu_matmul (grpo/speedups/oned
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # model.dtype
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # model.attn_implementation
 TASKS = ("gsm8k", "synthetic", "multihop", "jsonl")  # data.task
-STRATEGIES = ("zero3", "ddp")  # train.strategy, with more than one process
+STRATEGIES = ("auto", "zero3", "ddp")  # train.strategy, with more than one process
 REPORT_TO = ("tensorboard", "mlflow", "wandb")  # log.report_to
 TOKEN_CREDITS = ("none", "paper", "proxy")  # tokens.credit (grpo/objectives/token_credit.py)
 OBJECTIVES = ("grpo", "opd", "distil")  # objective.name (grpo/objectives, one module each)
@@ -145,7 +145,9 @@ class TrainConfig:
     # prompts per optimizer step over all ranks; > 0 fixes it, so grad_accum_steps follows from the number
     # of processes (global / (batch_size / group_size x ranks)): the same training on 1 or 16 GPUs
     global_batch_prompts: int = 0
-    strategy: str = "zero3"  # with more than one process: zero3 (DeepSpeed ZeRO-3) | ddp (replicated base)
+    # with more than one process: auto (ddp when the frozen base fits on every device, else zero3:
+    # grpo/backends/strategy.py) | zero3 (DeepSpeed ZeRO-3) | ddp (the base replicated, the adapter's gradients averaged)
+    strategy: str = "auto"
     # optimizer steps per pass over a rollout, each on its own 1/mini_batches of the groups (verl's
     # train_batch_size / ppo_mini_batch_size; TRL's steps_per_generation / gradient_accumulation_steps): a
     # divisor of grad_accum_steps, whose micro-batches split evenly between them

@@ -66,6 +66,8 @@ def build_run(cfg: Config, launch: Launch,
     trainable, every = parameter_counts(model)
     log.info("%d train prompts, %d eval prompts, %d steps; trainable parameters: %d of %d (%.3f%%)",
              len(train_prompts), len(eval_prompts), total_steps, trainable, every, 100 * trainable / max(every, 1))
+    if launch.why:
+        log.info("%s", launch.why)
     log.info("global batch: %d prompts x %d = %d completions per optimizer step (%s over %d process(es): "
              "%d prompts per micro-batch x %d micro-batches each)", per_step, cfg.rollout.group_size,
              per_step * cfg.rollout.group_size, launch.strategy, world.size, t.batch_size // cfg.rollout.group_size,
