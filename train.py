@@ -34,7 +34,7 @@ from grpo.runtime.signals import StopRequest
 from grpo.runtime.tracking import RunTracker, plot_rewards, require
 from grpo.training.evaluation import log_eval, run_eval
 from grpo.training.setup import build_run
-from grpo.training.step import completion_log, step_record, train_step
+from grpo.training.step import StepAbandoned, completion_log, step_record, train_step
 from grpo.training.update import NonFiniteError, NonFiniteGuard
 from rewards.registry import RewardInfrastructureError
 
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stop = StopRequest()  # SIGTERM from here on: finish the step, checkpoint, exit 0
+    stop = StopRequest()  # SIGTERM from here on: end the step (or abandon it), checkpoint, exit 0
     log.info("resolved config:\n%s", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if world.is_main:
         (out_dir / STOPPED).unlink(missing_ok=True)
@@ -103,7 +103,10 @@ def main(argv=None) -> dict:
 
     # ---- the loop: 1-5. one step (grpo/training/step.py), 6. log, 7. checkpoint, evaluate, stop if asked
     for step in range(start_step + 1, total_steps + 1):
-        result = train_step(run, step)
+        try:
+            result = train_step(run, step, stop=lambda: stop.requested)
+        except StepAbandoned:  # SIGTERM before the step's first optimizer step: it never happened
+            return stop_after(step - 1, backend, tracker, out_dir, cfg, world, stop)
         if result is None:
             continue
         step_times.append(result.times["time/step_s"])
@@ -111,13 +114,12 @@ def main(argv=None) -> dict:
         if cfg.log.completions_every and step % cfg.log.completions_every == 0 and world.is_main:
             tracker.log_completions(step, completion_log(run, result))
         guard.record(step, result.skipped, checkpoint.latest_checkpoint(out_dir))
-        saved = not result.skipped and (step % cfg.log.save_every == 0 or step == total_steps)
-        if saved:
+        if not result.skipped and (step % cfg.log.save_every == 0 or step == total_steps):
             backend.save_checkpoint(out_dir, step, cfg.log.keep_checkpoints)
         if cfg.log.eval_every and step % cfg.log.eval_every == 0 and step != total_steps:
             evaluate(step, "periodic")
         if distributed.any_rank(stop.requested, world):  # SIGTERM on any rank: all stop after this step
-            return stop_after(step, saved, backend, tracker, out_dir, cfg, world, stop)
+            return stop_after(step, backend, tracker, out_dir, cfg, world, stop)
 
     # ---- wrap up -------------------------------------------------------------------------
     summary["after"] = evaluate(total_steps, "after")
@@ -145,18 +147,24 @@ def finish(run, tracker, summary: dict, out_dir: Path) -> None:
     print_summary(summary)
 
 
-def stop_after(step, saved, backend, tracker, out_dir, cfg, world, stop) -> dict:
-    """SIGTERM: a checkpoint of this step (unless just written), a note for SageMaker's entry script
-    (there is no final adapter to export), and exit 0; the same command resumes from here."""
-    path = checkpoint.latest_checkpoint(out_dir) if saved else backend.save_checkpoint(out_dir, step,
-                                                                                       cfg.log.keep_checkpoints)
+def stop_after(step, backend, tracker, out_dir, cfg, world, stop) -> dict:
+    """SIGTERM: a checkpoint of `step`, the last completed one (unless one was written; none before the
+    first), a note for SageMaker's entry script (there is no final adapter to export), and exit 0; the
+    same command resumes from here."""
+    def saved_path():
+        found = dict(checkpoint.list_checkpoints(out_dir))
+        return str(found[step]) if step in found else None
+
+    path = distributed.from_rank_zero(saved_path, world)  # rank 0's disk holds the checkpoints
+    if path is None and step > 0:
+        path = str(backend.save_checkpoint(out_dir, step, cfg.log.keep_checkpoints))
     if world.is_main:
-        (out_dir / STOPPED).write_text(json.dumps({"step": step, "checkpoint": str(path), "signal": "SIGTERM"}))
+        (out_dir / STOPPED).write_text(json.dumps({"step": step, "checkpoint": path, "signal": "SIGTERM"}))
         log.warning("stopped by SIGTERM after step %d; checkpoint %s; run the same command to resume", step, path)
     tracker.close()
     stop.restore()
     distributed.finish()
-    return {"stopped_at": step, "checkpoint": str(path)}
+    return {"stopped_at": step, "checkpoint": path}
 
 
 def print_summary(summary: dict) -> None:

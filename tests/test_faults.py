@@ -85,7 +85,7 @@ def test_sigterm_checkpoints_exits_0_and_the_same_command_resumes_exactly(tiny_m
         if metrics.is_file() and '"step": 2' in metrics.read_text() and '"loss"' in metrics.read_text():
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)  # during step 3 (or between steps): it finishes the step it is in
+    proc.send_signal(signal.SIGTERM)  # during step 3 (or between steps): it ends there, step 2 or 3 saved
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr[-3000:]
     note = json.loads((stopped / "stopped.json").read_text())
@@ -95,6 +95,39 @@ def test_sigterm_checkpoints_exits_0_and_the_same_command_resumes_exactly(tiny_m
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)  # the same command
     assert not (stopped / "stopped.json").exists()
     assert [r["step"] for r in step_records(stopped)] == list(range(1, steps + 1))
+    a, b = adapter_weights(straight), adapter_weights(stopped)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+
+
+def test_sigterm_before_the_optimizer_step_abandons_the_step_and_saves_the_last_completed_one(tiny_model_dir,
+                                                                                            tmp_path):
+    """SIGTERM while step 3 computes its rewards (a reward that takes 2 s): step 3 is abandoned at its
+    next stage, not finished (no step 3 in the log), step 2 is what is saved, and the same command
+    resumes to the adapter of an uninterrupted run."""
+    steps, calls = 4, tmp_path / "reward-calls"
+    extra = ("log.save_every=50", "log.eval_before=false", "rewards=[{name: slow_digit_share, weight: 1.0}]")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train.main(tiny_args(tiny_model_dir, straight, steps, *extra))
+    command = [sys.executable, "-m", "tests.helpers.train_with_digit_reward",
+               *tiny_args(tiny_model_dir, stopped, steps, *extra)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SLOW_REWARD_S": "2", "SLOW_REWARD_LOG": str(calls)}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if calls.is_file() and len(calls.read_text().splitlines()) >= 3:  # step 3's reward has begun
+            break
+        time.sleep(0.05)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert time.monotonic() - signalled < 30  # the rest of the reward, a checkpoint, the exit
+    note = json.loads((stopped / "stopped.json").read_text())
+    assert note["step"] == 2 and Path(note["checkpoint"]).name == "step-000002"
+    assert [r["step"] for r in step_records(stopped)] == [1, 2]  # step 3 never happened
+    subprocess.run(command, cwd=REPO, env={**env, "SLOW_REWARD_S": "0"}, check=True, capture_output=True)
+    assert [r["step"] for r in step_records(stopped)] == [1, 2, 3, 4]
     a, b = adapter_weights(straight), adapter_weights(stopped)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)

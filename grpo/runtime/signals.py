@@ -1,7 +1,8 @@
 """A stop request: SIGTERM, which SageMaker (a stopped job, a spot interruption) and Kubernetes
 send before they take the machine, ends the run cleanly instead of losing the steps since the
-last checkpoint. The loop finishes the step it is in, writes a checkpoint and exits 0; the same
-command resumes exactly."""
+last checkpoint. The step in progress is abandoned if its first optimizer step has not begun
+(grpo/training/step.py checks at its stages, the sampler at its looks), else finished; the last
+completed step is checkpointed and the run exits 0; the same command resumes exactly."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """Installs a SIGTERM handler that only records the request (the loop acts on it between
-    steps); `restore()` puts the previous handler back."""
+    """Installs a SIGTERM handler that only records the request (the step and the loop act on it);
+    `restore()` puts the previous handler back."""
 
     def __init__(self):
         self.requested = False
@@ -24,7 +25,8 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        log.warning("SIGTERM: finishing this step, then a checkpoint and exit 0 (the same command resumes)")
+        log.warning("SIGTERM: abandoning this step unless its optimizer step has begun, then a checkpoint and "
+                    "exit 0 (the same command resumes)")
 
     def restore(self) -> None:
         if self._previous is not None:

@@ -98,8 +98,10 @@ class _Round:
 
 
 def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: list[rewarding.WeightedReward],
-                     step: int, world: World, max_new_tokens: int | None = None) -> StepRollout:
+                     step: int, world: World, max_new_tokens: int | None = None,
+                     after_generation=lambda: None) -> StepRollout:
     """This rank's rollout and the step's rewards (max_new_tokens: the step's horizon, if not the recipe's).
+    after_generation(): called after each draw's sampling, before its rewards (the step's stop check).
 
     With DAPO dynamic sampling, groups whose totals are all equal are dropped and further prompts drawn
     (each round from its own seeded order, so resuming stays exact) until the step's prompts carry
@@ -119,6 +121,7 @@ def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet, reward
         with backend.generation() as policy:
             batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds, compiled=r.compile)
         generating += time.perf_counter() - started
+        after_generation()
         matrix = rewarding.reward_matrix(reward_fns, batch.texts, rewarding.expand_columns(chosen.rows, g))  # (B, K)
         columns = reward_shaping.reward_columns(matrix, batch, v, max_new)  # (B, K')
         lengths = batch.completion_mask.sum(1, keepdim=True).to(columns.dtype)  # (B, 1)

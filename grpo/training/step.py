@@ -42,15 +42,29 @@ class StepResult:
         return all(u["skipped"] for u in self.updates)
 
 
-def train_step(run: Run, step: int) -> StepResult | None:
-    """Step `step` (1-based) on this rank; None when the rollout kept no prompt (dynamic sampling)."""
+class StepAbandoned(Exception):
+    """A stop request came before the step's first optimizer step: the step changed nothing and the
+    previous one is the last completed step."""
+
+
+def train_step(run: Run, step: int, stop=lambda: False) -> StepResult | None:
+    """Step `step` (1-based) on this rank; None when the rollout kept no prompt (dynamic sampling).
+
+    stop() -> bool: a stop request (SIGTERM). Until the first optimizer step begins, the step checks it
+    at its stages (all ranks together: a collective each) and raises StepAbandoned.
+    """
     cfg, backend, plan = run.cfg, run.backend, run.plan
+
+    def abandon_if_asked():
+        if distributed.any_rank(stop(), run.world):
+            raise StepAbandoned(step)
+
     started = time.perf_counter()
     seed_step(cfg.train.seed, step, run.world.rank)  # no RNG state crosses steps: resume is exact on any world size
 
     # 1-2. rollout and rewards
     rollout = collect_rollouts(backend, run.tokenizer, cfg, run.train_prompts, run.rewards, step, run.world,
-                               run.objective.max_new_tokens(step))
+                               run.objective.max_new_tokens(step), abandon_if_asked)
     generated = time.perf_counter()
     if rollout.num_groups == 0:  # dynamic sampling kept nothing on any rank
         return None
@@ -71,13 +85,14 @@ def train_step(run: Run, step: int) -> StepResult | None:
         targets.old_logp = frozen_logprobs(backend.logprobs, batch, plan)
     targets.frozen = run.objective.prepare(backend.logprobs, batch, rollout.rows, plan)
     frozen = time.perf_counter()
+    abandon_if_asked()
 
     # 5. the updates: num_iterations passes over the mini-batches (a non-finite one is skipped by the backend)
     updates, sums = [], []
     for _ in range(cfg.train.num_iterations):
         for part, part_targets in mini_batches(batch, targets, cfg.train.mini_batches):
             stats, token_sums = policy_update(backend.logprobs, backend, part, part_targets, run.objective,
-                                              run.loss, plan, run.world)
+                                              run.loss, plan, run.world, abandon_if_asked if not updates else None)
             updates.append(stats)
             sums.append(token_sums)
     means = token_means(sums, run.world)

@@ -54,7 +54,8 @@ def micro_batch_loss(logprobs, part: RolloutBatch, micro: Targets, objective: Ob
 
 
 def policy_update(logprobs, backend, batch: RolloutBatch, targets: Targets, objective: Objective,
-                  loss: LossSettings, plan: LogProbPlan, world: World) -> tuple[dict, dict[str, torch.Tensor]]:
+                  loss: LossSettings, plan: LogProbPlan, world: World,
+                  before_micro_batch=None) -> tuple[dict, dict[str, torch.Tensor]]:
     """One optimizer step over the micro-batches of `batch` (a mini-batch of the rollout).
 
     logprobs: the backend's log-prob pass (a LogProbPass, or the DeepSpeed engine wrapping one);
@@ -63,6 +64,8 @@ def policy_update(logprobs, backend, batch: RolloutBatch, targets: Targets, obje
     share of the mini-batch. Returns (stats, sums): stats = the loss (the step's, whole, as on one
     process) and the backend's; sums = this rank's token sums of each logged per-token value and the
     token count "tokens", on the device (the caller reduces them over updates and ranks).
+    before_micro_batch(): called before each micro-batch's pass (the step's stop check: it may raise
+    before the optimizer step, which then never happens).
     """
     device = pass_device(logprobs)
     select = policy_loss_spec(loss.policy).step_selection
@@ -76,6 +79,8 @@ def policy_update(logprobs, backend, batch: RolloutBatch, targets: Targets, obje
     sums: dict[str, torch.Tensor] = {}
     parts = list(micro_batches(batch, plan.prompts_per_micro_batch))
     for index, (row, part) in enumerate(parts):
+        if before_micro_batch is not None:
+            before_micro_batch()
         rows = slice(row, row + part.completion_ids.shape[0])
         micro = targets.rows(rows, part.completion_ids.shape[1], device)
         logp, per_token, indicators = micro_batch_loss(logprobs, part, micro, objective, loss, plan)

@@ -4,7 +4,9 @@ Run as `python -m tests.helpers.train_with_digit_reward [train.py args]` (used b
 kill-and-resume test, which needs training in a separate process it can kill).
 """
 
+import os
 import sys
+import time
 
 import rewards
 
@@ -20,6 +22,17 @@ def has_letter_e(completions, **columns):
     """1 if the completion holds an "e": rare in short random byte-level text, so most groups of a random
     tiny model have no reward spread (what DAPO's dynamic sampling drops)."""
     return [float("e" in text) for text in completions]
+
+
+@rewards.register("slow_digit_share")
+def slow_digit_share(completions, **columns):
+    """digit_share after SLOW_REWARD_S seconds (0 unset), each call first noted as a line in SLOW_REWARD_LOG
+    (if set): a long step whose progress a test can watch."""
+    if os.environ.get("SLOW_REWARD_LOG"):
+        with open(os.environ["SLOW_REWARD_LOG"], "a") as calls:
+            calls.write("call\n")
+    time.sleep(float(os.environ.get("SLOW_REWARD_S", "0")))
+    return digit_share(completions)
 
 
 if __name__ == "__main__":
