@@ -85,13 +85,14 @@ def main(argv=None) -> dict:
         checkpoint.latest_checkpoint(out_dir) if args.resume == "latest" else Path(args.resume))
     start_step = backend.load_checkpoint(resume_from) if resume_from is not None else 0
     if resume_from is not None:
+        run.load_extra_state(checkpoint.read_state(resume_from))
         log.info("resumed from %s at step %d", resume_from, start_step)
     tracker = RunTracker(out_dir, total_steps, start_step, cfg.log.report_to, enabled=world.is_main,
                          experiment=cfg.log.experiment or (Path(args.recipe).stem if args.recipe else "grpo"),
                          params=to_dict(cfg))
 
     def evaluate(step: int, tag: str) -> dict:
-        result, rows = run_eval(backend, run.tokenizer, cfg, run.eval_prompts, run.rewards, world)
+        result, rows = run_eval(backend, run.tokenizer, cfg, run.eval_prompts, run.rewards, world, run.agents)
         if result:
             tracker.log(step, result)
             tracker.log_eval_rows(step, tag, rows)  # rank 0 writes OUTPUT/eval_rows.jsonl, one line per row
@@ -106,7 +107,7 @@ def main(argv=None) -> dict:
         try:
             result = train_step(run, step, stop=lambda: stop.requested)
         except StepAbandoned:  # SIGTERM before the step's first optimizer step: it never happened
-            return stop_after(step - 1, backend, tracker, out_dir, cfg, world, stop)
+            return stop_after(step - 1, backend, tracker, out_dir, cfg, world, stop, run.extra_state())
         if result is None:
             continue
         step_times.append(result.times["time/step_s"])
@@ -115,11 +116,11 @@ def main(argv=None) -> dict:
             tracker.log_completions(step, completion_log(run, result))
         guard.record(step, result.skipped, checkpoint.latest_checkpoint(out_dir))
         if not result.skipped and (step % cfg.log.save_every == 0 or step == total_steps):
-            backend.save_checkpoint(out_dir, step, cfg.log.keep_checkpoints)
+            backend.save_checkpoint(out_dir, step, cfg.log.keep_checkpoints, run.extra_state())
         if cfg.log.eval_every and step % cfg.log.eval_every == 0 and step != total_steps:
             evaluate(step, "periodic")
         if distributed.any_rank(stop.requested, world):  # SIGTERM on any rank: all stop after this step
-            return stop_after(step, backend, tracker, out_dir, cfg, world, stop)
+            return stop_after(step, backend, tracker, out_dir, cfg, world, stop, run.extra_state())
 
     # ---- wrap up -------------------------------------------------------------------------
     summary["after"] = evaluate(total_steps, "after")
@@ -147,7 +148,7 @@ def finish(run, tracker, summary: dict, out_dir: Path) -> None:
     print_summary(summary)
 
 
-def stop_after(step, backend, tracker, out_dir, cfg, world, stop) -> dict:
+def stop_after(step, backend, tracker, out_dir, cfg, world, stop, extra: dict) -> dict:
     """SIGTERM: a checkpoint of `step`, the last completed one (unless one was written; none before the
     first), a note for SageMaker's entry script (there is no final adapter to export), and exit 0; the
     same command resumes from here."""
@@ -157,7 +158,7 @@ def stop_after(step, backend, tracker, out_dir, cfg, world, stop) -> dict:
 
     path = distributed.from_rank_zero(saved_path, world)  # rank 0's disk holds the checkpoints
     if path is None and step > 0:
-        path = str(backend.save_checkpoint(out_dir, step, cfg.log.keep_checkpoints))
+        path = str(backend.save_checkpoint(out_dir, step, cfg.log.keep_checkpoints, extra))
     if world.is_main:
         (out_dir / STOPPED).write_text(json.dumps({"step": step, "checkpoint": path, "signal": "SIGTERM"}))
         log.warning("stopped by SIGTERM after step %d; checkpoint %s; run the same command to resume", step, path)

@@ -11,7 +11,8 @@ Every returned row is a new dict with at least `prompt` (the exact model input) 
     multihop   knowledge-graph random-walk questions (data/multihop.py), split the same way; no
                "test". Zero-shot only (n_shot=0): the exemplars teach GSM8K's answer line, and the
                prompt carries the task's own instruction (`Final answer: NAME`).
-    jsonl      rows already prepared (e.g. by `python -m data.prepare`) with `prompt` and
+    jsonl      rows already prepared (e.g. by `python -m data.prepare`) with `prompt` (or, for an
+               environment's rows, a list of chat messages and the environment's fields) and
                `answer`; validation from validation_file, else split off train_file.
 """
 
@@ -52,8 +53,12 @@ def _check_limit(name: str, value: int | None) -> None:
 
 
 def _parse_prepared_row(raw: dict) -> dict:
-    if not isinstance(raw.get("prompt"), str) or not raw["prompt"]:
-        raise RowProblem("missing or empty field 'prompt' (a prepared row needs the model input)")
+    prompt = raw.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m for m in prompt):
+        return raw  # chat messages: an environment's row (its environment scores it; an answer is optional)
+    if not isinstance(prompt, str) or not prompt:
+        raise RowProblem("missing or empty field 'prompt' (a prepared row needs the model input: text, or a list of "
+                         "chat messages for an environment)")
     answer = raw.get("answer")
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or str(answer).strip() == "":
         raise RowProblem(f"field 'answer' must be a non-empty string or number, got {answer!r}")

@@ -88,9 +88,11 @@ class SingleProcess:
         return {"scheduler": self.scheduler.state_dict(), "world_size": self.world.size,
                 "optimizer_by_name": moments}
 
-    def save_checkpoint(self, output_dir: Path, step: int, keep: int) -> Path:
+    def save_checkpoint(self, output_dir: Path, step: int, keep: int, extra: dict | None = None) -> Path:
+        """extra: more of the run's state to resume from (plain Python: the curriculum's)."""
         write_adapter = lambda folder: save_trainable(self.model, folder)  # noqa: E731
-        return checkpoint.write_checkpoint(output_dir, step, write_adapter, self._trainer_state(), keep)
+        return checkpoint.write_checkpoint(output_dir, step, write_adapter, {**self._trainer_state(), **(extra or {})},
+                                           keep)
 
     def load_checkpoint(self, path: Path) -> int:
         state = checkpoint.read_state(path)
@@ -136,9 +138,9 @@ class DataParallel(SingleProcess):
     def _skip(self, non_finite: bool) -> bool:
         return distributed.any_rank(non_finite, self.world)  # the replicas stay equal: all skip, or none
 
-    def save_checkpoint(self, output_dir: Path, step: int, keep: int) -> Path:
+    def save_checkpoint(self, output_dir: Path, step: int, keep: int, extra: dict | None = None) -> Path:
         return _written_by_rank_zero(self.world, lambda: super(DataParallel, self).save_checkpoint(output_dir, step,
-                                                                                                    keep))
+                                                                                                    keep, extra))
 
     def save_final_adapter(self, directory: Path) -> None:
         _written_by_rank_zero(self.world, lambda: save_trainable(self.model, directory))

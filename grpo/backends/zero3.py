@@ -101,10 +101,10 @@ class DeepSpeedZero3:
         hyper = [{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups]
         return {"step": int(max(steps)) if steps else 0, "hyper": hyper, "params": params}
 
-    def save_checkpoint(self, output_dir: Path, step: int, keep: int) -> Path:
+    def save_checkpoint(self, output_dir: Path, step: int, keep: int, extra: dict | None = None) -> Path:
         adapter, moments = self._gathered_adapter(), self._gathered_optimizer()
         state = {"scheduler": self.scheduler.state_dict(), "world_size": self.world.size,
-                 "optimizer_by_name": moments}
+                 "optimizer_by_name": moments, **(extra or {})}
         write_adapter = lambda folder: save_trainable(self.model, folder, adapter)  # noqa: E731
         return _written_by_rank_zero(self.world,
                                      lambda: checkpoint.write_checkpoint(output_dir, step, write_adapter, state, keep))

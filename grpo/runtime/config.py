@@ -18,14 +18,14 @@ from pathlib import Path
 import yaml
 
 from grpo.runtime.sections import (
-    CPU_MATMUL, OBJECTIVES, STRATEGIES, TOKEN_CREDITS, AdvantageConfig, ConfigError, DataConfig, LogConfig,
+    CPU_MATMUL, OBJECTIVES, STRATEGIES, TOKEN_CREDITS, AdvantageConfig, ConfigError, DataConfig, EnvConfig, LogConfig,
     LossConfig, ModelConfig, ObjectiveConfig, RewardShapingConfig, RewardSpec, RolloutConfig, TokensConfig,
     TrainConfig, require,
 )
 
 __all__ = [
     "CPU_MATMUL", "OBJECTIVES", "STRATEGIES", "TOKEN_CREDITS", "AdvantageConfig", "Config", "ConfigError",
-    "DataConfig", "LogConfig", "LossConfig", "ModelConfig", "ObjectiveConfig", "RewardShapingConfig", "RewardSpec",
+    "DataConfig", "EnvConfig", "LogConfig", "LossConfig", "ModelConfig", "ObjectiveConfig", "RewardShapingConfig", "RewardSpec",
     "RolloutConfig", "TokensConfig", "TrainConfig", "apply_overrides", "config_from_dict", "for_world",
     "load_config", "to_dict", "validate",
 ]
@@ -43,6 +43,7 @@ class Config:
     tokens: TokensConfig = field(default_factory=TokensConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     rewards: tuple[RewardSpec, ...] = (
@@ -158,8 +159,8 @@ def config_from_dict(raw: dict) -> Config:
     parts = {name: _build(cls, raw.get(name) or {}, name) for name, cls in SECTIONS.items()}
     if "rewards" in raw:
         specs = raw["rewards"]
-        if not isinstance(specs, list) or not specs:
-            raise ConfigError("rewards: expected a non-empty list of {name, weight, options}")
+        if not isinstance(specs, list):
+            raise ConfigError("rewards: expected a list of {name, weight, options}")
         parts["rewards"] = tuple(_build(RewardSpec, s, f"rewards[{i}]") for i, s in enumerate(specs))
     config = Config(**parts)
     validate(config)
@@ -227,6 +228,10 @@ def validate(c: Config) -> None:
                     "completions x %d tokens): KL-Cov penalizes one token per micro-batch; raise loss.kl_cov_ratio "
                     "or train.batch_size", lo.kl_cov_ratio, t.batch_size, r.max_new_tokens)
     _validate_objective(c)
+    _validate_env(c)
+    require(bool(c.rewards) or c.env.active or c.data.task == "ecom",
+            "rewards: expected a non-empty list of {name, weight, options} (only an environment's own reward, "
+            "env.reward_weight, may stand alone)")
     for i, spec in enumerate(c.rewards):
         require(math.isfinite(spec.weight), f"rewards[{i}].weight={spec.weight}: must be finite")
 
@@ -249,6 +254,22 @@ def _validate_objective(c: Config) -> None:
             "rollout.dynamic_sampling and tokens.credit, and leave advantage.estimator at grpo")
     require(name != "distil" or c.train.num_iterations == 1,
             "objective.name=distil has no importance ratio to correct stale samples: set train.num_iterations=1")
+
+
+def _validate_env(c: Config) -> None:
+    e, task = c.env, c.data.task
+    require(task != "ecom" or not (e.factory or e.factories),
+            "data.task=ecom brings its own environments (data.ecom_environments): leave env.factory and "
+            "env.factories empty")
+    agents = e.active or task == "ecom"
+    require(not agents or c.objective.name == "grpo",
+            f"objective.name={c.objective.name} scores single completions; agents in environments train with grpo")
+    require(not agents or not c.rollout.compile,
+            "rollout.compile=true: the multi-turn rollout decodes turn by turn through the eager loop; set it false")
+    require(not e.curriculum or task in ("ecom", "reasoning_gym"),
+            f"env.curriculum=true needs rows with levels: data.task=ecom or reasoning_gym (data.task={task!r})")
+    require(task not in ("ecom", "reasoning_gym") or c.train.max_steps > 0,
+            f"data.task={task} makes its rows at each step, so there are no epochs: set train.max_steps")
 
 
 def for_world(config: Config, world_size: int) -> Config:

@@ -29,7 +29,8 @@ def one_of(value, choices, key: str) -> None:
 CPU_MATMUL = ("auto", "onednn", "torch")  # model.cpu_matmul (grpo/speedups/onednn_linear.py onednn_plan)
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # model.dtype
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # model.attn_implementation
-TASKS = ("gsm8k", "synthetic", "multihop", "jsonl")  # data.task
+TASKS = ("gsm8k", "synthetic", "multihop", "jsonl", "ecom", "reasoning_gym")  # data.task
+CHAT_TEMPLATES = ("auto", "model", "chatml_tools")  # env.chat_template
 STRATEGIES = ("auto", "zero3", "ddp")  # train.strategy, with more than one process
 REPORT_TO = ("tensorboard", "mlflow", "wandb")  # log.report_to
 TOKEN_CREDITS = ("none", "paper", "proxy")  # tokens.credit (grpo/objectives/token_credit.py)
@@ -89,9 +90,20 @@ class DataConfig:
     multihop_entities: int = 1000  # multihop task only: entities in the synthetic knowledge graph (>= 25)
     multihop_passages: int = 8  # multihop task only: passages per context, gold ones included (>= hops)
     multihop_context_chars: int | None = None  # multihop task only: character cap on the passages; None = no cap
+    # ecom task only: the e-commerce environments its rows cycle through (grpo/environments/ecom)
+    ecom_environments: tuple[str, ...] = ("discovery", "cart", "returns", "tracking")
+    ecom_eval_level: int = 0  # ecom task only: the level of the held-out episodes
+    reasoning_gym_datasets: tuple[str, ...] = ()  # reasoning_gym task only: reasoning-gym dataset names
+    reasoning_gym_weights: tuple[float, ...] = ()  # reasoning_gym task only: their sampling weights (empty = equal)
 
     def check(self) -> None:
         one_of(self.task, TASKS, "data.task")
+        require(self.task != "reasoning_gym" or bool(self.reasoning_gym_datasets),
+                "data.task=reasoning_gym needs data.reasoning_gym_datasets (e.g. [basic_arithmetic, leg_counting])")
+        require(not self.reasoning_gym_weights or len(self.reasoning_gym_weights) == len(self.reasoning_gym_datasets),
+                "data.reasoning_gym_weights: one weight per dataset of data.reasoning_gym_datasets, or none (equal)")
+        require(self.task not in ("ecom", "reasoning_gym") or self.n_shot == 0,
+                f"data.n_shot={self.n_shot}: data.task={self.task} takes 0 (its rows are made at each step)")
         require(self.task != "multihop" or self.n_shot == 0,
                 f"data.n_shot={self.n_shot}: data.task=multihop takes 0 (the exemplars teach GSM8K's answer line)")
         require(self.multihop_hops >= 2, f"data.multihop_hops={self.multihop_hops}: use >= 2 (a multi-hop question)")
@@ -309,6 +321,55 @@ class ObjectiveConfig:
         require(self.name == "opd" or self.horizon == "full",
                 f"objective.horizon={self.horizon!r} shortens on-policy distillation rollouts; with objective.name="
                 f"{self.name!r} a cut completion would be scored as wrong: set objective.name=opd")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Agents acting in environments over several turns (grpo/environments, grpo/rollout/agent.py). Empty
+    factory and tools = single-turn (one prompt, one completion)."""
+
+    # a TRL-convention environment class, "package.module:Class", or several by name ({name: "module:Class"},
+    # each row's `environment` field picking one); data.task=ecom sets the e-commerce gym's four
+    factory: str = ""
+    factories: dict = field(default_factory=dict)
+    tools: tuple[str, ...] = ()  # stateless tools, "package.module:function"
+    max_turns: int = 4  # assistant turns per episode; the episode also ends on a turn without a tool call
+    tool_timeout_s: float = 10.0  # a tool call running longer is abandoned and the model reads a timeout error
+    max_calls_per_turn: int = 8  # calls beyond this in one turn are refused (the model reads why)
+    reward_weight: float = 1.0  # weight of the environment's get_reward() beside the recipe's rewards
+    success_threshold: float = 0.5  # an episode succeeds at this reward (for environments without `success`)
+    # the chat template that renders tools: auto (the model's if it renders tool calls, else chatml_tools for a
+    # ChatML tokenizer) | model | chatml_tools (grpo/environments/chat.py CHATML_TOOL_TEMPLATE)
+    chat_template: str = "auto"
+    # RLVE adaptive difficulty (grpo/environments/curriculum.py), for tasks whose rows have levels
+    # (data.task=ecom, reasoning_gym): each environment's range [high - window + 1, high] moves up when the
+    # success rate at `high` over curriculum_min_episodes episodes reaches curriculum_promote_at
+    curriculum: bool = False
+    curriculum_max_level: int = 8
+    curriculum_start_level: int = 0
+    curriculum_window: int = 4
+    curriculum_promote_at: float = 0.9
+    curriculum_demote_below: float | None = None  # move down below this success rate; None: never (RLVE)
+    curriculum_min_episodes: int = 16
+
+    @property
+    def active(self) -> bool:
+        return bool(self.factory or self.factories or self.tools)
+
+    def check(self) -> None:
+        require(not (self.factory and self.factories), "env.factory and env.factories: give one of them")
+        require(self.max_turns >= 1, f"env.max_turns={self.max_turns}: must be >= 1")
+        require(self.tool_timeout_s > 0, f"env.tool_timeout_s={self.tool_timeout_s}: must be > 0")
+        require(self.max_calls_per_turn >= 1, f"env.max_calls_per_turn={self.max_calls_per_turn}: must be >= 1")
+        require(math.isfinite(self.reward_weight), f"env.reward_weight={self.reward_weight}: must be finite")
+        one_of(self.chat_template, CHAT_TEMPLATES, "env.chat_template")
+        require(0 <= self.curriculum_start_level <= self.curriculum_max_level,
+                "env.curriculum_start_level must be in [0, env.curriculum_max_level]")
+        require(self.curriculum_window >= 1 and self.curriculum_min_episodes >= 1,
+                "env.curriculum_window and env.curriculum_min_episodes must be >= 1")
+        require(0 < self.curriculum_promote_at <= 1, "env.curriculum_promote_at: use (0, 1]")
+        require(self.curriculum_demote_below is None or 0 <= self.curriculum_demote_below < self.curriculum_promote_at,
+                "env.curriculum_demote_below: use [0, env.curriculum_promote_at) or null (never move down)")
 
 
 @dataclass(frozen=True)

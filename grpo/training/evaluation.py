@@ -60,9 +60,51 @@ def evaluate_rows(model, tokenizer, rows: list[dict], prompt_tokens: list[list[i
     return out, texts, per_row
 
 
+@torch.no_grad()
+def evaluate_episodes(model, tokenizer, rows: list[dict], reward_fns: list[rewarding.WeightedReward], agents,
+                      max_new_tokens: int, batch_episodes: int) -> tuple[dict, list[str], dict[str, torch.Tensor]]:
+    """Greedy episodes of an agent (grpo/rollout/agent.py), one per row: each reward's mean, the total, the
+    success rate (the environment's success, else its reward at env.success_threshold: also reported as
+    accuracy), the share of tool calls that were valid and the turns taken."""
+    from grpo.environments import Episode
+    from grpo.rollout.agent import run_episodes
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    matrices, success, calls, invalid, turns = [], [], 0, 0, []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(rows), batch_episodes):
+        chunk = rows[start : start + batch_episodes]
+        episodes = agents.start(chunk)
+        played = run_episodes(model, tokenizer, episodes, 1, params, list(range(start, start + len(chunk))),
+                              agents.settings)
+        env = [e.reward() if isinstance(e, Episode) else None for e in episodes]
+        matrix = rewarding.reward_matrix(reward_fns, played.conversations,
+                                         {**rewarding.expand_columns(chunk, 1), "env_reward": env})
+        matrices.append(matrix)
+        totals = weighted_total(matrix, torch.tensor([r.weight for r in reward_fns]))
+        for episode, total in zip(episodes, totals.tolist()):
+            success.append(float(agents.success(episode, total)))
+            if isinstance(episode, Episode):
+                calls, invalid = calls + episode.counts["calls"], invalid + episode.counts["invalid"]
+                turns.append(episode.counts["turns"])
+    model.train(was_training)
+    matrix = torch.cat(matrices) if matrices else torch.empty(0, len(reward_fns))
+    total = weighted_total(matrix, torch.tensor([r.weight for r in reward_fns]))
+    correct = torch.tensor(success)
+    out = {"eval/reward_mean": total.mean().item(), "eval/accuracy": correct.mean().item(),
+           "eval/success_rate": correct.mean().item(),
+           "eval/valid_call_rate": (calls - invalid) / calls if calls else float("nan"),
+           "eval/turns": sum(turns) / len(turns) if turns else float("nan"), "eval/num_rows": len(rows)}
+    for k, r in enumerate(reward_fns):
+        out[f"eval/{r.name}"] = matrix[:, k].nan_to_num(0.0).mean().item()
+    return out, [], {"reward": total, "correct": correct}
+
+
 def run_eval(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: list[rewarding.WeightedReward],
-             world: World) -> tuple[dict, list[dict]]:
-    """Greedy held-out evaluation; each rank decodes its share of the rows, the means are combined.
+             world: World, agents=None) -> tuple[dict, list[dict]]:
+    """Greedy held-out evaluation; each rank decodes its share of the rows (an agent plays its episodes),
+    the means are combined.
 
     Returns (metrics, one record per held-out row in row order, on every rank): {"row": index in the
     held-out set, "correct": 0/1 (only with log.accuracy_reward), "reward": the weighted total}.
@@ -72,12 +114,16 @@ def run_eval(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: li
         return {}, []
     started = time.perf_counter()
     share = prompts.subset(distributed.rank_share(len(prompts), world))
+    max_new = cfg.log.eval_max_new_tokens or cfg.rollout.max_new_tokens
     with backend.generation() as policy:
-        result, _, per_row = evaluate_rows(
-            policy, tokenizer, share.rows, share.tokens, reward_fns,
-            cfg.log.eval_max_new_tokens or cfg.rollout.max_new_tokens, tuple(cfg.rollout.stop_strings),
-            cfg.log.eval_batch_size, cfg.log.accuracy_reward, cfg.rollout.compile,
-        )
+        if agents is not None:
+            result, _, per_row = evaluate_episodes(policy, tokenizer, share.rows, reward_fns, agents, max_new,
+                                                   cfg.log.eval_batch_size)
+        else:
+            result, _, per_row = evaluate_rows(
+                policy, tokenizer, share.rows, share.tokens, reward_fns, max_new, tuple(cfg.rollout.stop_strings),
+                cfg.log.eval_batch_size, cfg.log.accuracy_reward, cfg.rollout.compile,
+            )
     result = {**distributed.weighted_mean(result, world, weight=len(share)), "eval/num_rows": len(prompts)}
     result["eval/time_s"] = time.perf_counter() - started
     per_row = distributed.gather_rows(per_row, world)  # rank shares are contiguous: rank order is row order

@@ -37,6 +37,17 @@ def completion_metrics(mask: torch.Tensor, truncated: torch.Tensor) -> dict:
     }
 
 
+def episode_metrics(stats: torch.Tensor) -> dict:
+    """Per-episode means of an agent step's (B, 4) turns, tool calls, invalid calls, failed starts."""
+    started = stats[:, 3] == 0
+    ran = stats[started] if started.any() else stats[:0]
+    mean = (lambda column: ran[:, column].mean().item()) if ran.shape[0] else (lambda column: float("nan"))
+    calls = ran[:, 1].sum()
+    return {"env/turns": mean(0), "env/tool_calls": mean(1), "env/invalid_calls": mean(2),
+            "env/valid_call_rate": ((calls - ran[:, 2].sum()) / calls).item() if calls > 0 else float("nan"),
+            "env/failed_starts": stats[:, 3].sum().item()}
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return ((values * mask).sum() / mask.sum().clamp(min=1)).item()
 
@@ -67,8 +78,9 @@ def completion_rows(rollout, advantages: torch.Tensor, reward_names: list[str], 
     {prompt, completion, rewards: {name: score or None}, total, advantage} each."""
     g = rollout.batch.group_size
     rows = min(-(-limit // g) * g, len(rollout.batch.texts))
+    completions = rollout.completions if rollout.completions is not None else rollout.batch.texts
     scores = rollout.scores[:rows].tolist()
     totals, advs = rollout.total[:rows].tolist(), advantages[:rows].tolist()
-    return [{"prompt": rollout.prompts[row // g], "completion": rollout.batch.texts[row],
+    return [{"prompt": rollout.prompts[row // g], "completion": completions[row],
              "rewards": {name: (None if math.isnan(s) else s) for name, s in zip(reward_names, scores[row])},
              "total": totals[row], "advantage": advs[row]} for row in range(rows)]

@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from grpo.algorithm.groups import has_spread
 from grpo.rollout import rewarding
 from grpo.rollout.batch import RolloutBatch, concat_batches
+from grpo.rollout.agent import run_episodes
 from grpo.rollout.generation import generate
 from grpo.rollout.sampling import SamplingParams
 from grpo.runtime import distributed
 from grpo.runtime.config import Config
 from grpo.runtime.distributed import World
 from grpo.training import reward_shaping
-from grpo.training.prompts import PromptSet, rank_prompts
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,12 @@ class StepRollout:
     shaped: reward_shaping.ShapedRewards
     global_rows: torch.Tensor
     info: dict
-    prompts: list[str]
+    prompts: list
     rows: list[dict]
     padding: RolloutBatch | None = None
+    completions: list | None = None  # each row's completion as the rewards read it (an agent's conversation)
+    episode_stats: torch.Tensor | None = None  # (B, 4) turns, tool calls, invalid calls, failed start (agents)
+    records: list = field(default_factory=list)  # (curriculum key, level, success) of every episode played
 
     @property
     def total(self) -> torch.Tensor:
@@ -93,15 +96,20 @@ class _Round:
     matrix: torch.Tensor  # (B, K) this rank's
     every: torch.Tensor  # (rows of all ranks, K' + 1) in rank order: the reward columns, then the length
     first_group: int  # this rank's first group in the draw's global order
-    prompts: list[str]
+    prompts: list
     rows: list[dict]
+    completions: list
+    episode_stats: torch.Tensor | None
+    records: list
 
 
-def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet, reward_fns: list[rewarding.WeightedReward],
+def collect_rollouts(backend, tokenizer, cfg: Config, prompts, reward_fns: list[rewarding.WeightedReward],
                      step: int, world: World, max_new_tokens: int | None = None,
-                     after_generation=lambda: None) -> StepRollout:
+                     after_generation=lambda: None, agents=None) -> StepRollout:
     """This rank's rollout and the step's rewards (max_new_tokens: the step's horizon, if not the recipe's).
-    after_generation(): called after each draw's sampling, before its rewards (the step's stop check).
+    prompts: a PromptSet or LeveledRows (grpo/training/prompts.py); agents: the run's environments
+    (grpo/training/agents.py), whose episodes replace single completions; after_generation(): called after
+    each draw's sampling, before its rewards (the step's stop check).
 
     With DAPO dynamic sampling, groups whose totals are all equal are dropped and further prompts drawn
     (each round from its own seeded order, so resuming stays exact) until the step's prompts carry
@@ -115,19 +123,30 @@ def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet, reward
 
     def draw(attempt: int) -> _Round:
         nonlocal generating
-        indices, seeds = rank_prompts(len(prompts), step, per_step, cfg.train.seed + attempt * 7_919, world)
-        chosen = prompts.subset(indices)
+        chosen, seeds = prompts.draw(step, per_step, cfg.train.seed + attempt * 7_919, world)
         started = time.perf_counter()
-        with backend.generation() as policy:
-            batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds, compiled=r.compile)
+        if agents is None:
+            with backend.generation() as policy:
+                batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds, compiled=r.compile)
+            completions, extra, stats, episodes = batch.texts, {}, None, None
+        else:
+            episodes = agents.start([row for row in chosen.rows for _ in range(g)])
+            with backend.generation() as policy:
+                played = run_episodes(policy, tokenizer, episodes, g, params, seeds, agents.settings)
+            batch, completions = played.batch, played.conversations
+            extra, stats = {"env_reward": [_env_reward(e) for e in episodes]}, _episode_stats(episodes)
         generating += time.perf_counter() - started
         after_generation()
-        matrix = rewarding.reward_matrix(reward_fns, batch.texts, rewarding.expand_columns(chosen.rows, g))  # (B, K)
+        columns_in = {**rewarding.expand_columns(chosen.rows, g), **extra}
+        matrix = rewarding.reward_matrix(reward_fns, completions, columns_in)  # (B, K)
         columns = reward_shaping.reward_columns(matrix, batch, v, max_new)  # (B, K')
         lengths = batch.completion_mask.sum(1, keepdim=True).to(columns.dtype)  # (B, 1)
         every, sizes = distributed.gather_with_sizes(torch.cat([columns, lengths], dim=1), world)
-        return _Round(batch, matrix, every, sum(sizes[: world.rank]) // g, [row["prompt"] for row in chosen.rows],
-                      chosen.rows)
+        start = sum(sizes[: world.rank])
+        total = _shaped(every, base, g, v).total[start:start + batch.completion_ids.shape[0]]
+        records = _records(chosen.rows, g, total, episodes, agents, cfg.env.success_threshold)
+        return _Round(batch, matrix, every, start // g, [row["prompt"] for row in chosen.rows], chosen.rows,
+                      completions, stats, records)
 
     if not r.dynamic_sampling:
         one = draw(0)
@@ -135,7 +154,8 @@ def collect_rollouts(backend, tokenizer, cfg: Config, prompts: PromptSet, reward
         start = one.first_group * g
         rows = torch.arange(start, start + one.batch.completion_ids.shape[0])
         return StepRollout(one.batch, one.matrix, shaped, rows, {**shaped.info, "time/generate_s": generating},
-                           one.prompts, one.rows)
+                           one.prompts, one.rows, completions=one.completions, episode_stats=one.episode_stats,
+                           records=one.records)
     return _dynamic_rollout(draw, cfg, per_step, base, world, step, tokenizer.pad_token_id,
                             lambda: generating)
 
@@ -144,10 +164,12 @@ def _dynamic_rollout(draw, cfg: Config, per_step: int, base: torch.Tensor, world
                      generating) -> StepRollout:
     r, v, g = cfg.rollout, cfg.reward_shaping, cfg.rollout.group_size
     kept_columns, mine, parts = [], [], []  # every rank's kept rows; this rank's positions among them; its groups
+    records, completions, stats = [], [], []
     kept_per_rank = [0] * world.size
     needed = per_step
     for attempt in range(1 + r.dynamic_sampling_max_tries):
         one = draw(attempt)
+        records += one.records
         total = _shaped(one.every, base, g, v).total
         groups = has_spread(total, g).nonzero().squeeze(1).tolist()[:needed]  # global groups, in order
         local = one.batch.num_prompts
@@ -161,6 +183,9 @@ def _dynamic_rollout(draw, cfg: Config, per_step: int, base: torch.Tensor, world
         rows = [i * g + k for i in own for k in range(g)]
         parts.append((one.batch.select_groups(own), one.matrix[rows], [one.prompts[i] for i in own],
                       [one.rows[i] for i in own]))
+        completions += [one.completions[k] for k in rows]
+        if one.episode_stats is not None:
+            stats.append(one.episode_stats[rows])
         needed -= len(groups)
         if needed == 0:
             break
@@ -175,7 +200,44 @@ def _dynamic_rollout(draw, cfg: Config, per_step: int, base: torch.Tensor, world
             "time/generate_s": generating()}
     return StepRollout(batch, torch.cat([m for _, m, _, _ in parts]), shaped, torch.tensor(mine, dtype=torch.long),
                        info, [p for _, _, prompts, _ in parts for p in prompts], [row for *_, rows in parts for row in rows],
-                       one.batch.select_groups([0] * padding) if padding and kept else None)
+                       one.batch.select_groups([0] * padding) if padding and kept else None, completions,
+                       torch.cat(stats) if stats else None, records)
+
+
+def _env_reward(episode) -> float | None:
+    """An episode's get_reward(), None without one; an environment's failing get_reward is logged, and its row
+    counts as not applicable (like a reward plugin's bug)."""
+    from grpo.environments import EnvironmentFailure, Episode
+
+    if not isinstance(episode, Episode):
+        return None
+    try:
+        return episode.reward()
+    except EnvironmentFailure as failure:
+        log.error("%s\n%s", failure.message, failure.traceback)
+        return None
+
+
+def _episode_stats(episodes) -> torch.Tensor:
+    """(B, 4): each episode's turns, tool calls, invalid calls, and 1 where its environment failed to start."""
+    from grpo.environments import Episode
+
+    return torch.tensor([[e.counts["turns"], e.counts["calls"], e.counts["invalid"], 0] if isinstance(e, Episode)
+                         else [0, 0, 0, 1] for e in episodes], dtype=torch.float32)
+
+
+def _records(rows: list[dict], group_size: int, total: torch.Tensor, episodes, agents, threshold: float) -> list:
+    """(curriculum key, level, success) of each completion of rows with a level (LeveledRows): success is the
+    environment's (agents), else the total reward at `threshold` (env.success_threshold)."""
+    if not rows or "curriculum_key" not in rows[0]:
+        return []
+    records = []
+    for i, row in enumerate(rows):
+        for j in range(group_size):
+            k = i * group_size + j
+            success = agents.success(episodes[k], float(total[k])) if agents is not None else bool(total[k] >= threshold)
+            records.append((row["curriculum_key"], int(row["level"]), success))
+    return records
 
 
 def _shaped(every: torch.Tensor, base: torch.Tensor, group_size: int, v) -> reward_shaping.ShapedRewards:

@@ -21,6 +21,7 @@ from grpo.training import metrics, reward_shaping
 from grpo.training.metrics import device_memory
 from grpo.training.policy import seed_step
 from grpo.training.rollouts import StepRollout, collect_rollouts
+from grpo.training.agents import update_curriculum
 from grpo.training.setup import Run
 from grpo.training.update import policy_update, token_means
 
@@ -64,7 +65,7 @@ def train_step(run: Run, step: int, stop=lambda: False) -> StepResult | None:
 
     # 1-2. rollout and rewards
     rollout = collect_rollouts(backend, run.tokenizer, cfg, run.train_prompts, run.rewards, step, run.world,
-                               run.objective.max_new_tokens(step), abandon_if_asked)
+                               run.objective.max_new_tokens(step), abandon_if_asked, run.agents)
     generated = time.perf_counter()
     if rollout.num_groups == 0:  # dynamic sampling kept nothing on any rank
         return None
@@ -96,6 +97,8 @@ def train_step(run: Run, step: int, stop=lambda: False) -> StepResult | None:
             updates.append(stats)
             sums.append(token_sums)
     means = token_means(sums, run.world)
+    if run.curriculum is not None:  # RLVE: every rank's episodes of this step move the same curriculum
+        means.update(update_curriculum(run.curriculum, rollout.records, run.world))
     finished = time.perf_counter()
     times = {"time/step_s": finished - started, "time/rollout_and_reward_s": generated - started,
              "time/frozen_logprobs_s": frozen - generated, "time/update_s": finished - frozen}
@@ -131,17 +134,24 @@ def step_record(run: Run, result: StepResult) -> dict:
     """The step's log record over all ranks (a collective): rows of every rank, per-rank scalars averaged
     (the loss and the token means are already the whole step's, the same on every rank)."""
     rollout, batch = result.rollout, result.rollout.batch
-    rows = distributed.gather_rows({
-        "matrix": rollout.scores, "total": rollout.total, "mask": batch.completion_mask, "truncated": batch.truncated,
-        "entropy": batch.token_entropy, "certainty": batch.token_certainty}, run.world)
+    trained = batch.completion_mask if batch.sampled_mask is None else batch.completion_mask * batch.sampled_mask
+    columns = {"matrix": rollout.scores, "total": rollout.total, "mask": trained, "truncated": batch.truncated,
+               "entropy": batch.token_entropy, "certainty": batch.token_certainty}
+    if rollout.episode_stats is not None:
+        columns["episodes"] = rollout.episode_stats
+    rows = distributed.gather_rows(columns, run.world)
     first, last = result.updates[0], result.updates[-1]
     scalars = distributed.weighted_mean({
         **rollout.info, **first, "loss": last["loss"], "skipped": sum(u["skipped"] for u in result.updates),
         "updates": len(result.updates), **result.token_means, **result.times, **device_memory()}, run.world)
-    return metrics.step_record([r.name for r in run.rewards], rows, scalars, batch.group_size)
+    record = metrics.step_record([r.name for r in run.rewards], rows, scalars, batch.group_size)
+    if "episodes" in rows:
+        record.update(metrics.episode_metrics(rows["episodes"]))
+    return record
 
 
 def completion_log(run: Run, result: StepResult) -> list[dict]:
-    """The first whole groups of this rank's rollout for OUTPUT/completions.jsonl."""
+    """The first whole groups of this rank's rollout for OUTPUT/completions.jsonl (an agent's whole conversation
+    after the prompt)."""
     return metrics.completion_rows(result.rollout, result.advantages, [r.name for r in run.rewards],
                                    run.cfg.log.completions_per_step)
