@@ -17,6 +17,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 256
     stop_strings: tuple[str, ...] = ()
+    ignore_eos: bool = False  # decode max_new_tokens whatever is sampled (benchmarks: a fixed amount of work)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor | None
