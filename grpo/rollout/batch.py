@@ -24,6 +24,10 @@ class RolloutBatch:
     group_size: int
     token_entropy: torch.Tensor  # (B, T) entropy of the sampling distribution at each token
     token_certainty: torch.Tensor  # (B, T) self-certainty KL(U || p) of the raw next-token distribution
+    # (B, T) the sampler's log-prob of each sampled token, log softmax(logits / temperature) (raw logits
+    # when greedy), before top-p: the trainer's completion_logprobs of the same tokens, from the decode
+    # path's numerics; None where the batch was not sampled here
+    token_logprobs: torch.Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -46,6 +50,7 @@ class RolloutBatch:
             group_size=g,
             token_entropy=self.token_entropy[start * g : stop * g, :width],
             token_certainty=self.token_certainty[start * g : stop * g, :width],
+            token_logprobs=None if self.token_logprobs is None else self.token_logprobs[start * g : stop * g, :width],
         )
 
     def select_groups(self, groups: list[int]) -> "RolloutBatch":
@@ -57,6 +62,7 @@ class RolloutBatch:
             completion_ids=self.completion_ids[rows], completion_mask=self.completion_mask[rows],
             truncated=self.truncated[rows], texts=[self.texts[i] for i in rows], group_size=g,
             token_entropy=self.token_entropy[rows], token_certainty=self.token_certainty[rows],
+            token_logprobs=None if self.token_logprobs is None else self.token_logprobs[rows],
         )
 
 
@@ -83,6 +89,8 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         texts=[x for b in batches for x in b.texts], group_size=batches[0].group_size,
         token_entropy=cat("token_entropy", t, 0.0, False),
         token_certainty=cat("token_certainty", t, 0.0, False),
+        token_logprobs=(cat("token_logprobs", t, 0.0, False)
+                        if all(b.token_logprobs is not None for b in batches) else None),
     )
 
 

@@ -84,6 +84,7 @@ def generate(
     tokens = torch.full((num_rows, max_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)
     entropies = torch.zeros((num_rows, max_tokens), device=device)
     certainties = torch.zeros((num_rows, max_tokens), device=device)
+    logprobs = torch.zeros((num_rows, max_tokens), device=device)
     lengths = torch.full((num_rows,), max_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(num_rows, dtype=torch.bool, device=device)  # ended by EOS or a confirmed stop string
     fired = torch.zeros((num_rows, max_tokens), dtype=torch.bool, device=device)  # may end a stop string
@@ -101,11 +102,12 @@ def generate(
             rows = decode.rows  # (A,) original row index of each active row
             uniforms = None if row_seeds is None else counter_uniforms(row_seeds[rows], slots[rows], step)
             next_tokens = sample_tokens(logits, params.temperature, params.top_p, uniforms)  # (A,)
-            entropy, certainty = next_token_stats(logits, params.temperature)  # (A,), (A,)
+            entropy, certainty, logprob = next_token_stats(logits, params.temperature, next_tokens)  # (A,) x3
             live = ~finished[rows]  # rows that finished since the last look still decode until they leave
             tokens[rows, step] = torch.where(live, next_tokens, tokens[rows, step])
             entropies[rows, step] = torch.where(live, entropy, 0.0)
             certainties[rows, step] = torch.where(live, certainty, 0.0)
+            logprobs[rows, step] = torch.where(live, logprob, 0.0)
             ended = live & torch.isin(next_tokens, eos_ids)
             lengths[rows] = torch.where(ended, step + 1, lengths[rows])
             finished[rows] = finished[rows] | ended
@@ -131,7 +133,7 @@ def generate(
             positions = positions + 1
 
     return _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entropies, certainties,
-                  lengths, finished)
+                  logprobs, lengths, finished)
 
 
 class _Look:
@@ -174,12 +176,12 @@ class _Look:
         return any(s in tail for s in self.stop_strings)
 
 
-def _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entropies, certainties, lengths,
-           finished) -> RolloutBatch:
+def _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entropies, certainties, logprobs,
+           lengths, finished) -> RolloutBatch:
     """Read the device buffers back once; each completion decoded once for its text."""
     lengths_list, finished_list = lengths.tolist(), finished.tolist()
     width = max(lengths_list)
-    tokens, entropies, certainties = tokens[:, :width].cpu(), entropies[:, :width].cpu(), certainties[:, :width].cpu()
+    tokens, entropies, certainties, logprobs = (x[:, :width].cpu() for x in (tokens, entropies, certainties, logprobs))
     rows = tokens.tolist()
     texts = []
     for row, n in enumerate(lengths_list):
@@ -204,6 +206,7 @@ def _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entro
         group_size=group_size,
         token_entropy=entropies * mask,
         token_certainty=certainties * mask,
+        token_logprobs=logprobs * mask,
     )
 
 
