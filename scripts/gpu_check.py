@@ -257,7 +257,7 @@ def rollout_rows(args, device: str, cuda: bool) -> list[Row]:
     config = model.get_base_model().config
     is_05b = (config.hidden_size, config.num_hidden_layers, config.num_key_value_heads) == (896, 24, 2)
     rows = [ok("rollout model", f"{name}, {dtype}, attention {attention}, LoRA r=16 on {len(LORA_MODULES)} modules",
-               f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters")]
+               f"{sum(p.numel() for p in model.parameters()) / 1e6:,.1f}M parameters")]
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens, stop_strings=STOP_STRINGS,
                             ignore_eos=True)
     watch, rates, batches = CompileWatch(), {}, {}

@@ -30,19 +30,25 @@ def lora_model(model_dir, device, dtype="float32"):
     return model.to(device).eval(), tokenizer
 
 
+@pytest.fixture(scope="module")
+def cuda_model(tiny_model_dir):
+    """One float32 model for the compiled tests: its compiled step and buffers carry over between them."""
+    return lora_model(tiny_model_dir, "cuda")
+
+
 @pytest.mark.parametrize("options", [
     pytest.param({}, id="shared-prefix"),
     pytest.param({"share_prompt_kv": False}, id="repeated-cache"),
     pytest.param({"compiled": True}, id="compiled-cuda-graphs"),
 ])
-def test_cuda_decoding_gives_the_cpu_tokens_and_the_trainers_logprobs(tiny_model_dir, options):
+def test_cuda_decoding_gives_the_cpu_tokens_and_the_trainers_logprobs(tiny_model_dir, cuda_model, options):
     prompts = [prompt(0, 14), prompt(9, 4), prompt(3, 30)]
     # greedy: float sums in another order must not flip a draw whose uniform sits at a boundary
     params = SamplingParams(temperature=0, max_new_tokens=16, stop_strings=("\n",))
-    batches = {}
-    for device in ("cpu", "cuda"):
-        model, tokenizer = lora_model(tiny_model_dir, device)
-        batches[device] = generate(model, tokenizer, prompts, 2, params, **(options if device == "cuda" else {}))
+    cpu_model, tokenizer = lora_model(tiny_model_dir, "cpu")
+    model, _ = cuda_model
+    batches = {"cpu": generate(cpu_model, tokenizer, prompts, 2, params),
+               "cuda": generate(model, tokenizer, prompts, 2, params, **options)}
     assert torch.equal(batches["cpu"].completion_ids, batches["cuda"].completion_ids)
     batch = batches["cuda"]
     mask = batch.completion_mask.bool()
@@ -50,8 +56,8 @@ def test_cuda_decoding_gives_the_cpu_tokens_and_the_trainers_logprobs(tiny_model
     torch.testing.assert_close(batch.token_logprobs[mask], trainer[mask], atol=1e-4, rtol=1e-4)
 
 
-def test_compiled_decode_replays_cuda_graphs_without_skips_or_recompiles(tiny_model_dir):
-    model, tokenizer = lora_model(tiny_model_dir, "cuda")
+def test_compiled_decode_replays_cuda_graphs_without_skips_or_recompiles(cuda_model):
+    model, tokenizer = cuda_model
     params = SamplingParams(temperature=0, max_new_tokens=12)
     chunks = [[prompt(0, 10), prompt(1, 7), prompt(2, 12)], [prompt(3, 9), prompt(4, 20), prompt(5, 3)],
               [prompt(6, 200), prompt(7, 5)]]  # an evaluation's chunks: the last smaller, one prompt longer
@@ -66,8 +72,8 @@ def test_compiled_decode_replays_cuda_graphs_without_skips_or_recompiles(tiny_mo
 
 
 @pytest.mark.parametrize("compiled", [pytest.param(False, id="eager"), pytest.param(True, id="compiled")])
-def test_cuda_decode_steps_do_not_wait_for_the_gpu(tiny_model_dir, compiled):
-    model, tokenizer = lora_model(tiny_model_dir, "cuda")
+def test_cuda_decode_steps_do_not_wait_for_the_gpu(cuda_model, compiled):
+    model, tokenizer = cuda_model
     reads = {}
     for steps in (8, 40):
         params = SamplingParams(temperature=1.0, max_new_tokens=steps)

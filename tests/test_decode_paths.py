@@ -35,13 +35,14 @@ def buffer_address(model) -> int:
 def test_evaluation_chunks_share_one_compiled_step_and_its_buffers(model_and_tokenizer):
     """Greedy, G = 1, chunks of 3, 3 and 2 prompts as evaluation makes them: the last chunk is padded
     to the first's rows, a longer prompt (200 tokens, past the 128-position bucket) grows the prompt
-    buffers without a recompile. Every chunk gives the eager loop's tokens."""
+    buffers without a recompile, and a horizon of 20 tokens instead of 8 shares the 64-position
+    buffers. Every chunk gives the eager loop's tokens."""
     model, tokenizer = model_and_tokenizer
-    params = SamplingParams(temperature=0, max_new_tokens=8)
     chunks = [[prompt(0, 10), prompt(1, 7), prompt(2, 12)], [prompt(3, 9), prompt(4, 20), prompt(5, 3)],
-              [prompt(6, 200), prompt(7, 5)]]
+              [prompt(6, 200), prompt(7, 5)], [prompt(8, 11)]]
     breaks = sum(counters["graph_break"].values())
     for index, chunk in enumerate(chunks):
+        params = SamplingParams(temperature=0, max_new_tokens=20 if index == 3 else 8)
         compiled = generate(model, tokenizer, chunk, 1, params, compiled=True)
         eager = generate(model, tokenizer, chunk, 1, params)
         assert torch.equal(compiled.completion_ids, eager.completion_ids), f"chunk {index}"

@@ -60,7 +60,9 @@ def generate(
     repeats them for every row and decodes through the model's own attention.
     sync_every: decode steps between the loop's host reads (default: 1 on CPU, 8 elsewhere).
     compiled: decode steps through torch.compile over buffers the model keeps for later rollouts
-    (grpo/speedups/compiled_decode.py); the first call per shape compiles, later ones reuse it.
+    (grpo/speedups/compiled_decode.py), always with the prompt's keys/values once per group; the
+    first call per shape compiles, later ones reuse it.
+    Returns the batch with the sampler's log-prob of each sampled token (token_logprobs).
     """
     device = next(model.parameters()).device
     sync_every = sync_every or (1 if device.type == "cpu" else 8)

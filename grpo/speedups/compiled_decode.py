@@ -10,12 +10,16 @@ graph) over buffers whose addresses never change:
 - the generated tokens' keys/values of every row, written at a step counter that lives on the
   device: every step runs the same graph and nothing is read back to the host.
 
-The buffers belong to the model: one set per (group size, new tokens, dtype, device), reused by
-every later rollout whose prompts fit. Their prompt count and prompt length only grow: a call with
-fewer prompts (an evaluation's last chunk) pads its batch with rows whose results are dropped,
-shorter prompts are masked. The prompt-length dimension is compiled as dynamic, so a longer prompt
-allocates longer buffers without a recompile (CUDA graphs record once more); more prompts than
-any earlier call recompile once. Finished rows stay in the batch (`compacts` is False).
+The buffers belong to the model: one set per (group size, new tokens rounded up to a multiple of
+NEW_TOKENS_BUCKET, dtype, device), reused by every later rollout whose prompts fit (positions past
+a rollout's own are masked, so a changing horizon, as in on-policy distillation, shares them).
+Their prompt count and prompt length only grow: a call with fewer prompts (an evaluation's last
+chunk) pads its batch with rows whose results are dropped, shorter prompts are masked. The
+prompt-length dimension is compiled as dynamic, so a longer prompt allocates longer buffers
+without a recompile (CUDA graphs record once more); more prompts than any earlier call recompile
+once. Finished rows stay in the batch (`compacts` is False). The buffers stay allocated while the
+model lives (for the Qwen2.5-0.5B shape at 64 prompts x 8, a 1,024-position prompt and 256 new
+tokens: 0.8 GB each for the prompts and for the generated tokens, in bfloat16).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from grpo.runtime.hf_compat import cache_argument
 from grpo.speedups.prefix_attention import SharedPrefix, decode_with_shared_prefix, supports_shared_prefix
 
 PROMPT_BUCKET = 128  # prompt buffers grow to a multiple of this many positions
+NEW_TOKENS_BUCKET = 64  # generated-token buffers hold a multiple of this many positions
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _BUFFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {shape key: DecodeBuffers}
 
@@ -99,6 +104,7 @@ def decode_buffers(model, prompt_cache, prompt_mask: torch.Tensor, group_size: i
     """The model's buffers for this shape, filled with this rollout's prompts; made (or grown) when
     none fit."""
     first = prompt_cache.layers[0].keys  # (N, Hkv, P, D)
+    new_tokens = -(-new_tokens // NEW_TOKENS_BUCKET) * NEW_TOKENS_BUCKET
     key = (group_size, new_tokens, first.dtype, first.device, len(prompt_cache.layers), first.shape[1], first.shape[3])
     held = _BUFFERS.setdefault(model, {})
     num_prompts, prompt_len = prompt_mask.shape
