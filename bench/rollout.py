@@ -10,7 +10,9 @@ G = 8 completions each, so 64 rows are 8 prompts and 512 rows 64), the same samp
 rollout.compile's compiled step; --sides ours leaves transformers out.
 Each side samples once to warm up, then `--repeats` times (default 1); the figure is generated
 tokens (up to and including EOS) per second of wall time. transformers gets the prompts repeated
-G times, as its `generate` has no shared prompt. Prints a table and writes JSON to --out.
+G times, as its `generate` has no shared prompt. Each figure comes with this process's CPU seconds
+(all threads), the steadier measure on a CPU shared with other work. Prints a table and writes
+JSON to --out.
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ from grpo.training.prompts import sampling_seed, tokenize_prompts
 GROUP = 8
 
 
-def _timed(fn) -> tuple[float, object]:
+def _timed(fn, *args) -> tuple[float, float, object]:
+    """(wall seconds, this process's CPU seconds over all its threads, fn(*args)). On a shared CPU
+    the CPU seconds are the steadier figure: other processes stretch the wall time, not the work."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    started = time.perf_counter()
-    out = fn()
+    started, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - started, out
+    return time.perf_counter() - started, time.process_time() - cpu, out
 
 
 def ours(model, tokenizer, token_lists, max_new_tokens: int, compiled: bool = False) -> int:
@@ -97,10 +101,11 @@ def main(argv=None) -> None:
             warm = token_lists if compiling else token_lists[: max(1, prompts // 8)]
             fn(model, tokenizer, warm, args.max_new_tokens if compiling else 4)
             for _ in range(args.repeats):
-                seconds, tokens = _timed(lambda: fn(model, tokenizer, token_lists, args.max_new_tokens))
-                results.append({"side": side, "rows": rows, "seconds": seconds, "tokens": tokens,
-                                "tokens_per_s": tokens / seconds})
-                print(f"{side:12s} {rows:4d} rows: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s",
+                seconds, cpu, tokens = _timed(fn, model, tokenizer, token_lists, args.max_new_tokens)
+                results.append({"side": side, "rows": rows, "seconds": seconds, "cpu_seconds": cpu, "tokens": tokens,
+                                "tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu})
+                print(f"{side:12s} {rows:4d} rows: {tokens} tokens in {seconds:.1f} s = "
+                      f"{tokens / seconds:.1f} tokens/s ({cpu:.1f} CPU s: {tokens / cpu:.1f} tokens per CPU s)",
                       flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device": args.device, "dtype": dtype, "threads": args.threads,

@@ -229,7 +229,8 @@ class CompileWatch:
         self.graphs = self.skips = 0
 
     def start(self):
-        self._graphs, self._skips = self.counters["stats"]["unique_graphs"], self.counters["inductor"]["cudagraph_skips"]
+        self._graphs = self.counters["stats"]["unique_graphs"]
+        self._skips = self.counters["inductor"]["cudagraph_skips"]
 
     def stop(self):
         self.graphs = self.counters["stats"]["unique_graphs"] - self._graphs
@@ -302,7 +303,7 @@ def rollout_rows(args, device: str, cuda: bool) -> list[Row]:
         with torch.no_grad():
             trainer = completion_logprobs(model, batch, temperature=1.0).float().cpu()
         mask = batch.completion_mask.bool()
-        gap = (batch.token_logprobs[mask] - trainer[mask]).abs()
+        gap = (batch.sampler_logprobs[mask] - trainer[mask]).abs()
         rows.append((ok if gap.mean() <= limit else fail)(
             f"sampler vs trainer log-probs, {mode}", f"mean |diff| {gap.mean():.2e}",
             f"max {gap.max():.2e} over {int(mask.sum())} tokens; limit on the mean {limit:g} ({dtype})"))

@@ -53,7 +53,7 @@ def test_cuda_decoding_gives_the_cpu_tokens_and_the_trainers_logprobs(tiny_model
     batch = batches["cuda"]
     mask = batch.completion_mask.bool()
     trainer = completion_logprobs(model, batch).cpu()
-    torch.testing.assert_close(batch.token_logprobs[mask], trainer[mask], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batch.sampler_logprobs[mask], trainer[mask], atol=1e-4, rtol=1e-4)
 
 
 def test_compiled_decode_replays_cuda_graphs_without_skips_or_recompiles(cuda_model):
@@ -89,8 +89,8 @@ def test_cuda_decode_steps_do_not_wait_for_the_gpu(cuda_model, compiled):
 def test_bfloat16_sampler_logprobs_agree_with_the_trainers(tiny_model_dir, compiled):
     model, tokenizer = lora_model(tiny_model_dir, "cuda", dtype="bfloat16")
     prompts = [prompt(i, 20 + 7 * i) for i in range(4)]
-    batch = generate(model, tokenizer, prompts, 8, SamplingParams(temperature=1.0, max_new_tokens=32), seeds=list(range(4)),
-                     compiled=compiled)
+    params = SamplingParams(temperature=1.0, max_new_tokens=32)
+    batch = generate(model, tokenizer, prompts, 8, params, seeds=list(range(4)), compiled=compiled)
     mask = batch.completion_mask.bool()
-    gap = (batch.token_logprobs[mask] - completion_logprobs(model, batch).float().cpu()[mask]).abs()
+    gap = (batch.sampler_logprobs[mask] - completion_logprobs(model, batch).float().cpu()[mask]).abs()
     assert gap.mean() < 0.02, (gap.mean(), gap.max())

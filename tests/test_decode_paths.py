@@ -77,7 +77,7 @@ def test_compiled_sampling_gives_the_eager_tokens_and_the_trainers_logprobs(mode
         assert torch.equal(compiled.completion_ids, eager.completion_ids) and compiled.texts == eager.texts
     mask = compiled.completion_mask.bool()
     trainer = completion_logprobs(model, compiled)
-    torch.testing.assert_close(compiled.token_logprobs[mask], trainer[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled.sampler_logprobs[mask], trainer[mask], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("compiled", [pytest.param(False, id="eager"), pytest.param(True, id="compiled")])

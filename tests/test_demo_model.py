@@ -50,7 +50,7 @@ def assert_greedy_decoding_is_transformers(model, tokenizer, prompts, plans):
         batch = generate(model, tokenizer, prompts, 2, SamplingParams(temperature=0, max_new_tokens=20), **options)
         ours[name] = batch
         mask = batch.completion_mask.bool()
-        torch.testing.assert_close(batch.token_logprobs[mask], completion_logprobs(model, batch)[mask],
+        torch.testing.assert_close(batch.sampler_logprobs[mask], completion_logprobs(model, batch)[mask],
                                    atol=1e-4, rtol=1e-4, msg=name)
     for row, prompt in enumerate(prompts):
         out = model.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=20,

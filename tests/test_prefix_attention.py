@@ -55,7 +55,8 @@ def test_fixed_cache_attention_masks_unwritten_positions_and_all_padding_prompts
     count), and a third prompt that is all padding (a row the batch was padded with)."""
     g, gen, written = torch.Generator().manual_seed(1), 6, 3
     prompts, group, dim, plen = 3, 2, 8, 4
-    pk, pv = torch.randn(prompts, kv_heads, plen, dim, generator=g), torch.randn(prompts, kv_heads, plen, dim, generator=g)
+    pk = torch.randn(prompts, kv_heads, plen, dim, generator=g)
+    pv = torch.randn(prompts, kv_heads, plen, dim, generator=g)
     pmask = torch.tensor([[True] * 4, [False, True, True, True], [False] * 4])
     rows = prompts * group
     q = torch.randn(rows, heads, 1, dim, generator=g)
@@ -113,7 +114,8 @@ def test_the_prompt_is_never_copied_per_row_nor_its_heads_repeated(rows):
     active = 8 if rows is None else len(rows)
     q = torch.randn(active, 8, 1, 16, generator=g)
     sk, sv = torch.randn(active, 2, 3, 16, generator=g), torch.randn(active, 2, 3, 16, generator=g)
-    prefix = SharedPrefix([pk], [pv], torch.ones(2, 64, dtype=torch.bool), 4, None if rows is None else torch.tensor(rows))
+    active_rows = None if rows is None else torch.tensor(rows)
+    prefix = SharedPrefix([pk], [pv], torch.ones(2, 64, dtype=torch.bool), 4, active_rows)
     with LargestOutput() as largest:
         shared_prefix_attention(types.SimpleNamespace(layer_idx=0), q, sk, sv, None, grpo_shared_prefix=prefix)
     assert largest.numel == 2 * 2 * 16 * 64 < 8 * 2 * 64 * 16
@@ -153,5 +155,5 @@ def test_the_samplers_logprobs_are_the_trainers(tiny, share):
                      share_prompt_kv=share)
     mask = batch.completion_mask.bool()
     trainer = completion_logprobs(model, batch, temperature=0.7)
-    torch.testing.assert_close(batch.token_logprobs[mask], trainer[mask], atol=1e-5, rtol=1e-5)
-    assert (batch.token_logprobs[~mask] == 0).all()
+    torch.testing.assert_close(batch.sampler_logprobs[mask], trainer[mask], atol=1e-5, rtol=1e-5)
+    assert (batch.sampler_logprobs[~mask] == 0).all()

@@ -2,7 +2,7 @@
 ranges, at the versions installed where the test suite runs."""
 
 import tomllib
-from importlib.metadata import version
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -44,6 +44,6 @@ def test_each_container_pin_is_the_version_the_suite_runs_with():
     for line in lines:
         requirement = Requirement(line)
         (pin,) = requirement.specifier
-        if version(requirement.name) != pin.version:
-            differ[requirement.name] = (pin.version, version(requirement.name))
+        if installed_version(requirement.name) != pin.version:
+            differ[requirement.name] = (pin.version, installed_version(requirement.name))
     assert not differ, f"pinned vs installed: {differ}; run scripts/sync_requirements.py"

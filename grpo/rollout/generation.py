@@ -62,7 +62,7 @@ def generate(
     compiled: decode steps through torch.compile over buffers the model keeps for later rollouts
     (grpo/speedups/compiled_decode.py), always with the prompt's keys/values once per group; the
     first call per shape compiles, later ones reuse it.
-    Returns the batch with the sampler's log-prob of each sampled token (token_logprobs).
+    Returns the batch with the sampler's log-prob of each sampled token (sampler_logprobs).
     """
     device = next(model.parameters()).device
     sync_every = sync_every or (1 if device.type == "cpu" else 8)
@@ -208,7 +208,7 @@ def _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entro
         group_size=group_size,
         token_entropy=entropies * mask,
         token_certainty=certainties * mask,
-        token_logprobs=logprobs * mask,
+        sampler_logprobs=logprobs * mask,
     )
 
 

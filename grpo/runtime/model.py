@@ -136,8 +136,8 @@ def resolve_for_device(cfg: Config, cuda: bool) -> Config:
     """The recipe with its device-dependent choices made (logged and saved as resolved)."""
     m = cfg.model
     dtype = resolve_dtype(m.dtype, cuda)
-    model = dataclasses.replace(m, dtype=dtype, attn_implementation=resolve_attention(m.attn_implementation, cuda, dtype))
-    return dataclasses.replace(cfg, model=model)
+    attention = resolve_attention(m.attn_implementation, cuda, dtype)
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, dtype=dtype, attn_implementation=attention))
 
 
 def load_model_and_tokenizer(

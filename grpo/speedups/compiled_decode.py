@@ -86,7 +86,7 @@ class DecodeBuffers:
     def fill(self, prompt_cache, prompt_mask: torch.Tensor) -> None:
         """Copy this rollout's prompt keys/values (N', Hkv, P', D) per layer in; N' <= N, P' <= P."""
         num_prompts, prompt_len = prompt_mask.shape
-        for keys, values, layer in zip(self.prompt_keys, self.prompt_values, prompt_cache.layers):
+        for keys, values, layer in zip(self.prompt_keys, self.prompt_values, prompt_cache.layers, strict=True):
             keys[:num_prompts, :, :prompt_len] = layer.keys
             values[:num_prompts, :, :prompt_len] = layer.values
         self.prompt_mask.zero_()

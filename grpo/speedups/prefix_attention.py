@@ -41,7 +41,7 @@ class SharedPrefix:
     values: list[torch.Tensor]  # per layer (N, Hkv, P, D)
     prompt_mask: torch.Tensor | None  # (N, P) bool, False = padding; None = no padding
     group_size: int
-    rows: torch.Tensor | None  # (A,) original row index of each active row (prompt = row // G); None = all N * G in order
+    rows: torch.Tensor | None  # (A,) original row of each active row (prompt = row // G); None = all N * G in order
     newest: torch.Tensor | None = None  # () long: generated positions <= newest are valid; None = all are
 
 
