@@ -261,44 +261,56 @@ def rollout_rows(args, device: str, cuda: bool) -> list[Row]:
                f"{sum(p.numel() for p in model.parameters()) / 1e6:,.1f}M parameters")]
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens, stop_strings=STOP_STRINGS,
                             ignore_eos=True)
-    watch, rates, batches = CompileWatch(), {}, {}
-    for compiled in (False, True):
+    watch, rates, batches, peak = CompileWatch(), {}, {}, 0.0
+
+    def measure(compiled: bool, num_rows: int) -> list[Row]:
+        nonlocal peak
+        mode = "compiled" if compiled else "eager"
+        prompts = random_prompts(num_rows // GROUP, args.prompt_len, len(tokenizer), seed=num_rows)
+        seeds = list(range(len(prompts)))
+        started = time.perf_counter()
+        warm = params if compiled else SamplingParams(1.0, 1.0, 8, STOP_STRINGS, ignore_eos=True)
+        generate(model, tokenizer, prompts, GROUP, warm, seeds, compiled=compiled)  # compiles the shape
+        warm_s = time.perf_counter() - started
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        watch.start()
+        started = time.perf_counter()
+        batch = generate(model, tokenizer, prompts, GROUP, params, seeds, compiled=compiled)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        watch.stop()
+        tokens = int(batch.completion_mask.sum())
+        rates[mode, num_rows], batches[mode, num_rows] = tokens / seconds, batch
+        memory = ""
+        if cuda:
+            peak = max(peak, torch.cuda.max_memory_reserved() / 2**30)
+            memory = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        note = (f"{tokens} tokens in {seconds:.2f} s; warm-up {warm_s:.0f} s{' (compiles)' if compiled else ''}; "
+                f"recompiles {watch.graphs}, CUDA-graph skips {watch.skips}{memory}")
+        complete = tokens == num_rows * args.new_tokens  # EOS ignored: every row runs to the end
+        good = complete and watch.graphs == 0 and watch.skips == 0
+        return [(ok if good else fail)(f"rollout {mode}, {num_rows} rows", f"{tokens / seconds:,.0f} tokens/s", note)]
+
+    for compiled in (False, True):  # each measurement on its own: a failed compile leaves the eager rows
         for num_rows in args.rows:
             mode = "compiled" if compiled else "eager"
-            check = f"rollout {mode}, {num_rows} rows"
-            prompts = random_prompts(num_rows // GROUP, args.prompt_len, len(tokenizer), seed=num_rows)
-            seeds = list(range(len(prompts)))
-            started = time.perf_counter()
-            warm = params if compiled else SamplingParams(1.0, 1.0, 8, STOP_STRINGS, ignore_eos=True)
-            generate(model, tokenizer, prompts, GROUP, warm, seeds, compiled=compiled)  # compiles the shape
-            warm_s = time.perf_counter() - started
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            watch.start()
-            started = time.perf_counter()
-            batch = generate(model, tokenizer, prompts, GROUP, params, seeds, compiled=compiled)
-            if cuda:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - started
-            watch.stop()
-            tokens = int(batch.completion_mask.sum())
-            rates[mode, num_rows], batches[mode, num_rows] = tokens / seconds, batch
-            peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
-            note = (f"{tokens} tokens in {seconds:.2f} s; warm-up {warm_s:.0f} s{' (compiles)' if compiled else ''}; "
-                    f"recompiles {watch.graphs}, CUDA-graph skips {watch.skips}{peak}")
-            complete = tokens == num_rows * args.new_tokens  # EOS ignored: every row runs to the end
-            good = complete and watch.graphs == 0 and watch.skips == 0
-            rows.append((ok if good else fail)(check, f"{tokens / seconds:,.0f} tokens/s", note))
+            guarded(f"rollout {mode}, {num_rows} rows", rows, measure, compiled, num_rows)
     big = max(args.rows)
-    if cuda and is_05b:
+    if not (cuda and is_05b):
+        rows.append(not_run("target tokens/s", "set for the Qwen2.5-0.5B shape on a GPU"))
+    elif ("compiled", big) in rates:
         rate = rates["compiled", big]
         rows.append((ok if rate >= TARGET_TOKENS_PER_S else fail)(
             f"target: >= {TARGET_TOKENS_PER_S:,} tokens/s at {big} rows, compiled", f"{rate:,.0f} tokens/s"))
     else:
-        rows.append(not_run("target tokens/s", "set for the Qwen2.5-0.5B shape on a GPU"))
+        rows.append(fail(f"target: >= {TARGET_TOKENS_PER_S:,} tokens/s at {big} rows, compiled", "no measurement"))
     limit = 0.02 if dtype != "float32" else 1e-4
     for mode in ("eager", "compiled"):
+        if (mode, big) not in batches:
+            continue
         batch = batches[mode, big].select_groups(list(range(min(8, big // GROUP))))  # 64 rows
         with torch.no_grad():
             trainer = completion_logprobs(model, batch, temperature=1.0).float().cpu()
@@ -308,8 +320,8 @@ def rollout_rows(args, device: str, cuda: bool) -> list[Row]:
             f"sampler vs trainer log-probs, {mode}", f"mean |diff| {gap.mean():.2e}",
             f"max {gap.max():.2e} over {int(mask.sum())} tokens; limit on the mean {limit:g} ({dtype})"))
     if cuda:
-        rows.append(ok("peak GPU memory (rollout)", f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB reserved"))
-    del model
+        peak = max(peak, torch.cuda.max_memory_reserved() / 2**30)
+        rows.append(ok("peak GPU memory (rollout)", f"{peak:.1f} GiB reserved"))
     return rows
 
 
@@ -430,10 +442,10 @@ def qlora_and_flash_rows(cuda: bool) -> list[Row]:
 
 # ---- the run ------------------------------------------------------------------------------------------
 
-def guarded(check: str, rows: list[Row], build) -> None:
-    """Add build()'s rows; an exception is this check's FAIL row (infrastructure errors are failures)."""
+def guarded(check: str, rows: list[Row], build, *args) -> None:
+    """Add build(*args)'s rows; an exception is this check's FAIL row (infrastructure errors are failures)."""
     try:
-        rows.extend(build())
+        rows.extend(build(*args))
     except Exception as error:  # noqa: BLE001 - reported as the check's failure, with the traceback logged
         logging.getLogger("gpu_check").error("%s failed:\n%s", check, traceback.format_exc())
         rows.append(fail(check, f"{type(error).__name__}: {error}"[:200]))
