@@ -8,6 +8,12 @@ SM_CHANNEL_<NAME>. Checkpoints go to /opt/ml/checkpoints, which SageMaker mirror
 checkpoint S3 URI and restores after a spot interruption, so `--resume` continues from there.
 When training succeeds, node 0 copies the final adapter into SM_MODEL_DIR (-> model.tar.gz).
 
+The launcher gets the network settings SageMaker's own torchrun driver sets (EFA where the
+instance has it; `network_environment`). When SageMaker stops the job (SIGTERM, then SIGKILL 120 s
+later), the signal goes to the train.py processes themselves, not to their launcher: torchrun
+(without torch 2.12's --shutdown-timeout) and deepspeed's launcher SIGKILL their workers 30 s after
+passing SIGTERM on, while train.py may need longer to finish its step and checkpoint.
+
 Outside SageMaker, `--print-command` shows the command this node would run, given those
 variables, without starting it.
 """
@@ -21,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,14 @@ STOPPED = "stopped.json"  # train.py writes it when SIGTERM ended the run early 
 MASTER_PORT = 29500
 DEEPSPEED_HOSTFILE = "/tmp/deepspeed_hostfile"
 LAUNCHERS = ("torchrun", "deepspeed")
+WORKER_GRACE_S = 110  # SageMaker's StopTrainingJob waits 120 s between SIGTERM and SIGKILL
+
+# The instance types SageMaker's torchrun driver gives EFA settings, as it lists them (sagemaker-python-sdk,
+# src/sagemaker/modules/train/container_drivers/common/utils.py: SM_EFA_NCCL_INSTANCES, SM_EFA_RDMA_INSTANCES;
+# the older sagemaker-training-toolkit's torch_distributed.py uses lists of the same names).
+EFA_INSTANCES = ("ml.g4dn.8xlarge", "ml.g4dn.12xlarge", "ml.g5.48xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge",
+                 "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.trn1.32xlarge")
+EFA_RDMA_INSTANCES = ("ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.trn1.32xlarge")
 
 
 class EntryError(ValueError):
@@ -171,6 +186,28 @@ def build_launch_command(env: Mapping[str, str], hyperparameters: Mapping) -> li
     raise EntryError(f"launcher={launcher!r}: use one of {', '.join(LAUNCHERS)}")
 
 
+def network_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The NCCL/EFA variables SageMaker's torchrun driver sets (sagemaker-python-sdk,
+    src/sagemaker/modules/train/container_drivers/distributed_drivers/torchrun_driver.py, setup_env),
+    for the instance in SM_CURRENT_INSTANCE_TYPE; a variable the job already sets is left to it.
+
+    - NCCL_SOCKET_IFNAME: SM_NETWORK_INTERFACE_NAME (default eth0), the interface of NCCL's bootstrap;
+    - FI_PROVIDER=efa on EFA instances: libfabric (under NCCL's aws-ofi-nccl plugin) uses EFA;
+    - FI_EFA_USE_DEVICE_RDMA=1 and RDMAV_FORK_SAFE=1 where EFA does GPUDirect RDMA: one-sided
+      transfers straight from GPU memory, and ibverbs memory registrations that survive fork();
+    - NCCL_PROTO=simple on EFA instances. The driver sets it on every instance; here only with EFA,
+      where the low-latency protocols are what it guards against: on one node's NVLink they are
+      NCCL's fastest for small messages.
+    """
+    instance = env.get("SM_CURRENT_INSTANCE_TYPE", "")
+    settings = {"NCCL_SOCKET_IFNAME": env.get("SM_NETWORK_INTERFACE_NAME") or "eth0"}
+    if instance in EFA_INSTANCES:
+        settings.update(FI_PROVIDER="efa", NCCL_PROTO="simple")
+    if instance in EFA_RDMA_INSTANCES:
+        settings.update(FI_EFA_USE_DEVICE_RDMA="1", RDMAV_FORK_SAFE="1")
+    return {name: value for name, value in settings.items() if name not in env}
+
+
 def install_command(hyperparameters: Mapping) -> list[str] | None:
     """pip install of the job's extra requirements (the launcher adds e.g. the SageMaker MLflow plugin)."""
     extra = list(hyperparameters.get("extra_requirements") or [])
@@ -196,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ
     command = build_launch_command(env, hyperparameters)
     install = install_command(hyperparameters)
+    network = network_environment(env)
     if install:
         print("install:", " ".join(install), flush=True)
+    print("environment:", " ".join(f"{name}={value}" for name, value in network.items()), flush=True)
     print("launch:", " ".join(command), flush=True)
     if hyperparameters["print_command"]:
         return 0
@@ -206,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = read_cluster(env)
     if hyperparameters["launcher"] == "deepspeed" and cluster.num_nodes > 1:
         Path(DEEPSPEED_HOSTFILE).write_text(deepspeed_hostfile(cluster))
-    returncode = run_forwarding_sigterm(command)
+    returncode = run_forwarding_sigterm(command, {**env, **network})
     if returncode == 0 and cluster.node_rank == 0:
         after_training(Path(OUTPUT_DIR), Path(env.get("SM_MODEL_DIR", "/opt/ml/model")))
     return returncode
@@ -223,15 +262,81 @@ def after_training(output_dir: Path, model_dir: Path) -> None:
     export_final_adapter(output_dir, model_dir)
 
 
-def run_forwarding_sigterm(command: list[str]) -> int:
-    """Run the launcher, passing on the SIGTERM SageMaker sends this process before a stop or a spot
-    interruption (torchrun and deepspeed pass it to train.py, which checkpoints and exits 0)."""
-    process = subprocess.Popen(command, cwd=REPO_ROOT)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
+def run_forwarding_sigterm(command: list[str], env: Mapping[str, str] | None = None,
+                           grace_s: float = WORKER_GRACE_S) -> int:
+    """Run the launcher; on the SIGTERM SageMaker sends before a stop or a spot interruption, pass it to
+    the train.py processes under the launcher (train.py finishes or abandons its step, checkpoints and
+    exits 0, and the launcher exits with its workers). Only if they are still running `grace_s` later
+    does the launcher get the signal itself (it then ends them its own way). Without train.py
+    processes (not started yet, or another command) the launcher gets it at once."""
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=None if env is None else dict(env))
+    deadline = []  # set once, by the first SIGTERM
+
+    def stop(signum, frame):
+        if deadline:
+            return
+        deadline.append(time.monotonic() + grace_s)
+        for pid in training_processes(process.pid) or [process.pid]:
+            _signal(pid, signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        return process.wait()
+        while True:
+            try:
+                return process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                if deadline and time.monotonic() > deadline[0]:
+                    print(f"train.py still running {grace_s:.0f} s after SIGTERM: stopping the launcher", flush=True)
+                    _signal(process.pid, signal.SIGTERM)
+                    deadline[0] = float("inf")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:  # it has just exited
+        pass
+
+
+def runs_train_py(argv: list[str]) -> bool:
+    """Whether a command line is Python running train.py: its first argument after the interpreter's
+    options (`python -u train.py ...`; not `torchrun ... train.py`, nor `python -m launcher ... train.py`)."""
+    arguments = iter(argv[1:])
+    for arg in arguments:
+        if arg in ("-m", "-c"):
+            return False
+        if arg in ("-W", "-X"):  # options whose value is the next argument
+            next(arguments, None)
+        elif not arg.startswith("-"):
+            return Path(arg).name == "train.py"
+    return False
+
+
+def training_processes(root: int, proc: Path = Path("/proc")) -> list[int]:
+    """The topmost processes at or under `root` whose command runs train.py: the launcher's workers
+    (torchrun and deepspeed start `python -u train.py ...`), not what they fork or spawn themselves
+    (data loaders, compile workers). Read from /proc (Linux, as in the SageMaker containers)."""
+    children: dict[int, list[int]] = {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command name)"
+        except (OSError, IndexError):  # exited while being read
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if runs_train_py([arg.decode(errors="replace") for arg in argv if arg]):
+            found.append(pid)
+        else:
+            pending.extend(children.get(pid, []))
+    return sorted(found)
 
 
 if __name__ == "__main__":

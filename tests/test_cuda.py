@@ -38,6 +38,7 @@ def test_training_steps_on_cuda(tiny_model_dir, tmp_path, extra):
 
 
 def test_qlora_loads_its_4bit_weights_on_the_gpu_and_trains(tiny_model_dir_128, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the bitsandbytes package")
     train.main(tiny_args(tiny_model_dir_128, tmp_path, 1, "model.load_in_4bit=true", "model.dtype=bfloat16"))
     model, _ = load_model_and_tokenizer(tiny_model_dir_128, dtype="bfloat16", load_in_4bit=True, device="cuda")
     assert {p.device.type for p in model.parameters()} == {"cuda"}

@@ -158,10 +158,120 @@ def test_print_command_shows_the_launch_without_running_it(monkeypatch, capsys):
         monkeypatch.setenv(name, value)
     assert entry.main(["--recipe", "gsm8k.yaml", "--train_file", "train.jsonl", "--print-command"]) == 0
     assert capsys.readouterr().out == (
+        "environment: NCCL_SOCKET_IFNAME=eth0\n"
         "launch: torchrun --nnodes 2 --node_rank 0 --nproc_per_node 2 --master_addr algo-1 --master_port 29500 "
         "train.py --recipe /opt/ml/input/data/recipe/gsm8k.yaml --resume --output-dir /opt/ml/checkpoints "
         "data.train_file=/opt/ml/input/data/train/train.jsonl\n"
     )
+
+
+@pytest.mark.parametrize("instance, job_env, expected", [
+    # what SageMaker's torchrun driver sets per instance type (its lists, torchrun_driver.setup_env)
+    pytest.param("ml.p4d.24xlarge", {}, {"NCCL_SOCKET_IFNAME": "eth0", "FI_PROVIDER": "efa", "NCCL_PROTO": "simple",
+                                         "FI_EFA_USE_DEVICE_RDMA": "1", "RDMAV_FORK_SAFE": "1"}, id="efa-with-rdma"),
+    pytest.param("ml.p5.48xlarge", {"SM_NETWORK_INTERFACE_NAME": "ens32"},
+                 {"NCCL_SOCKET_IFNAME": "ens32", "FI_PROVIDER": "efa", "NCCL_PROTO": "simple"}, id="efa"),
+    pytest.param("ml.g5.2xlarge", {}, {"NCCL_SOCKET_IFNAME": "eth0"}, id="no-efa"),
+    pytest.param("", {}, {"NCCL_SOCKET_IFNAME": "eth0"}, id="instance-type-unknown"),
+    pytest.param("ml.p4d.24xlarge", {"NCCL_PROTO": "LL128", "NCCL_SOCKET_IFNAME": "ens5"},
+                 {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "RDMAV_FORK_SAFE": "1"},
+                 id="the-jobs-own-settings-win"),
+])
+def test_network_environment_is_what_sagemakers_torchrun_driver_sets(instance, job_env, expected):
+    assert entry.network_environment({"SM_CURRENT_INSTANCE_TYPE": instance, **job_env}) == expected
+
+
+# A stand-in for torchrun: starts `python -u train.py` twice, and on its own SIGTERM does what torchrun
+# does (forward it, then SIGKILL the workers), with 0.5 s for torchrun's 30; exits 0 when both did.
+FAKE_LAUNCHER = """
+import signal, subprocess, sys, time
+workers = [subprocess.Popen([sys.executable, "-u", sys.argv[1], str(i)]) for i in range(2)]
+def stop(*_):
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    for w in workers:
+        w.kill()
+    sys.exit(9)
+signal.signal(signal.SIGTERM, stop)
+sys.exit(max(w.wait() for w in workers))
+"""
+# A stand-in for train.py: forks a helper (a data loader), then on SIGTERM takes `delay` seconds to
+# finish its step and checkpoint (a marker file), and exits 0.
+FAKE_TRAIN = """
+import os, signal, sys, time
+if os.fork() == 0:
+    time.sleep(60)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, lambda *_: (time.sleep({delay}), open({marker!r} + sys.argv[1], "w").close(),
+                                         sys.exit(0)))
+open({marker!r} + "started" + sys.argv[1], "w").close()
+time.sleep(60)
+"""
+
+
+def launch_fake_training(tmp_path, delay: float, grace_s: float):
+    import os
+    import signal
+    import threading
+
+    marker = str(tmp_path / "checkpointed-")
+    (tmp_path / "train.py").write_text(FAKE_TRAIN.format(delay=delay, marker=marker))
+    (tmp_path / "launcher.py").write_text(FAKE_LAUNCHER)
+
+    def sagemaker_stops_the_job():
+        deadline = time.monotonic() + 30
+        while not all(Path(f"{marker}started{i}").exists() for i in range(2)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=sagemaker_stops_the_job).start()
+    started = time.monotonic()
+    code = entry.run_forwarding_sigterm([sys.executable, str(tmp_path / "launcher.py"), str(tmp_path / "train.py")],
+                                        grace_s=grace_s)
+    return code, time.monotonic() - started, [Path(f"{marker}{i}").exists() for i in range(2)]
+
+
+def test_sigterm_goes_to_the_training_processes_which_get_longer_than_the_launcher_would_give(tmp_path):
+    # each worker needs 2 s after SIGTERM; the launcher would have killed it after 0.5 s
+    code, _, checkpointed = launch_fake_training(tmp_path, delay=2.0, grace_s=20)
+    assert code == 0 and checkpointed == [True, True]
+
+
+def test_training_that_outlasts_the_grace_period_is_stopped_by_its_launcher(tmp_path):
+    code, seconds, checkpointed = launch_fake_training(tmp_path, delay=30.0, grace_s=1.0)
+    assert code == 9 and checkpointed == [False, False]  # the launcher's SIGKILL after the grace period
+    assert seconds < 15
+
+
+@pytest.mark.parametrize("argv, expected", [
+    pytest.param(["/usr/bin/python3", "-u", "train.py", "--recipe", "r.yaml"], True, id="torchrun-worker"),
+    pytest.param(["python", "/opt/code/train.py"], True, id="a-path"),
+    pytest.param(["python", "-X", "faulthandler", "train.py"], True, id="option-with-a-value"),
+    pytest.param(["python", "/usr/bin/torchrun", "--nnodes", "1", "train.py"], False, id="torchrun-itself"),
+    pytest.param(["python", "-u", "-m", "deepspeed.launcher.launch", "train.py"], False, id="deepspeed-launcher"),
+    pytest.param(["python", "-c", "import train.py"], False, id="inline-code"),
+    pytest.param(["python", "my_train.py"], False, id="another-script"),
+    pytest.param(["python"], False, id="no-script"),
+])
+def test_a_training_process_is_python_running_train_py(argv, expected):
+    assert entry.runs_train_py(argv) is expected
+
+
+def test_training_processes_are_the_topmost_train_py_processes(tmp_path):
+    (tmp_path / "train.py").write_text(FAKE_TRAIN.format(delay=0, marker=str(tmp_path / "m-")))
+    (tmp_path / "launcher.py").write_text(FAKE_LAUNCHER)
+    launcher_process = subprocess.Popen([sys.executable, str(tmp_path / "launcher.py"), str(tmp_path / "train.py")])
+    try:
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"m-started{i}").exists() for i in range(2)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = entry.training_processes(launcher_process.pid)
+        parents = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in found}
+        assert len(found) == 2 and parents == {launcher_process.pid}  # the workers, not their forked helpers
+    finally:
+        launcher_process.kill()
+        launcher_process.wait()
 
 
 def test_final_adapter_is_copied_into_the_model_dir(tmp_path):

@@ -1,6 +1,8 @@
-"""The SageMaker container's requirements come from pyproject.toml: same packages, pinned inside its ranges."""
+"""The SageMaker container's requirements come from pyproject.toml: same packages, pinned inside its
+ranges, at the versions installed where the test suite runs."""
 
 import tomllib
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -30,3 +32,18 @@ def test_pyproject_caps_the_libraries_whose_internals_the_project_uses():
     by_name = {r.name: r for r in map(Requirement, project["dependencies"])}
     for name in ("transformers", "peft", "bitsandbytes", "deepspeed"):
         assert any(spec.operator == "<" for spec in by_name[name].specifier), f"{name} has no upper bound"
+
+
+def test_each_container_pin_is_the_version_the_suite_runs_with():
+    """The container installs what was tested: a pin that differs from this environment's version
+    (a package upgraded here, or the file edited by hand) fails until scripts/sync_requirements.py
+    rewrites the file."""
+    lines = [line for line in (REPO / "requirements-sagemaker.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    differ = {}
+    for line in lines:
+        requirement = Requirement(line)
+        (pin,) = requirement.specifier
+        if installed_version(requirement.name) != pin.version:
+            differ[requirement.name] = (pin.version, installed_version(requirement.name))
+    assert not differ, f"pinned vs installed: {differ}; run scripts/sync_requirements.py"

@@ -211,8 +211,10 @@ def test_rollout_records_sampling_entropy_and_self_certainty(tiny):
 ])
 def test_next_token_stats_by_hand(temperature, expected_entropy):
     logits = torch.log(torch.tensor([[1.0, 2.0, 3.0]]))
-    entropy, certainty = next_token_stats(logits, temperature)
+    entropy, certainty, logprob = next_token_stats(logits, temperature, torch.tensor([2]))
     assert entropy.item() == pytest.approx(expected_entropy, abs=1e-5)
+    # token 2's probability: 3/6 at T = 1 (and greedy, the raw distribution), 9/14 at T = 0.5
+    assert logprob.item() == pytest.approx(math.log(9 / 14 if temperature == 0.5 else 0.5), abs=1e-5)
     # Self-certainty uses the raw logits at any temperature: -ln 3 - mean ln([1, 2, 3] / 6) = 0.095894.
     assert certainty.item() == pytest.approx(0.095894, abs=1e-5)
 

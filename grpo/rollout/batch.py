@@ -24,6 +24,10 @@ class RolloutBatch:
     group_size: int
     token_entropy: torch.Tensor  # (B, T) entropy of the sampling distribution at each token
     token_certainty: torch.Tensor  # (B, T) self-certainty KL(U || p) of the raw next-token distribution
+    # (B, T) the sampler's log-prob of each sampled token, log softmax(logits / temperature) (raw logits
+    # when greedy), before top-p: the trainer's completion_logprobs of the same tokens, from the decode
+    # path's numerics; None where the batch was not sampled here
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -32,6 +36,7 @@ class RolloutBatch:
     def prompts_slice(self, start: int, stop: int) -> "RolloutBatch":
         """Prompts [start, stop) with their completions, padding trimmed to the slice's needs."""
         g = self.group_size
+        logprobs = self.sampler_logprobs
         pmask = self.prompt_mask[start:stop]
         first = int((pmask.sum(0) > 0).nonzero()[0]) if pmask.any() else 0
         cmask = self.completion_mask[start * g : stop * g]
@@ -46,6 +51,7 @@ class RolloutBatch:
             group_size=g,
             token_entropy=self.token_entropy[start * g : stop * g, :width],
             token_certainty=self.token_certainty[start * g : stop * g, :width],
+            sampler_logprobs=None if logprobs is None else logprobs[start * g : stop * g, :width],
         )
 
     def select_groups(self, groups: list[int]) -> "RolloutBatch":
@@ -57,6 +63,7 @@ class RolloutBatch:
             completion_ids=self.completion_ids[rows], completion_mask=self.completion_mask[rows],
             truncated=self.truncated[rows], texts=[self.texts[i] for i in rows], group_size=g,
             token_entropy=self.token_entropy[rows], token_certainty=self.token_certainty[rows],
+            sampler_logprobs=None if self.sampler_logprobs is None else self.sampler_logprobs[rows],
         )
 
 
@@ -83,6 +90,8 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         texts=[x for b in batches for x in b.texts], group_size=batches[0].group_size,
         token_entropy=cat("token_entropy", t, 0.0, False),
         token_certainty=cat("token_certainty", t, 0.0, False),
+        sampler_logprobs=(cat("sampler_logprobs", t, 0.0, False)
+                        if all(b.sampler_logprobs is not None for b in batches) else None),
     )
 
 

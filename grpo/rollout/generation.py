@@ -1,8 +1,8 @@
 """Sampling G completions per prompt, with the decode loop kept on the device.
 
 Each prompt is encoded once for its G completions (few-shot prompts are long and identical
-within a group); the decode steps then run on the rows still decoding, through the cache of
-`grpo.speedups.GroupDecodeCache`.
+within a group); the decode steps then run on the rows still decoding, through the decode cache
+`grpo.speedups.decode_cache` gives (the prompt's keys/values kept once per group).
 
 Per decode step the loop reads nothing back to the host between its checkpoints: tokens,
 entropies and self-certainties go into preallocated (B, T) device buffers; every row draws with
@@ -27,7 +27,7 @@ import torch
 from grpo import speedups
 from grpo.rollout.batch import RolloutBatch, left_pad
 from grpo.rollout.sampling import SamplingParams, counter_uniforms, next_token_stats, sample_tokens
-from grpo.rollout.stops import StopMatcher
+from grpo.rollout.stops import stop_matcher
 from grpo.runtime.hf_compat import returned_cache
 
 
@@ -55,11 +55,14 @@ def generate(
     depend only on (its seed, the row's slot in the group, the position), so a prompt's
     completions do not depend on which prompts share its batch: a step split across ranks samples
     what one process would.
-    share_prompt_kv: on CPU, decode with the prompt's keys/values held once per group
-    (grpo/speedups/prefix_attention.py) where the model allows; False repeats them for every row.
+    share_prompt_kv: decode with the prompt's keys/values held once per group, read once per group
+    by a grouped-query attention (grpo/speedups/prefix_attention.py), where the model allows; False
+    repeats them for every row and decodes through the model's own attention.
     sync_every: decode steps between the loop's host reads (default: 1 on CPU, 8 elsewhere).
-    compiled: decode steps through torch.compile over a static cache (grpo/speedups/compiled_decode.py);
-    the first call per shape compiles, later ones reuse it.
+    compiled: decode steps through torch.compile over buffers the model keeps for later rollouts
+    (grpo/speedups/compiled_decode.py), always with the prompt's keys/values once per group; the
+    first call per shape compiles, later ones reuse it.
+    Returns the batch with the sampler's log-prob of each sampled token (sampler_logprobs).
     """
     device = next(model.parameters()).device
     sync_every = sync_every or (1 if device.type == "cpu" else 8)
@@ -83,12 +86,14 @@ def generate(
     tokens = torch.full((num_rows, max_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)
     entropies = torch.zeros((num_rows, max_tokens), device=device)
     certainties = torch.zeros((num_rows, max_tokens), device=device)
+    logprobs = torch.zeros((num_rows, max_tokens), device=device)
     lengths = torch.full((num_rows,), max_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(num_rows, dtype=torch.bool, device=device)  # ended by EOS or a confirmed stop string
     fired = torch.zeros((num_rows, max_tokens), dtype=torch.bool, device=device)  # may end a stop string
     looked = _Look(tokenizer, params.stop_strings, num_rows)
-    eos_ids = torch.tensor(sorted(_eos_ids(tokenizer, model)), dtype=torch.long, device=device)
-    stops = StopMatcher(tokenizer, params.stop_strings, device) if any(params.stop_strings) else None
+    eos_ids = torch.tensor([] if params.ignore_eos else sorted(_eos_ids(tokenizer, model)), dtype=torch.long,
+                           device=device)
+    stops = stop_matcher(tokenizer, params.stop_strings, device) if any(params.stop_strings) else None
     window = stops.empty_window(num_rows) if stops else None  # (A, K) each active row's last bytes
     row_seeds = None if seeds is None else torch.tensor(list(seeds), dtype=torch.long, device=device).repeat_interleave(
         group_size)  # (B,)
@@ -99,11 +104,12 @@ def generate(
             rows = decode.rows  # (A,) original row index of each active row
             uniforms = None if row_seeds is None else counter_uniforms(row_seeds[rows], slots[rows], step)
             next_tokens = sample_tokens(logits, params.temperature, params.top_p, uniforms)  # (A,)
-            entropy, certainty = next_token_stats(logits, params.temperature)  # (A,), (A,)
+            entropy, certainty, logprob = next_token_stats(logits, params.temperature, next_tokens)  # (A,) x3
             live = ~finished[rows]  # rows that finished since the last look still decode until they leave
             tokens[rows, step] = torch.where(live, next_tokens, tokens[rows, step])
             entropies[rows, step] = torch.where(live, entropy, 0.0)
             certainties[rows, step] = torch.where(live, certainty, 0.0)
+            logprobs[rows, step] = torch.where(live, logprob, 0.0)
             ended = live & torch.isin(next_tokens, eos_ids)
             lengths[rows] = torch.where(ended, step + 1, lengths[rows])
             finished[rows] = finished[rows] | ended
@@ -112,7 +118,7 @@ def generate(
                 fired[rows, step] = hit & live & ~ended
             last = step == max_tokens - 1
             if (step + 1) % sync_every and not last:
-                logits = _decode_step(model, decode, next_tokens, positions)
+                logits = decode.logits(next_tokens, positions)
                 positions = positions + 1
                 continue
             # ---- the loop's look (one read): confirm stop strings, drop finished rows, stop when none is left
@@ -125,11 +131,11 @@ def generate(
                 next_tokens, positions = next_tokens[index], positions[index]
                 window = window[index] if window is not None else None
                 looked.active = [looked.active[i] for i in keep]
-            logits = _decode_step(model, decode, next_tokens, positions)
+            logits = decode.logits(next_tokens, positions)
             positions = positions + 1
 
     return _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entropies, certainties,
-                  lengths, finished)
+                  logprobs, lengths, finished)
 
 
 class _Look:
@@ -172,19 +178,12 @@ class _Look:
         return any(s in tail for s in self.stop_strings)
 
 
-def _decode_step(model, decode, next_tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Logits (A, V) of the token after `next_tokens` (A,) for the active rows."""
-    out = decode.forward(input_ids=next_tokens.unsqueeze(1), position_ids=positions.unsqueeze(1),
-                         **decode.step_inputs())
-    return out.logits[:, -1]
-
-
-def _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entropies, certainties, lengths,
-           finished) -> RolloutBatch:
+def _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entropies, certainties, logprobs,
+           lengths, finished) -> RolloutBatch:
     """Read the device buffers back once; each completion decoded once for its text."""
     lengths_list, finished_list = lengths.tolist(), finished.tolist()
     width = max(lengths_list)
-    tokens, entropies, certainties = tokens[:, :width].cpu(), entropies[:, :width].cpu(), certainties[:, :width].cpu()
+    tokens, entropies, certainties, logprobs = (x[:, :width].cpu() for x in (tokens, entropies, certainties, logprobs))
     rows = tokens.tolist()
     texts = []
     for row, n in enumerate(lengths_list):
@@ -209,6 +208,7 @@ def _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entro
         group_size=group_size,
         token_entropy=entropies * mask,
         token_certainty=certainties * mask,
+        sampler_logprobs=logprobs * mask,
     )
 
 

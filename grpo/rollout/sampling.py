@@ -17,6 +17,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 256
     stop_strings: tuple[str, ...] = ()
+    ignore_eos: bool = False  # decode max_new_tokens whatever is sampled (benchmarks: a fixed amount of work)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor | None
@@ -80,8 +81,11 @@ def counter_uniforms(seeds: torch.Tensor, slots: torch.Tensor, position: int) ->
     return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
 
 
-def next_token_stats(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy of the sampling distribution and self-certainty of the raw one, (N, V) -> (N,), (N,).
+def next_token_stats(logits: torch.Tensor, temperature: float, tokens: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Entropy of the sampling distribution, self-certainty of the raw one, and the log-prob of
+    `tokens` (N,) under softmax(logits / temperature) (the raw logits at temperature 0, before
+    top-p: what the trainer's completion_logprobs computes): (N, V) -> (N,), (N,), (N,).
 
     Self-certainty (Kang et al. 2025) is KL(U || p) = logsumexp(z) - mean(z) - log V.
     """
@@ -92,4 +96,4 @@ def next_token_stats(logits: torch.Tensor, temperature: float) -> tuple[torch.Te
     # logsumexp(z) = z_0 - log_softmax(z)_0: fused kernels, no (N, V) temporaries (this runs per token).
     raw_logp = logp if scaled is z else torch.log_softmax(z, dim=-1)
     certainty = (z[:, 0] - raw_logp[:, 0]) - z.mean(-1) - math.log(z.shape[-1])
-    return entropy, certainty
+    return entropy, certainty, logp.gather(1, tokens.unsqueeze(1)).squeeze(1)

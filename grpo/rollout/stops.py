@@ -22,6 +22,7 @@ import weakref
 import torch
 
 _TOKEN_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {(stops, device): StopMatcher}
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
@@ -82,24 +83,40 @@ def token_bytes(tokenizer) -> list[bytes]:
     return out
 
 
+def stop_matcher(tokenizer, stop_strings: tuple[str, ...], device: torch.device | str) -> "StopMatcher":
+    """The StopMatcher of (tokenizer, stop_strings, device), built once per tokenizer and kept while the
+    tokenizer lives (its tables take a pass over the vocabulary: 151k tokens for Qwen)."""
+    held = _MATCHERS.setdefault(tokenizer, {})
+    key = (tuple(stop_strings), str(torch.device(device)))
+    if key not in held:
+        held[key] = StopMatcher(tokenizer, stop_strings, device)
+    return held[key]
+
+
+def _byte_matrix(packed: bytes, k: int) -> torch.Tensor:
+    """(V, K) int16 from V * K packed bytes."""
+    return torch.frombuffer(bytearray(packed), dtype=torch.uint8).view(-1, k).to(torch.int16)
+
+
 class StopMatcher:
     """Device tensors for `stop_strings` under `tokenizer`; `step` flags the rows whose newest token
-    ends a stop string (by bytes), `window` is each row's last K bytes (-1 where there are none)."""
+    ends a stop string (by bytes), `window` is each row's last K bytes (-1 where there are none).
+    Make it through `stop_matcher`, which keeps one per tokenizer."""
 
-    def __init__(self, tokenizer, stop_strings: tuple[str, ...], device: torch.device):
+    def __init__(self, tokenizer, stop_strings: tuple[str, ...], device: torch.device | str):
         stops = [s.encode("utf-8") for s in stop_strings if s]
         if not stops:
             raise ValueError("StopMatcher needs at least one non-empty stop string")
-        self.k = max(1, max(len(s) for s in stops) - 1)
+        self.k = k = max(1, max(len(s) for s in stops) - 1)
         vocab = token_bytes(tokenizer)
-        k = self.k
-        heads = torch.full((len(vocab), k), -1, dtype=torch.int16)
-        tails = torch.full((len(vocab), k), -1, dtype=torch.int16)
-        lengths = torch.tensor([len(b) for b in vocab], dtype=torch.long)
-        for i, b in enumerate(vocab):
-            if b:
-                heads[i, : min(k, len(b))] = torch.tensor(list(b[:k]), dtype=torch.int16)
-                tails[i, k - min(k, len(b)):] = torch.tensor(list(b[-k:]), dtype=torch.int16)
+        lengths = torch.tensor([len(b) for b in vocab], dtype=torch.long)  # (V,)
+        kept = lengths.clamp(max=k).unsqueeze(1)  # (V, 1) bytes of each token in its head and tail
+        column = torch.arange(k)
+        # first K bytes, left-aligned; last K bytes, right-aligned; -1 where the token has none
+        heads = _byte_matrix(b"".join(b[:k].ljust(k, b"\0") for b in vocab), k)
+        tails = _byte_matrix(b"".join(b[-k:].rjust(k, b"\0") for b in vocab), k)
+        heads = heads.masked_fill(column >= kept, -1)
+        tails = tails.masked_fill(column < k - kept, -1)
         inner = torch.tensor([any(s in b for s in stops) for b in vocab])
         self.heads, self.tails, self.lengths, self.inner = (heads.to(device), tails.to(device),
                                                             lengths.to(device), inner.to(device))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import subprocess
@@ -96,25 +95,49 @@ def resolve_dtype(dtype: str, cuda: bool) -> str:
     return dtype
 
 
-def resolve_attention(attn_implementation: str, cuda: bool) -> str:
-    """model.attn_implementation as loaded: auto is flash_attention_2 on CUDA when the flash-attn
-    package is installed, else sdpa (PyTorch's fused attention). Asking for flash_attention_2
-    where it cannot run is an error naming the fix."""
-    has_flash = importlib.util.find_spec("flash_attn") is not None
+HALF_PRECISION = ("bfloat16", "float16")  # the dtypes flash-attn computes in
+
+
+def flash_attention_blocker(cuda: bool, dtype: str) -> str | None:
+    """Why flash_attention_2 cannot run here, or None when it can: it needs a CUDA GPU, a half
+    precision model.dtype, and a flash_attn package that imports. The import is tried for real: a
+    wheel built for another torch is found by transformers' check (which only looks for the
+    package) but fails with an undefined symbol (ImportError/OSError) or at its first call."""
+    if not cuda:
+        return "it needs a CUDA GPU"
+    if dtype not in HALF_PRECISION:
+        return f"it computes in bfloat16/float16 only and model.dtype is {dtype}"
+    try:
+        import flash_attn  # noqa: F401
+    except (ImportError, OSError, RuntimeError) as error:
+        return f"the flash_attn package does not import ({type(error).__name__}: {error})"
+    return None
+
+
+def resolve_attention(attn_implementation: str, cuda: bool, dtype: str) -> str:
+    """model.attn_implementation as loaded, for the resolved model.dtype: auto is flash_attention_2
+    where it can run (flash_attention_blocker), else sdpa (PyTorch's fused attention). Asking for
+    flash_attention_2 where it cannot run is an error naming the reason and the fix."""
+    if attn_implementation not in ("auto", "flash_attention_2"):
+        return attn_implementation
+    blocker = flash_attention_blocker(cuda, dtype)
     if attn_implementation == "auto":
-        return "flash_attention_2" if cuda and has_flash else "sdpa"
-    if attn_implementation == "flash_attention_2" and not (cuda and has_flash):
-        raise ConfigError("model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn "
-                          "package (pip install flash-attn); use sdpa or auto")
+        if blocker is not None:
+            log.info("model.attn_implementation=auto: sdpa, not flash_attention_2, because %s", blocker)
+        return "sdpa" if blocker else "flash_attention_2"
+    if blocker is not None:
+        raise ConfigError(f"model.attn_implementation=flash_attention_2 cannot run here: {blocker}. Fix: install a "
+                          f"flash-attn built for this torch ({torch.__version__}) on a CUDA GPU with model.dtype "
+                          "bfloat16 or float16, or set model.attn_implementation=sdpa (or auto)")
     return attn_implementation
 
 
 def resolve_for_device(cfg: Config, cuda: bool) -> Config:
     """The recipe with its device-dependent choices made (logged and saved as resolved)."""
     m = cfg.model
-    model = dataclasses.replace(m, dtype=resolve_dtype(m.dtype, cuda),
-                                attn_implementation=resolve_attention(m.attn_implementation, cuda))
-    return dataclasses.replace(cfg, model=model)
+    dtype = resolve_dtype(m.dtype, cuda)
+    attention = resolve_attention(m.attn_implementation, cuda, dtype)
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, dtype=dtype, attn_implementation=attention))
 
 
 def load_model_and_tokenizer(

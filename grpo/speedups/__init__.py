@@ -12,9 +12,10 @@
   layers' weights (lora_fold.py).
 - `onednn_plan(cpu_matmul)`: which layers run on oneDNN here; `cpu_linear_backends()`: the float32
   CPU products this build has, by name (bench/flops.py measures the machine's peak with them).
-- `decode_cache(...)`: the decode KV cache of G completions per prompt: the prompt's keys and
-  values held once per group on CPU (prefix_attention.py), written in place (kv_cache.py); or,
-  with rollout.compile, a static cache under a compiled decode step (compiled_decode.py).
+- `decode_cache(...)`: the decode of G completions per prompt: the prompt's keys and values held
+  once per group and read by a grouped-query attention (prefix_attention.py), the generated
+  tokens' written in place (kv_cache.py); or, with rollout.compile, a compiled decode step over
+  buffers the model keeps per shape (compiled_decode.py).
 
 Each module's docstring says why it is faster; bench/RESULTS.md has the measurements.
 """
@@ -77,8 +78,8 @@ def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, tokens: torch.Ten
 def decode_cache(model, prompt_cache, prompt_mask: torch.Tensor, group_size: int, max_new_tokens: int,
                  share_prompt_kv: bool = True, compiled: bool = False):
     """The cache and step of a group decode: a CompiledDecodeCache (rollout.compile) or a
-    GroupDecodeCache. Both give `rows`, `compacts`, `keep(index)`, `step_inputs()`, `forward(**inputs)`
-    and `attention_context()`."""
+    GroupDecodeCache. Both give `rows`, `compacts`, `keep(index)`, `logits(tokens, positions)` and
+    `attention_context()`."""
     if compiled:
         return CompiledDecodeCache(model, prompt_cache, prompt_mask, group_size, max_new_tokens)
     return GroupDecodeCache(model, prompt_cache, prompt_mask, group_size, max_new_tokens, share_prompt_kv)
