@@ -103,6 +103,24 @@ def test_dynamic_sampling_on_two_ranks_matches_one_process(tiny_model_dir, tmp_p
     assert moved > 5e-4 and worst < 1e-5, (moved, worst)
 
 
+AGENTS = ("data.task=ecom", "data.limit_eval=2", "env.curriculum=true", "rewards=[]", "rollout.max_new_tokens=24",
+          "log.eval_before=false")
+
+
+@pytest.mark.parametrize("strategy", ["zero3", "ddp"])
+def test_an_agent_step_on_two_ranks_matches_one_process(tiny_model_dir, tmp_path, strategy):
+    """The e-commerce gym's episodes (environments per row, seeded) on two ranks: the same rewards, curriculum
+    and adapter as one process."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    run_two_ranks(tiny_model_dir, two, 1, f"train.strategy={strategy}", *AGENTS)
+    train.main(tiny_args(tiny_model_dir, one, 1, *ONE_PROMPT_PER_MICRO_BATCH, *AGENTS))
+    (a,), (b,) = step_records(one), step_records(two)
+    for key in [k for k in a if k.startswith(("reward/", "curriculum/", "env/")) or k == "completion/length_mean"]:
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    wa, wb = adapter_weights(one), adapter_weights(two)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
 def merge_as_s3_would(roots, merged):
     """The union of the nodes' folders, file by file (a later node's file replaces an earlier one's)."""
     for root in roots:

@@ -28,6 +28,9 @@ class RolloutBatch:
     # when greedy), before top-p: the trainer's completion_logprobs of the same tokens, from the decode
     # path's numerics; None where the batch was not sampled here
     sampler_logprobs: torch.Tensor | None = None
+    # (B, T) 1 where the model sampled the token, 0 where the completion holds ids the environment appended
+    # (an agent's tool results and turn headers: attended to, never trained); None: every token was sampled
+    sampled_mask: torch.Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -52,6 +55,7 @@ class RolloutBatch:
             token_entropy=self.token_entropy[start * g : stop * g, :width],
             token_certainty=self.token_certainty[start * g : stop * g, :width],
             sampler_logprobs=None if logprobs is None else logprobs[start * g : stop * g, :width],
+            sampled_mask=None if self.sampled_mask is None else self.sampled_mask[start * g : stop * g, :width],
         )
 
     def select_groups(self, groups: list[int]) -> "RolloutBatch":
@@ -64,6 +68,7 @@ class RolloutBatch:
             truncated=self.truncated[rows], texts=[self.texts[i] for i in rows], group_size=g,
             token_entropy=self.token_entropy[rows], token_certainty=self.token_certainty[rows],
             sampler_logprobs=None if self.sampler_logprobs is None else self.sampler_logprobs[rows],
+            sampled_mask=None if self.sampled_mask is None else self.sampled_mask[rows],
         )
 
 
@@ -91,8 +96,18 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         token_entropy=cat("token_entropy", t, 0.0, False),
         token_certainty=cat("token_certainty", t, 0.0, False),
         sampler_logprobs=(cat("sampler_logprobs", t, 0.0, False)
-                        if all(b.sampler_logprobs is not None for b in batches) else None),
+                          if all(b.sampler_logprobs is not None for b in batches) else None),
+        sampled_mask=_sampled_masks(batches, t),
     )
+
+
+def _sampled_masks(batches: list[RolloutBatch], width: int) -> torch.Tensor | None:
+    """The batches' sampled masks side by side, a batch without one counting every completion token as
+    sampled; None when none has one."""
+    if all(b.sampled_mask is None for b in batches):
+        return None
+    masks = [b.completion_mask if b.sampled_mask is None else b.sampled_mask for b in batches]
+    return torch.cat([_pad_to(m, width, 0.0, False) for m in masks])
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

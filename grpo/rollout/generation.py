@@ -48,6 +48,7 @@ def generate(
     *,
     sync_every: int | None = None,
     compiled: bool = False,
+    abort=None,
 ) -> RolloutBatch:
     """Sample `group_size` completions for each prompt with a KV cache shared within the group.
 
@@ -62,6 +63,8 @@ def generate(
     compiled: decode steps through torch.compile over buffers the model keeps for later rollouts
     (grpo/speedups/compiled_decode.py), always with the prompt's keys/values once per group; the
     first call per shape compiles, later ones reuse it.
+    abort() -> bool: asked at each of the loop's looks; True stops the decode there (a stop request: the
+    caller abandons the partial batch).
     Returns the batch with the sampler's log-prob of each sampled token (sampler_logprobs).
     """
     device = next(model.parameters()).device
@@ -123,7 +126,7 @@ def generate(
                 continue
             # ---- the loop's look (one read): confirm stop strings, drop finished rows, stop when none is left
             keep = looked.look(tokens, fired, finished, lengths, step + 1)
-            if not keep or last:
+            if not keep or last or (abort is not None and abort()):
                 break
             if decode.compacts and len(keep) < len(looked.active):  # finished rows leave: no wasted work
                 index = torch.tensor(keep, device=device)

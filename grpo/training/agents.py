@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
+
+import torch
 
 from grpo.environments import (
     Curriculum, CurriculumConfig, EnvironmentFailure, Environments, Episode, episode_success, load_environments,
@@ -20,7 +23,6 @@ from grpo.environments import (
 )
 from grpo.rollout import rewarding
 from grpo.rollout.agent import AgentSettings, agent_settings
-from grpo.runtime import distributed
 from grpo.runtime.config import Config
 from grpo.runtime.distributed import World
 
@@ -104,28 +106,28 @@ def build_curriculum(cfg: Config) -> Curriculum | None:
     return Curriculum({key: config for key in curriculum_keys(cfg)}, cfg.train.seed)
 
 
-def update_curriculum(curriculum: Curriculum, records: list[tuple[str, int, bool]], world: World) -> dict:
-    """Every rank's (key, level, success) records of the step, in rank order, into the curriculum on every
-    rank (a collective), so all ranks hold one state; returns its metrics and the moves made."""
+def gather_records(records: list[tuple[str, int, bool]], world: World) -> list[tuple[str, int, bool]]:
+    """Every rank's (key, level, success) records of the step, in rank order (a collective)."""
+    if world.size == 1:
+        return list(records)
     gathered = [None] * world.size
-    if world.size > 1:
-        import torch
+    torch.distributed.all_gather_object(gathered, records)
+    return [record for rank in gathered for record in rank]
 
-        torch.distributed.all_gather_object(gathered, records)
-    else:
-        gathered = [records]
-    moves = curriculum.update([record for rank in gathered for record in rank])
+
+def level_success(records: list[tuple[str, int, bool]]) -> dict[str, float]:
+    """The step's success rate by environment (or dataset) and level."""
+    played, won = Counter(), Counter()
+    for key, level, success in records:
+        played[key, level] += 1
+        won[key, level] += success
+    return {f"env/success/{key}/level_{level}": won[key, level] / n for (key, level), n in sorted(played.items())}
+
+
+def update_curriculum(curriculum: Curriculum, records: list[tuple[str, int, bool]]) -> dict:
+    """The step's records of every rank (`gather_records`, the same list on every rank) into the curriculum,
+    so all ranks hold one state; returns its metrics and the moves made."""
+    moves = curriculum.update(records)
     for env, old, new in moves:
         log.info("curriculum: %s moves from level %d to %d", env, old, new)
     return {**curriculum.metrics(), "curriculum/moves_this_step": float(len(moves))}
-
-
-def gather_counts(values: list[float], world: World) -> list[float]:
-    """Every rank's per-row values, in rank order (a collective)."""
-    return distributed.gather_rows({"v": _column(values)}, world)["v"].view(-1).tolist()
-
-
-def _column(values: list[float]):
-    import torch
-
-    return torch.tensor(values, dtype=torch.float64).view(-1, 1)

@@ -85,9 +85,10 @@ def advantages(shaped: ShapedRewards, group_size: int, a: AdvantageConfig) -> to
 
 
 def loss_mask(batch: RolloutBatch, tokens: TokensConfig) -> torch.Tensor:
-    """Which tokens enter the loss (B, T) float: the completion mask, less DAPO's truncated completions
-    (tokens.overlong_mask) and the low-entropy tokens (tokens.entropy_top_fraction < 1)."""
-    mask = batch.completion_mask
+    """Which tokens enter the loss (B, T) float: the tokens the model sampled (an agent's tool results are not
+    among them), less DAPO's truncated completions (tokens.overlong_mask) and the low-entropy tokens
+    (tokens.entropy_top_fraction < 1)."""
+    mask = batch.completion_mask if batch.sampled_mask is None else batch.completion_mask * batch.sampled_mask
     if tokens.overlong_mask:
         mask = overlong_mask(mask, batch.truncated)
     if tokens.entropy_top_fraction < 1:

@@ -105,11 +105,12 @@ class _Round:
 
 def collect_rollouts(backend, tokenizer, cfg: Config, prompts, reward_fns: list[rewarding.WeightedReward],
                      step: int, world: World, max_new_tokens: int | None = None,
-                     after_generation=lambda: None, agents=None) -> StepRollout:
+                     after_generation=lambda: None, agents=None, stop=None) -> StepRollout:
     """This rank's rollout and the step's rewards (max_new_tokens: the step's horizon, if not the recipe's).
     prompts: a PromptSet or LeveledRows (grpo/training/prompts.py); agents: the run's environments
     (grpo/training/agents.py), whose episodes replace single completions; after_generation(): called after
-    each draw's sampling, before its rewards (the step's stop check).
+    each draw's sampling, before its rewards (the step's stop check); stop() -> bool: a stop request, which
+    ends the sampler's decode at its next look (the step is then abandoned).
 
     With DAPO dynamic sampling, groups whose totals are all equal are dropped and further prompts drawn
     (each round from its own seeded order, so resuming stays exact) until the step's prompts carry
@@ -127,12 +128,12 @@ def collect_rollouts(backend, tokenizer, cfg: Config, prompts, reward_fns: list[
         started = time.perf_counter()
         if agents is None:
             with backend.generation() as policy:
-                batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds, compiled=r.compile)
+                batch = generate(policy, tokenizer, chosen.tokens, g, params, seeds, compiled=r.compile, abort=stop)
             completions, extra, stats, episodes = batch.texts, {}, None, None
         else:
             episodes = agents.start([row for row in chosen.rows for _ in range(g)])
             with backend.generation() as policy:
-                played = run_episodes(policy, tokenizer, episodes, g, params, seeds, agents.settings)
+                played = run_episodes(policy, tokenizer, episodes, g, params, seeds, agents.settings, abort=stop)
             batch, completions = played.batch, played.conversations
             extra, stats = {"env_reward": [_env_reward(e) for e in episodes]}, _episode_stats(episodes)
         generating += time.perf_counter() - started

@@ -79,7 +79,8 @@ def build_run(cfg: Config, launch: Launch,
     total_steps = t.max_steps or math.ceil(t.epochs * len(train_prompts) / per_step)
     optimizer, scheduler = make_optimizer(params, t, total_steps * t.num_iterations * t.mini_batches)
     backend = create_backend(cfg, launch, model, reference, optimizer, scheduler)
-    objective = build_objective(cfg, ObjectiveSetup(launch.replica_device, tokenizer, train_prompts.rows, total_steps))
+    rows = train_prompts.rows if isinstance(train_prompts, PromptSet) else []  # rows made per step: none fixed
+    objective = build_objective(cfg, ObjectiveSetup(launch.replica_device, tokenizer, rows, total_steps))
     trainable, every = parameter_counts(model)
     log.info("%d train prompts, %d eval prompts, %d steps; trainable parameters: %d of %d (%.3f%%)",
              len(train_prompts), len(eval_prompts), total_steps, trainable, every, 100 * trainable / max(every, 1))

@@ -21,7 +21,7 @@ from grpo.training import metrics, reward_shaping
 from grpo.training.metrics import device_memory
 from grpo.training.policy import seed_step
 from grpo.training.rollouts import StepRollout, collect_rollouts
-from grpo.training.agents import update_curriculum
+from grpo.training.agents import gather_records, level_success, update_curriculum
 from grpo.training.setup import Run
 from grpo.training.update import policy_update, token_means
 
@@ -65,7 +65,7 @@ def train_step(run: Run, step: int, stop=lambda: False) -> StepResult | None:
 
     # 1-2. rollout and rewards
     rollout = collect_rollouts(backend, run.tokenizer, cfg, run.train_prompts, run.rewards, step, run.world,
-                               run.objective.max_new_tokens(step), abandon_if_asked, run.agents)
+                               run.objective.max_new_tokens(step), abandon_if_asked, run.agents, stop)
     generated = time.perf_counter()
     if rollout.num_groups == 0:  # dynamic sampling kept nothing on any rank
         return None
@@ -97,8 +97,11 @@ def train_step(run: Run, step: int, stop=lambda: False) -> StepResult | None:
             updates.append(stats)
             sums.append(token_sums)
     means = token_means(sums, run.world)
-    if run.curriculum is not None:  # RLVE: every rank's episodes of this step move the same curriculum
-        means.update(update_curriculum(run.curriculum, rollout.records, run.world))
+    if rollout.records:  # rows with levels: success by environment and level; RLVE moves its curriculum
+        records = gather_records(rollout.records, run.world)
+        means.update(level_success(records))
+        if run.curriculum is not None:
+            means.update(update_curriculum(run.curriculum, records))
     finished = time.perf_counter()
     times = {"time/step_s": finished - started, "time/rollout_and_reward_s": generated - started,
              "time/frozen_logprobs_s": frozen - generated, "time/update_s": finished - frozen}
