@@ -202,3 +202,24 @@ def test_micro_batch_shares_of_the_step_totals_sum_to_the_whole_loss(mode, whole
     if mode == "token-mean":
         averaged = (aggregate_loss(first, first_mask, mode) + aggregate_loss(second, second_mask, mode)) / 2
         assert averaged.item() == pytest.approx(3.0)
+
+
+def test_rollout_correction_weights_by_hand():
+    """trainer - sampler on the two counted tokens: d = .5 and -1 (ratios e^.5 = 1.6487, e^-1 = .3679)."""
+    from grpo.algorithm.loss import rollout_correction_weights, sampler_mismatch
+
+    trainer, sampler = torch.tensor([[-1.0, -2.0, -0.5]]), torch.tensor([[-1.5, -1.0, -0.7]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # tis, cap 1.5: min(1.6487, 1.5), min(.3679, 1.5); the masked token 1
+    torch.testing.assert_close(rollout_correction_weights(trainer, sampler, mask, "tis", 1.5),
+                               torch.tensor([[1.5, math.exp(-1), 1.0]]))
+    # mis: the sequence's ratio e^(.5 - 1) = .6065 on its tokens; above the cap (.5) the sequence is masked: 0
+    torch.testing.assert_close(rollout_correction_weights(trainer, sampler, mask, "mis", 2.0),
+                               torch.tensor([[math.exp(-0.5), math.exp(-0.5), 1.0]]))
+    torch.testing.assert_close(rollout_correction_weights(trainer, sampler, mask, "mis", 0.5),
+                               torch.tensor([[0.0, 0.0, 1.0]]))
+    assert rollout_correction_weights(trainer, sampler, mask, "none", 2.0).eq(1).all()
+    # k3 of KL(sampler || trainer) per token: e^d - d - 1 = .148721 and .367879; the ratio e^d
+    kl, ratio = sampler_mismatch(trainer, sampler)
+    torch.testing.assert_close(kl[0, :2], torch.tensor([math.exp(0.5) - 1.5, math.exp(-1.0)]))
+    torch.testing.assert_close(ratio[0, :2], torch.tensor([math.exp(0.5), math.exp(-1.0)]))

@@ -359,6 +359,46 @@ def with_entropy_bonus(per_token: torch.Tensor, entropy: torch.Tensor | None, co
     return per_token - coef * entropy
 
 
+# ---- the sampler against the trainer ---------------------------------------------------------------
+# The sampler computes its log-probs with other kernels than the trainer (a compiled or bfloat16 decode,
+# folded LoRA weights), so the policy that sampled differs a little from the one the loss assumes.
+
+ROLLOUT_CORRECTIONS = ("none", "tis", "mis")
+
+
+def rollout_correction_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                               mode: str, cap: float) -> torch.Tensor:
+    """Importance weights (B, T) on the per-token policy loss for the sampler/trainer mismatch, detached.
+
+    rho_t = exp(trainer_logp_t - sampler_logp_t): the trainer's probability of the sampled token at the
+    sampling policy over the sampler's. As TRL defines them (vllm_importance_sampling_mode):
+    - "tis", truncated importance sampling, per token (TRL's token_truncate; Yao et al. 2025): min(rho_t, cap);
+    - "mis", masked importance sampling, per sequence (TRL's sequence_mask, its default): rho = exp(sum_t
+      mask * (trainer - sampler)) over the sequence's tokens, the weight rho on all of them, 0 when rho > cap;
+    - "none": 1.
+    mask (B, T): the tokens that train (the sum runs over them); masked positions get weight 1 (unused).
+    """
+    assert trainer_logp.shape == sampler_logp.shape == mask.shape, (trainer_logp.shape, sampler_logp.shape)
+    if mode not in ROLLOUT_CORRECTIONS:
+        raise ValueError(f"unknown rollout correction {mode!r}; valid: {', '.join(ROLLOUT_CORRECTIONS)}")
+    if mode == "none":
+        return torch.ones_like(trainer_logp)
+    log_ratio = ((trainer_logp - sampler_logp) * mask).detach().float()  # (B, T)
+    if mode == "tis":
+        weights = torch.exp(log_ratio).clamp(max=cap)
+    else:
+        sequence = torch.exp(log_ratio.sum(dim=1, keepdim=True))  # (B, 1)
+        weights = torch.where(sequence > cap, torch.zeros_like(sequence), sequence).expand_as(log_ratio)
+    return torch.where(mask.bool(), weights, torch.ones_like(weights))
+
+
+def sampler_mismatch(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token (B, T): the k3 estimate of KL(sampler || trainer) at the sampled token, exp(d) - d - 1 with
+    d = trainer - sampler (>= 0, 0 where they agree), and the ratio exp(d)."""
+    d = (trainer_logp - sampler_logp).detach().float()
+    return torch.exp(d) - d - 1, torch.exp(d)
+
+
 def _seq_mean_token_mean(per_token_loss, mask, counts, max_tokens):
     tokens_per_row = mask.sum(dim=1)  # (B,)
     # An all-masked row has no tokens: it is left out of the mean over sequences.

@@ -33,6 +33,8 @@ class LossSettings:
     aggregation: str
     max_tokens: int  # the completion cap, for Dr. GRPO's constant normalizer
     entropy_coef: float = 0.0  # weight of the entropy bonus (subtracted from the loss)
+    rollout_correction: str = "none"  # none | tis | mis: importance weights for the sampler/trainer mismatch
+    rollout_correction_cap: float = 2.0
 
 
 def loss_settings(cfg) -> LossSettings:
@@ -40,7 +42,8 @@ def loss_settings(cfg) -> LossSettings:
     lo = cfg.loss
     clip = ClipRange(*clip_bounds(lo.policy, lo.eps_low, lo.eps_high), lo.dual_clip_c, lo.kl_cov_ratio,
                      lo.kl_cov_coef)
-    return LossSettings(lo.policy, lo.beta, clip, lo.aggregation, cfg.rollout.max_new_tokens, lo.entropy_coef)
+    return LossSettings(lo.policy, lo.beta, clip, lo.aggregation, cfg.rollout.max_new_tokens, lo.entropy_coef,
+                        lo.rollout_correction, lo.rollout_correction_cap)
 
 
 @dataclass
@@ -52,7 +55,8 @@ class Targets:
     signal); rewards (B,): the weighted total reward (token credit's proxy reads it); old_logp,
     ref_logp (B, T) or None; frozen: the objective's own, e.g. "teacher_logp" (B, T) or
     "teacher_ids"/"teacher_probs" (B, T, K); selected (B, T): the tokens a policy loss chose over the
-    whole optimizer step (KL-Cov), or None.
+    whole optimizer step (KL-Cov), or None; sampler_logp (B, T): the sampler's own log-probs (the mismatch
+    is measured against them); correction (B, T): loss.rollout_correction's weights, or None.
     """
 
     loss_mask: torch.Tensor
@@ -62,6 +66,8 @@ class Targets:
     ref_logp: torch.Tensor | None = None
     frozen: dict[str, torch.Tensor] = field(default_factory=dict)
     selected: torch.Tensor | None = None  # (B, T) bool: the policy loss's step selection (KL-Cov), else None
+    sampler_logp: torch.Tensor | None = None  # (B, T) the sampler's log-probs of the sampled tokens
+    correction: torch.Tensor | None = None  # (B, T) importance weights for the sampler/trainer mismatch, or None
 
     def select(self, rows: list[int]) -> "Targets":
         """The targets of the rows `rows` (indices, in that order)."""
@@ -71,7 +77,8 @@ class Targets:
             return None if x is None else x[index.to(x.device)]
 
         return Targets(pick(self.loss_mask), pick(self.advantages), pick(self.rewards), pick(self.old_logp),
-                       pick(self.ref_logp), {k: pick(v) for k, v in self.frozen.items()}, pick(self.selected))
+                       pick(self.ref_logp), {k: pick(v) for k, v in self.frozen.items()}, pick(self.selected),
+                       pick(self.sampler_logp), pick(self.correction))
 
     def rows(self, rows: slice, width: int, device) -> "Targets":
         """The targets of rows `rows`, completion positions [0, width), on `device`."""
@@ -81,7 +88,8 @@ class Targets:
             return (x[rows] if x.dim() == 1 else x[rows, :width]).to(device)
 
         return Targets(cut(self.loss_mask), cut(self.advantages), cut(self.rewards), cut(self.old_logp),
-                       cut(self.ref_logp), {k: cut(v) for k, v in self.frozen.items()}, cut(self.selected))
+                       cut(self.ref_logp), {k: cut(v) for k, v in self.frozen.items()}, cut(self.selected),
+                       cut(self.sampler_logp), cut(self.correction))
 
 
 class Objective:

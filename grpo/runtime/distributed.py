@@ -271,6 +271,15 @@ def sum_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return out
 
 
+def max_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """The element-wise largest value of `tensor` over every rank (a collective; a copy)."""
+    if world.size == 1:
+        return tensor
+    out = tensor.clone()
+    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX)
+    return out
+
+
 def all_ranks_agree(flag: bool, world: World) -> bool:
     """True when `flag` is True on every rank (a collective: every rank must call it)."""
     if world.size == 1:

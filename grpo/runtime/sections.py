@@ -10,7 +10,9 @@ import math
 from dataclasses import dataclass, field
 
 from grpo.algorithm.advantages import ADVANTAGE_ESTIMATORS, ADVANTAGE_SCALES
-from grpo.algorithm.loss import AGGREGATIONS, POLICY_LOSSES, check_clip, check_policy_loss, clip_bounds
+from grpo.algorithm.loss import (
+    AGGREGATIONS, POLICY_LOSSES, ROLLOUT_CORRECTIONS, check_clip, check_policy_loss, clip_bounds,
+)
 
 
 class ConfigError(ValueError):
@@ -271,9 +273,15 @@ class LossConfig:
     kl_cov_coef: float = 1.0  # kl_cov: weight of |logp - old_logp| on them
     aggregation: str = "seq-mean-token-mean"  # see grpo.algorithm.AGGREGATIONS
     entropy_coef: float = 0.0  # entropy bonus: - coef x the policy's entropy at each trained token (verl's)
+    # the sampler/trainer log-prob mismatch: none | tis (per-token weights min(rho, cap)) | mis (a sequence's
+    # weight rho, 0 above cap), as TRL's token_truncate / sequence_mask (grpo/algorithm/loss.py)
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0  # the cap C of tis/mis (verl's and Yao et al.'s 2)
 
     def check(self) -> None:
         require(self.beta >= 0, f"loss.beta={self.beta}: must be >= 0")
+        one_of(self.rollout_correction, ROLLOUT_CORRECTIONS, "loss.rollout_correction")
+        require(self.rollout_correction_cap > 0, f"loss.rollout_correction_cap={self.rollout_correction_cap}: > 0")
         require(self.entropy_coef >= 0, f"loss.entropy_coef={self.entropy_coef}: must be >= 0")
         one_of(self.aggregation, tuple(AGGREGATIONS), "loss.aggregation")
         one_of(self.policy, tuple(POLICY_LOSSES), "loss.policy")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from grpo.algorithm.loss import rollout_correction_weights
 from grpo.objectives import Targets
 from grpo.rollout.batch import concat_batches
 from grpo.rollout.logprobs import frozen_logprobs
@@ -76,14 +77,20 @@ def train_step(run: Run, step: int, stop=lambda: False) -> StepResult | None:
     targets = Targets(reward_shaping.loss_mask(batch, cfg.tokens), advantages, rollout.total)
     if rollout.padding is not None:  # groups that run the passes with no token in the loss
         batch, targets = with_padding(batch, targets, rollout.padding, run.tokenizer.pad_token_id)
+    targets.sampler_logp = batch.sampler_logprobs
 
     # 4. frozen log-probs: the reference (KL), the sampling policy's (when a later optimizer step trains on
     # this rollout: the ratio's denominator), the objective's targets
     if run.loss.beta > 0:
         with backend.reference_logprobs() as reference:
             targets.ref_logp = frozen_logprobs(reference, batch, plan)
-    if cfg.train.num_iterations * cfg.train.mini_batches > 1:
+    correcting = run.loss.rollout_correction != "none"
+    if cfg.train.num_iterations * cfg.train.mini_batches > 1 or correcting:
         targets.old_logp = frozen_logprobs(backend.logprobs, batch, plan)
+    if correcting:  # importance weights for the sampler/trainer mismatch (TRL's and verl's TIS / MIS)
+        targets.correction = rollout_correction_weights(
+            targets.old_logp, targets.sampler_logp.to(targets.old_logp.device), targets.loss_mask.to(
+                targets.old_logp.device), run.loss.rollout_correction, run.loss.rollout_correction_cap)
     targets.frozen = run.objective.prepare(backend.logprobs, batch, rollout.rows, plan)
     frozen = time.perf_counter()
     abandon_if_asked()

@@ -17,13 +17,17 @@ import math
 import torch
 
 from grpo.algorithm.loss import (
-    ClipRange, aggregate_loss, aggregation_counts, kl_k3, per_token, policy_loss_spec, with_entropy_bonus, with_kl,
+    ClipRange, aggregate_loss, aggregation_counts, kl_k3, per_token, policy_loss_spec, sampler_mismatch,
+    with_entropy_bonus, with_kl,
 )
 from grpo.objectives.base import LossSettings, Objective, Targets
 from grpo.rollout.batch import RolloutBatch
 from grpo.rollout.logprobs import LogProbPlan, micro_batches, pass_device
 from grpo.runtime import distributed
 from grpo.runtime.distributed import World
+
+
+MAX = "max/"  # a logged per-token value reduced by its largest element, not its token mean
 
 
 def logprob_plan(cfg) -> LogProbPlan:
@@ -43,9 +47,13 @@ def micro_batch_loss(logprobs, part: RolloutBatch, micro: Targets, objective: Ob
     out = logprobs(part, plan.temperature, plan.shared_prefix, **options)
     old = out.logp.detach() if micro.old_logp is None else micro.old_logp
     result = objective.per_token_loss(out, old, micro, part)
-    per_token = with_kl(result.per_token, out.logp, micro.ref_logp, loss.beta)
+    policy = result.per_token if micro.correction is None else result.per_token * micro.correction
+    per_token = with_kl(policy, out.logp, micro.ref_logp, loss.beta)
     per_token = with_entropy_bonus(per_token, out.entropy, loss.entropy_coef)
     indicators = dict(result.indicators)
+    if micro.sampler_logp is not None:  # the sampler against the trainer at the sampling policy (`old`)
+        indicators["rollout/mismatch_kl"], indicators[f"{MAX}rollout/mismatch_ratio"] = sampler_mismatch(
+            old, micro.sampler_logp)
     if micro.ref_logp is not None:
         indicators["kl"] = kl_k3(out.logp, micro.ref_logp)
     if out.entropy is not None:
@@ -90,7 +98,10 @@ def policy_update(logprobs, backend, batch: RolloutBatch, targets: Targets, obje
         loss_sum += micro_loss.detach()
         with torch.no_grad():
             for name, value in {"tokens": mask, **{k: v.float() * mask for k, v in indicators.items()}}.items():
-                sums[name] = sums.get(name, 0) + value.sum()
+                if name.startswith(MAX):
+                    sums[name] = torch.maximum(sums[name], value.max()) if name in sums else value.max()
+                else:
+                    sums[name] = sums.get(name, 0) + value.sum()
     loss_value = loss_sum.item()
     return {"loss": loss_value, **backend.step(loss_finite=math.isfinite(loss_value))}, sums
 
@@ -108,13 +119,19 @@ def step_selection(select, old_logp: torch.Tensor, advantages: torch.Tensor, mas
 
 
 def token_means(sums: list[dict[str, torch.Tensor]], world: World) -> dict[str, float]:
-    """The token mean of each logged value over every update of a step and every rank (one collective):
-    each update's and rank's sums weighted by their tokens. "kl" is NaN when there was no reference pass."""
+    """The token mean of each logged value over every update of a step and every rank (collectives): each
+    update's and rank's sums weighted by their tokens; a value named max/... is the largest one, under its
+    name less the prefix. "kl" is NaN when there was no reference pass."""
     names = sorted({name for update in sums for name in update})
-    totals = torch.stack([sum(update.get(name, 0) for update in sums) for name in names]).double()
-    totals = dict(zip(names, distributed.sum_over_ranks(totals, world).tolist()))
+    means = [n for n in names if not n.startswith(MAX)]
+    totals = torch.stack([sum(update.get(name, 0) for update in sums) for name in means]).double()
+    totals = dict(zip(means, distributed.sum_over_ranks(totals, world).tolist()))
     tokens = max(totals.pop("tokens"), 1.0)
-    return {"kl": float("nan"), **{name: value / tokens for name, value in totals.items()}}
+    out = {"kl": float("nan"), **{name: value / tokens for name, value in totals.items()}}
+    for name in (n for n in names if n.startswith(MAX)):
+        largest = torch.stack([update[name] for update in sums if name in update]).max().double()
+        out[name.removeprefix(MAX)] = distributed.max_over_ranks(largest, world).item()
+    return out
 
 
 class NonFiniteError(RuntimeError):
