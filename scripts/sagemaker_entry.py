@@ -11,8 +11,9 @@ When training succeeds, node 0 copies the final adapter into SM_MODEL_DIR (-> mo
 The launcher gets the network settings SageMaker's own torchrun driver sets (EFA where the
 instance has it; `network_environment`). When SageMaker stops the job (SIGTERM, then SIGKILL 120 s
 later), the signal goes to the train.py processes themselves, not to their launcher: torchrun
-(without torch 2.12's --shutdown-timeout) and deepspeed's launcher SIGKILL their workers 30 s after
-passing SIGTERM on, while train.py may need longer to finish its step and checkpoint.
+(unless given the --shutdown-timeout of recent versions; the SageMaker image's torch 2.9 has none) and
+deepspeed's launcher SIGKILL their workers 30 s after passing SIGTERM on, while train.py may need
+longer to finish its step and checkpoint.
 
 Outside SageMaker, `--print-command` shows the command this node would run, given those
 variables, without starting it.
