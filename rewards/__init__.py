@@ -4,7 +4,7 @@ Every reward has TRL's signature `fn(completions, **columns) -> list[float | Non
 (see `rewards.registry`); `None` marks a row the reward does not apply to.
 """
 
-from rewards import code_execution, gsm8k, keywords, majority_vote, math_answer, multihop, reasoning_gym
+from rewards import code_execution, gsm8k, keywords, majority_vote, math_answer, multihop, reasoning_gym, tool_calls
 from rewards.code_execution import code_execution_reward
 from rewards.gsm8k import correctness_reward, format_reward
 from rewards.keywords import keywords_reward
@@ -30,6 +30,7 @@ __all__ = [
     "multihop_rubric",
     "names",
     "reasoning_gym",
+    "tool_calls",
     "reasoning_gym_reward",
     "register",
 ]

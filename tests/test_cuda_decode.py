@@ -9,7 +9,6 @@ from torch._dynamo.utils import counters
 
 from grpo.rollout import SamplingParams, completion_logprobs, generate
 from grpo.runtime.model import attach_lora, load_model_and_tokenizer
-from tests.helpers.host_reads import count
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -73,16 +72,9 @@ def test_compiled_decode_replays_cuda_graphs_without_skips_or_recompiles(cuda_mo
 
 @pytest.mark.parametrize("compiled", [pytest.param(False, id="eager"), pytest.param(True, id="compiled")])
 def test_cuda_decode_steps_do_not_wait_for_the_gpu(cuda_model, compiled):
-    model, tokenizer = cuda_model
-    reads = {}
-    for steps in (8, 40):
-        params = SamplingParams(temperature=1.0, max_new_tokens=steps)
-        generate(model, tokenizer, [prompt(0, 10), prompt(1, 7)], 3, params, seeds=[1, 2], compiled=compiled)
-        with count(tokenizer) as counted:
-            generate(model, tokenizer, [prompt(0, 10), prompt(1, 7)], 3, params, seeds=[1, 2], compiled=compiled,
-                     sync_every=1000)
-        reads[steps] = counted.reads
-    assert reads[8] == reads[40], reads
+    from tests.test_decode_paths import assert_decode_steps_read_nothing
+
+    assert_decode_steps_read_nothing(*cuda_model, compiled)
 
 
 @pytest.mark.parametrize("compiled", [pytest.param(False, id="eager"), pytest.param(True, id="compiled")])

@@ -84,7 +84,12 @@ def test_compiled_sampling_gives_the_eager_tokens_and_the_trainers_logprobs(mode
 def test_decode_steps_read_nothing_from_the_device(model_and_tokenizer, compiled):
     """With the loop's looks out of the way (sync_every past the end), 8 and 40 decode steps read the
     device the same number of times: the steps themselves read nothing (no mask built per step)."""
-    model, tokenizer = model_and_tokenizer
+    assert_decode_steps_read_nothing(*model_and_tokenizer, compiled)
+
+
+def assert_decode_steps_read_nothing(model, tokenizer, compiled: bool) -> None:
+    """8 and 40 decode steps with the loop's looks past the end read the device equally often (also the
+    CUDA test's check, tests/test_cuda_decode.py)."""
     reads = {}
     for steps in (8, 40):
         params = SamplingParams(temperature=1.0, max_new_tokens=steps)

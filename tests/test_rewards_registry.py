@@ -53,3 +53,14 @@ def test_register_rejects_duplicates_and_bad_signatures():
     with pytest.raises(TypeError, match=r"must accept \*\*columns"):
         register("test_bad")(lambda completions: [])
     assert "test_bad" not in rewards.names()
+
+
+@pytest.mark.parametrize("calls, invalid, expected", [
+    pytest.param(4, 1, 0.875, id="three-of-four-valid"),  # 0.5 + 0.5 x 3/4
+    pytest.param(2, 2, 0.5, id="all-invalid"),  # calls written, none ran
+    pytest.param(0, 0, 0.0, id="no-call"),
+    pytest.param(None, None, None, id="no-counts"),
+])
+def test_tool_call_format_by_hand(calls, invalid, expected):
+    assert rewards.get("tool_call_format")(["x"], env_calls=[calls], env_invalid=[invalid]) == [expected]
+    assert rewards.get("tool_call_format")(["single-turn"]) == [None]

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -22,18 +21,8 @@ import pytest
 
 import rewards
 from rewards import sandbox
+from tests.test_rewards_code_execution import ADD_PROMPT, ADD_TEST, RIGHT
 
-ADD_PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
-ADD_TEST = textwrap.dedent(
-    """
-    def check(candidate):
-        assert candidate(1, 2) == 3
-        assert candidate(-5, 5) == 0
-        assert candidate(10, 0) == 10
-        assert candidate(2, 2) == 4
-    """
-)
-RIGHT = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"
 REPO = Path(__file__).resolve().parents[1]
 ISOLATION = sandbox.isolation()

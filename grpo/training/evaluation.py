@@ -79,8 +79,11 @@ def evaluate_episodes(model, tokenizer, rows: list[dict], reward_fns: list[rewar
         played = run_episodes(model, tokenizer, episodes, 1, params, list(range(start, start + len(chunk))),
                               agents.settings)
         env = [e.reward() if isinstance(e, Episode) else None for e in episodes]
-        matrix = rewarding.reward_matrix(reward_fns, played.conversations,
-                                         {**rewarding.expand_columns(chunk, 1), "env_reward": env})
+        counts = [(e.counts["calls"], e.counts["invalid"]) if isinstance(e, Episode) else (None, None)
+                  for e in episodes]
+        matrix = rewarding.reward_matrix(reward_fns, played.conversations, {
+            **rewarding.expand_columns(chunk, 1), "env_reward": env, "env_calls": [c for c, _ in counts],
+            "env_invalid": [i for _, i in counts]})
         matrices.append(matrix)
         totals = weighted_total(matrix, torch.tensor([r.weight for r in reward_fns]))
         for episode, total in zip(episodes, totals.tolist()):

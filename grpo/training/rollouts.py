@@ -135,7 +135,9 @@ def collect_rollouts(backend, tokenizer, cfg: Config, prompts, reward_fns: list[
             with backend.generation() as policy:
                 played = run_episodes(policy, tokenizer, episodes, g, params, seeds, agents.settings, abort=stop)
             batch, completions = played.batch, played.conversations
-            extra, stats = {"env_reward": [_env_reward(e) for e in episodes]}, _episode_stats(episodes)
+            stats = _episode_stats(episodes)
+            extra = {"env_reward": [_env_reward(e) for e in episodes], "env_calls": stats[:, 1].tolist(),
+                     "env_invalid": stats[:, 2].tolist()}
         generating += time.perf_counter() - started
         after_generation()
         columns_in = {**rewarding.expand_columns(chosen.rows, g), **extra}
