@@ -145,3 +145,21 @@ def test_teacher_notes_and_prompts(tiny):
     per_row = feedback_batch(batch, code_rows, verdicts, 0, "plain", tokenizer)
     assert per_row.group_size == 1 and per_row.prompt_ids.shape[0] == 2
     assert (per_row.prompt_mask.sum(1) > 0).all() and per_row.prompt_mask[:, -1].all()  # left-padded
+
+
+def test_the_log_prob_pass_returns_the_policys_entropy_with_its_gradient(tiny):
+    """with_entropy: -sum p log p of softmax(logits / T) at each completion position, as a naive full pass
+    computes it, and differentiable (the entropy bonus trains through it)."""
+    model, tokenizer = tiny
+    prompts = [tokenizer("Question: 2+2?")["input_ids"]]
+    batch = generate(model, tokenizer, prompts, 2, SamplingParams(max_new_tokens=4), seeds=[0])
+    out = completion_logprobs_with(model, batch, 0.7, with_entropy=True)
+    seq = prompts[0] + batch.completion_ids[0].tolist()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([seq])).logits[0] / 0.7
+    p = len(prompts[0])
+    probs = logits[p - 1 : p - 1 + batch.completion_ids.shape[1]].softmax(-1)
+    naive = -(probs * probs.log()).sum(-1)
+    n = int(batch.completion_mask[0].sum())
+    torch.testing.assert_close(out.entropy[0, :n].detach(), naive[:n], atol=1e-4, rtol=1e-4)
+    assert out.entropy.requires_grad

@@ -92,3 +92,31 @@ def test_gspo_token_form_gradient_equals_sequence_gradient():
     g = math.exp(0.2) / 2
     expected = torch.tensor([[g, g, 0.0], [-1 / 3, -1 / 3, -1 / 3]], dtype=torch.float64)
     torch.testing.assert_close(logp.grad, expected)
+
+
+def test_cispo_clips_the_weight_not_the_gradient_by_hand():
+    """CISPO: loss = -sg(min(rho, 1 + high)) x A x logp. Tokens: rho = e^ln6 = 6 with A = +1 (weight capped at
+    1 + 4 = 5, counted in clip_frac), rho = .5 with A = +1 (weight .5), rho = 6 with A = -1 (capped, not counted:
+    the cap only matters for a positive advantage's push). d loss / d logp = -weight x A, never 0."""
+    from grpo.algorithm.loss import cispo_loss
+
+    old = torch.log(torch.tensor([[0.1, 0.4, 0.1]]))
+    logp = torch.log(torch.tensor([[0.6, 0.2, 0.6]])).requires_grad_()
+    adv = torch.tensor([[1.0, 1.0, -1.0]])
+    out = cispo_loss(logp, old, adv, torch.ones(1, 3), ClipRange(0.2, 4.0))
+    weights = torch.tensor([[5.0, 0.5, 5.0]])
+    torch.testing.assert_close(out.per_token, -weights * adv * logp.detach())
+    out.per_token.sum().backward()
+    torch.testing.assert_close(logp.grad, -weights * adv)
+    assert out.indicators["clip_frac"].tolist() == [[True, False, False]]
+
+
+def test_the_entropy_bonus_subtracts_coef_times_entropy_by_hand():
+    from grpo.algorithm.loss import with_entropy_bonus
+
+    per_token, entropy = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, math.log(2)]])
+    torch.testing.assert_close(with_entropy_bonus(per_token, entropy, 0.1),
+                               torch.tensor([[1.0 - 0.05, 2.0 - 0.1 * math.log(2)]]))
+    assert with_entropy_bonus(per_token, None, 0.0) is per_token
+    with pytest.raises(ValueError, match="with_entropy=True"):
+        with_entropy_bonus(per_token, None, 0.1)
