@@ -31,7 +31,7 @@ from grpo.runtime import checkpoint, distributed
 from grpo.runtime.config import ConfigError, load_config, to_dict
 from grpo.runtime.model import save_merged
 from grpo.runtime.signals import StopRequest
-from grpo.runtime.tracking import RunTracker, plot_rewards, require
+from grpo.runtime.tracking import RunTracker, jsonable, plot_rewards, require
 from grpo.training.evaluation import log_eval, run_eval
 from grpo.training.setup import build_run
 from grpo.training.step import StepAbandoned, completion_log, step_record, train_step
@@ -143,7 +143,9 @@ def finish(run, tracker, summary: dict, out_dir: Path) -> None:
         save_merged(run.model, run.tokenizer, out_dir / "final" / "merged")
     plot = plot_rewards(tracker.path, out_dir / "reward_curves.png")
     summary["plot"] = str(plot) if plot else None
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "summary.json").write_text(json.dumps(
+        {k: {n: jsonable(v) for n, v in part.items()} if isinstance(part, dict) else jsonable(part)
+         for k, part in summary.items()}, indent=2))
     tracker.finish([p for p in (plot, out_dir / "summary.json") if p], adapter_dir)
     print_summary(summary)
 

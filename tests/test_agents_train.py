@@ -36,6 +36,9 @@ def test_a_trl_style_environment_trains_one_step_unchanged(tiny_model_dir, tmp_p
                           for r in logged)
     evaluation = records(tmp_path / "run", "eval/success_rate")
     assert [r["step"] for r in evaluation] == [0, 1]
+    # strict JSON: a rate with nothing to count (no valid calls without calls) is null, not NaN
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=pytest.fail)
+    assert {"eval/valid_call_rate", "eval/success_rate"} <= summary["after"].keys()
 
 
 ECOM = ("data.task=ecom", "data.limit_eval=2", "env.curriculum=true", "rewards=[]", "rollout.max_new_tokens=32",

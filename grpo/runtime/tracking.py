@@ -193,7 +193,7 @@ class RunTracker:
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        record = {"step": step, **{k: jsonable(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         for sink in self.sinks:
@@ -210,8 +210,8 @@ class RunTracker:
         """rows: {prompt, completion, rewards: {name: score}, total, advantage} per completion."""
         if not self.enabled or not rows:
             return
-        rows = [{"step": step, **{k: _jsonable(v) if not isinstance(v, dict) else
-                                  {n: _jsonable(s) for n, s in v.items()} for k, v in r.items()}} for r in rows]
+        rows = [{"step": step, **{k: jsonable(v) if not isinstance(v, dict) else
+                                  {n: jsonable(s) for n, s in v.items()} for k, v in r.items()}} for r in rows]
         with self.completions_path.open("a") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         for sink in self.sinks:
@@ -222,7 +222,7 @@ class RunTracker:
         if not self.enabled or not rows:
             return
         with self.eval_rows_path.open("a") as f:
-            f.writelines(json.dumps({"step": step, "tag": tag, **{k: _jsonable(v) for k, v in r.items()}}) + "\n"
+            f.writelines(json.dumps({"step": step, "tag": tag, **{k: jsonable(v) for k, v in r.items()}}) + "\n"
                          for r in rows)
 
     def finish(self, files: list[Path], adapter_dir: Path | None) -> None:
@@ -242,7 +242,8 @@ class RunTracker:
         self.sinks = []
 
 
-def _jsonable(value):
+def jsonable(value):
+    """A JSON-safe value: NaN and infinities (no result, as in a valid-call rate without calls) become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
