@@ -26,9 +26,10 @@ from grpo.training.setup import build_run
 from grpo.training.step import train_step
 
 
-def bench_config(w, s: Shared, steps: int, dtype: str = "float32", cpu_matmul: str = "auto"):
+def bench_config(w, s: Shared, steps: int, dtype: str = "float32", cpu_matmul: str = "auto",
+                 model: str = "smollm2-135m-demo"):
     return config_from_dict({
-        "model": {"name": "smollm2-135m-demo", "dtype": dtype, "use_lora": True, "lora_r": s.lora_r,
+        "model": {"name": model, "dtype": dtype, "use_lora": True, "lora_r": s.lora_r,
                   "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
                   "lora_target_modules": list(s.lora_modules), "cpu_matmul": cpu_matmul},
         "data": {"task": w.task, "n_shot": w.n_shot, "prompt_style": "chat"},
@@ -89,10 +90,10 @@ class PrefillTimer:
 
 
 def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads: int = 2,
-        cpu_matmul: str = "auto") -> dict:
+        cpu_matmul: str = "auto", model: str = "smollm2-135m-demo") -> dict:
     w, s = WORKLOADS[workload], Shared()
     torch.set_num_threads(threads)
-    launch, cfg = start_world(bench_config(w, s, steps + warmup, dtype, cpu_matmul), None)
+    launch, cfg = start_world(bench_config(w, s, steps + warmup, dtype, cpu_matmul, model), None)
     if launch.device.type != "cpu":
         raise SystemExit(f"bench/ours.py times the CPU step; this process would train on {launch.device}")
     prompt_tokens = {}
@@ -125,7 +126,7 @@ def run(workload: str, steps: int, warmup: int, dtype: str = "float32", threads:
             "generate_prefill_s": prefill.seconds,
             "prompt_lens": [prompt_tokens[p] for p in result.rollout.prompts],
             "completion_lens": batch.completion_mask.sum(1).int().tolist(),
-            "loss": stats["loss"], "kl": result.updates[0]["kl"], "reward_mean": result.rollout.total.mean().item(),
+            "loss": stats["loss"], "kl": result.token_means["kl"], "reward_mean": result.rollout.total.mean().item(),
         })
         print(f"ours step {step}: {times['time/step_s']:.2f} s {json.dumps(records[-1]['phases_s'])}", flush=True)
     return {"side": "ours", "workload": workload, "dtype": dtype, "steps": records,

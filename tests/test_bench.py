@@ -78,3 +78,22 @@ def test_the_bench_config_is_resolved_before_loading_and_an_unresolved_one_is_re
         build_policy(cfg, torch.device("cpu"))  # raises before loading anything
     resolved = resolve_for_device(cfg, cuda=False).model
     assert (resolved.attn_implementation, resolved.dtype) == ("sdpa", "float32")
+
+
+def test_the_bench_times_train_steps_real_step_and_records_what_it_logged(tiny_model_dir, monkeypatch):
+    """bench/ours.py on workload a's shape, the tiny model in place of the demo model: one warm-up and one
+    measured step through build_run/train_step, with the step's logged KL and loss in the record (a renamed
+    step statistic once broke the bench and nothing in the suite ran it)."""
+    from bench.ours import run
+
+    monkeypatch.setattr(torch.Tensor, "backward", torch.Tensor.backward)  # the bench's timer wraps it: undone after
+    threads = torch.get_num_threads()
+    try:
+        result = run("a", steps=1, warmup=1, threads=1, model=str(tiny_model_dir))
+    finally:
+        torch.set_num_threads(threads)
+    warmup, measured = result["steps"]
+    assert (warmup["warmup"], measured["warmup"]) == (True, False)
+    assert {type(measured[k]) for k in ("kl", "loss", "reward_mean")} == {float}
+    assert torch.isfinite(torch.tensor([measured["kl"], measured["loss"]])).all()
+    assert len(measured["completion_lens"]) == 64 and measured["phases_s"]["update_backward"] > 0.0
