@@ -11,9 +11,10 @@ no time here (the rollout runs them between turns, outside the decode). Against 
 same rows sampling turns x turn-tokens tokens each. Both report sampled tokens per second of wall time and
 the process's peak resident memory; the ratio is multi-turn over single-turn.
 
-Why the multi-turn side is slower: each turn re-encodes every row's conversation (one prompt pass per row
-and turn; grpo/rollout/agent.py says why the decode cache is not carried over), and after the first turn
-the rows no longer share their group's prompt.
+Why the multi-turn side is slower: each later turn encodes every row's previous turn and tool result (one
+prompt pass per turn on the context carried from the turn before, grpo/rollout/agent.py), and after the
+first turn the rows no longer share their group's prompt. For comparison it also times the same turns with
+each row's whole conversation encoded again every turn (no context carried).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from bench.workloads import WORKLOADS, load_rows
 from grpo import speedups
 from grpo.rollout import SamplingParams, generate
+from grpo.rollout.generation import generate_turn
 from grpo.rollout.agent import turn_seed
 from grpo.runtime.model import load_model_and_tokenizer
 from grpo.training.prompts import sampling_seed, tokenize_prompts
@@ -49,23 +51,32 @@ def single_turn(model, tokenizer, prompts, turns: int, turn_tokens: int) -> tupl
     return seconds, int(batch.completion_mask.sum())
 
 
-def multi_turn(model, tokenizer, prompts, turns: int, turn_tokens: int, tool_ids: list[int]) -> tuple[float, int]:
-    """The agent rollout's decode pattern: turn 1 shares each group's prompt; later turns decode every row
-    from its own conversation (previous turns + a tool result)."""
+def multi_turn(model, tokenizer, prompts, turns: int, turn_tokens: int, tool_ids: list[int],
+               carry: bool = True) -> tuple[float, int]:
+    """The agent rollout's decode pattern: turn 1 shares each group's prompt; each later turn encodes every
+    row's previous turn and a tool result on the context carried from the turn before (carry=False: encodes
+    each row's whole conversation again) and decodes from there."""
     params = SamplingParams(1.0, 1.0, turn_tokens, (), ignore_eos=True)
     seeds = [sampling_seed(0, 1, i) for i in range(len(prompts))]
+    rows = len(prompts) * GROUP
     contexts, sampled, seconds = None, 0, 0.0
     for turn in range(turns):
         if turn == 0:
-            spent, batch = _seconds(lambda: generate(model, tokenizer, prompts, GROUP, params, seeds))
-            contexts = [list(prompts[r // GROUP]) for r in range(len(prompts) * GROUP)]
+            spent, (batch, context) = _seconds(lambda: generate_turn(model, tokenizer, prompts, GROUP, params, seeds))
+            contexts, carried = [list(prompts[r // GROUP]) for r in range(rows)], torch.arange(rows) // GROUP
         else:
-            turn_seeds = [turn_seed(seeds[r // GROUP], r % GROUP, turn) for r in range(len(contexts))]
-            spent, batch = _seconds(lambda: generate(model, tokenizer, contexts, 1, params, turn_seeds))
+            turn_seeds = [turn_seed(seeds[r // GROUP], r % GROUP, turn) for r in range(rows)]
+            if carry:
+                spent, (batch, context) = _seconds(lambda: generate_turn(
+                    model, tokenizer, new, 1, params, turn_seeds, context=context.rows(carried)))
+                carried = torch.arange(rows)
+            else:
+                spent, (batch, context) = _seconds(lambda: generate_turn(model, tokenizer, contexts, 1, params,
+                                                                         turn_seeds))
         seconds += spent
         sampled += int(batch.completion_mask.sum())
-        for r, row in enumerate(batch.completion_ids.tolist()):
-            contexts[r] = contexts[r] + row[:turn_tokens] + tool_ids
+        new = [row[:turn_tokens] + tool_ids for row in batch.completion_ids.tolist()]
+        contexts = [c + n for c, n in zip(contexts, new)]
     return seconds, sampled
 
 
@@ -88,10 +99,13 @@ def main(argv=None) -> dict:
         single_turn(model, tokenizer, prompts, 1, 4)  # warm-up
         single = single_turn(model, tokenizer, prompts, args.turns, args.turn_tokens)
         multi = multi_turn(model, tokenizer, prompts, args.turns, args.turn_tokens, tool_ids)
+        again = multi_turn(model, tokenizer, prompts, args.turns, args.turn_tokens, tool_ids, carry=False)
     report = {
         "rows": args.rows, "turns": args.turns, "turn_tokens": args.turn_tokens, "tool_tokens": len(tool_ids),
         "single_turn": {"seconds": single[0], "sampled_tokens": single[1], "tokens_per_s": single[1] / single[0]},
         "multi_turn": {"seconds": multi[0], "sampled_tokens": multi[1], "tokens_per_s": multi[1] / multi[0]},
+        "multi_turn_encoding_each_conversation_again": {"seconds": again[0], "sampled_tokens": again[1],
+                                                        "tokens_per_s": again[1] / again[0]},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": args.threads,
     }
     report["multi_over_single_seconds"] = multi[0] / single[0]

@@ -2,7 +2,7 @@
 tokens train, every row advances turn by turn, and the episodes' ends (an answer, the turn limit, the budget).
 
 A random tiny model never writes a tool call, so the turns here are scripted: `ScriptedSampler` stands in
-for `generate` and emits each row's next scripted turn, with the sampler's log-probs of those tokens
+for `generate_turn` and emits each row's next scripted turn, with the sampler's log-probs of those tokens
 computed by the real model on the row's real context, turn by turn. Re-scoring the stored multi-turn
 sequence in one pass must then give the same log-probs: the ids trained on are the ids the model was
 conditioned on, nothing re-tokenized, the positions continuous. The end-to-end tests at the bottom run the
@@ -29,17 +29,31 @@ def tiny(tiny_model_dir):
     return model.eval(), tokenizer
 
 
+class IdsContext:
+    """Stands in for the ContextCache the real sampler returns: the ids each row's context holds, so the
+    scripted sampler sees whether the rollout passes a row's new ids and its carried context in order."""
+
+    def __init__(self, ids: list[list[int]]):
+        self.ids = ids
+
+    def rows(self, index: torch.Tensor) -> "IdsContext":
+        return IdsContext([self.ids[i] for i in index.tolist()])
+
+
 class ScriptedSampler:
-    """`generate`'s signature; each call emits every active row's next scripted turn (text + end of turn),
-    in the order the rollout passes the rows, with the real model's log-probs of those tokens."""
+    """`generate_turn`'s signature; each call emits every active row's next scripted turn (text + end of
+    turn), in the order the rollout passes the rows, with the real model's log-probs of those tokens in the
+    row's whole context (the carried context's ids followed by the ids passed)."""
 
     def __init__(self, model, tokenizer, turns_by_row: list[list[str]], end_id: int):
         self.model, self.tokenizer, self.end_id = model, tokenizer, end_id
         self.turns = [list(t) for t in turns_by_row]  # consumed front to back
         self.calls = []  # (number of contexts, group size) of each call: the batching
 
-    def __call__(self, model, tokenizer, contexts, group_size, params, seeds, compiled=False, abort=None):
-        self.calls.append((len(contexts), group_size))
+    def __call__(self, model, tokenizer, new_ids, group_size, params, seeds, context=None, compiled=False,
+                 abort=None):
+        self.calls.append((len(new_ids), group_size))
+        contexts = new_ids if context is None else [old + new for old, new in zip(context.ids, new_ids)]
         rows = [r for r in range(len(self.turns)) if self.turns[r]] if group_size == 1 else range(len(self.turns))
         rows = list(rows)[: len(contexts) * group_size]
         ids = [self.tokenizer.encode(self.turns[r].pop(0), add_special_tokens=False) + [self.end_id] for r in rows]
@@ -51,14 +65,14 @@ class ScriptedSampler:
                              [""] * len(ids), group_size, torch.zeros(mask.shape), torch.zeros(mask.shape))
         with torch.no_grad():  # the model's own log-probs of the scripted tokens, in this turn's context
             batch.sampler_logprobs = completion_logprobs(self.model, batch, 1.0, shared_prefix=False) * mask
-        return batch
+        return batch, IdsContext(contexts)
 
 
 def play(tiny, monkeypatch, turns_by_row, rows, group_size=2, max_turns=4, budget=400):
     model, tokenizer = tiny
     settings = agent.agent_settings(tokenizer, "auto", max_turns, timeout_s=5.0, max_calls_per_turn=4)
     sampler = ScriptedSampler(model, tokenizer, turns_by_row, settings.end_id)
-    monkeypatch.setattr(agent, "generate", sampler)
+    monkeypatch.setattr(agent, "generate_turn", sampler)
     episodes = start_episodes(load_environments(ENV, TOOLS), [r for r in rows for _ in range(group_size)])
     played = agent.run_episodes(model, tokenizer, episodes, group_size, SamplingParams(max_new_tokens=budget),
                                 seeds=list(range(len(rows))), settings=settings)

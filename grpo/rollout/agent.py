@@ -15,9 +15,12 @@ they are, so the sequence trained on is exactly the one the model saw; only the 
 environment whose reset says something different to each episode of a group) leads its completion,
 untrained.
 
-Each turn re-encodes the rows' conversations (one prompt pass per row and turn) instead of carrying the
-decode cache over: the cache holds a group's prompt once and each row's sampled tokens after it, and a
-row's tool messages have lengths of their own; the cost is one prefill per turn (bench/agent.py measures it).
+A turn encodes only what each row gained since its last prompt pass (its previous turn's sampled ids and
+the tool messages' ids): the keys/values of everything before are carried from that pass
+(`ContextCache`, the first turn's kept once per group until the second turn picks each row's). The
+sampled ids are encoded again in that pass rather than taken from the decode cache: the decode cache drops
+finished rows as they end, and the prompt pass gives every row's keys/values in one batched product.
+bench/agent.py measures the cost against single-turn decoding of the same tokens.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from grpo.environments import (
 )
 from grpo.environments.chat import CHATML_TOOL_TEMPLATE
 from grpo.rollout.batch import RolloutBatch, left_pad
-from grpo.rollout.generation import generate
+from grpo.rollout.generation import ContextCache, generate_turn
 from grpo.rollout.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,22 @@ class AgentRollout:
     conversations: list[list[dict]]
 
 
+@dataclass
+class _Carried:
+    """The context cache of the last prompt pass: each row's index in it and how many of its context ids it
+    covers."""
+
+    cache: ContextCache | None = None
+    index: dict[int, int] = field(default_factory=dict)
+    covered: dict[int, int] = field(default_factory=dict)
+
+    def rows(self, rows: list[int]) -> ContextCache | None:
+        """The context of `rows`, in that order (None: nothing carried, encode whole contexts)."""
+        if self.cache is None or any(r not in self.index for r in rows):
+            return None
+        return self.cache.rows(torch.tensor([self.index[r] for r in rows]))
+
+
 def turn_seed(seed: int, slot: int, turn: int) -> int:
     """The sampling seed of a row's turn after the first (the first uses its prompt's seed and slot)."""
     return int.from_bytes(hashlib.blake2b(f"{seed}/{slot}/{turn}".encode(), digest_size=8).digest(), "little") >> 1
@@ -145,6 +164,7 @@ def run_episodes(policy, tokenizer, episodes: list[Episode | EnvironmentFailure]
                 row.append(full[len(common):], sampled=False)
             rows.append(row)
     turn_params = replace(params, stop_strings=())
+    carried = _Carried()
     for turn in range(settings.max_turns):
         active = [r for r, row in enumerate(rows) if row.running]
         if not active:
@@ -153,15 +173,18 @@ def run_episodes(policy, tokenizer, episodes: list[Episode | EnvironmentFailure]
         step_params = replace(turn_params, max_new_tokens=max(room, 1))
         whole_groups = turn == 0 and all(not rows[r].ids for r in range(len(rows)))
         if whole_groups:
-            sampled = generate(policy, tokenizer, group_prompts, g, step_params, seeds, compiled=compiled,
-                               abort=abort)
+            sampled, context = generate_turn(policy, tokenizer, group_prompts, g, step_params, seeds,
+                                             compiled=compiled, abort=abort)
             order = list(range(len(rows)))
+            carried = _Carried(context, {r: r // g for r in order}, {r: len(rows[r].context) for r in order})
         else:
-            contexts = [rows[r].context for r in active]
+            past = carried.rows(active)
+            new = [rows[r].context[carried.covered[r]:] if past is not None else rows[r].context for r in active]
             turn_seeds = [turn_seed(seeds[r // g], r % g, turn) for r in active]
-            sampled = generate(policy, tokenizer, contexts, 1, step_params, turn_seeds, compiled=compiled,
-                               abort=abort)
+            sampled, context = generate_turn(policy, tokenizer, new, 1, step_params, turn_seeds, context=past,
+                                             compiled=compiled, abort=abort)
             order = active
+            carried = _Carried(context, {r: k for k, r in enumerate(order)}, {r: len(rows[r].context) for r in order})
         pending = _take_turns(rows, episodes, sampled, order, budget, settings, tokenizer)
         _run_tools(rows, episodes, pending, settings, tokenizer, turn, budget)
     for row in rows:

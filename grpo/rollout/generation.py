@@ -21,14 +21,17 @@ prompt length, T = max_new_tokens, V = vocab.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from grpo import speedups
 from grpo.rollout.batch import RolloutBatch, left_pad
 from grpo.rollout.sampling import SamplingParams, counter_uniforms, next_token_stats, sample_tokens
 from grpo.rollout.stops import stop_matcher
-from grpo.runtime.hf_compat import returned_cache
+from grpo.runtime.hf_compat import cache_argument, returned_cache
+from grpo.speedups.kv_cache import is_plain_filled_layer
 
 
 def cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
@@ -36,8 +39,42 @@ def cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
+@dataclass
+class ContextCache:
+    """The keys/values of each row's context (every id it was conditioned on so far), kept between the turns
+    of an agent rollout so that a turn encodes only the ids its row gained since (grpo/rollout/agent.py).
+
+    keys, values: per layer (R, Hkv, L, D); mask (R, L) long, 0 where a row has padding (at its start and
+    after each turn's shorter rows). Never written in place: a turn's prompt pass makes new tensors.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> ContextCache:
+        """The context of rows `index` (R',), in that order."""
+        index = index.to(self.mask.device)
+        return ContextCache([k[index] for k in self.keys], [v[index] for v in self.values], self.mask[index])
+
+    def as_cache(self):
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(zip(self.keys, self.values)):
+            cache.update(keys, values, layer)
+        return cache
+
+
+def generate(model, tokenizer, prompt_token_lists: list[list[int]], group_size: int, params: SamplingParams,
+             seeds: Sequence[int] | None = None, share_prompt_kv: bool = True, *, sync_every: int | None = None,
+             compiled: bool = False, abort=None) -> RolloutBatch:
+    """Sample `group_size` completions for each prompt with a KV cache shared within the group (see
+    generate_turn, which this is without a carried context)."""
+    return generate_turn(model, tokenizer, prompt_token_lists, group_size, params, seeds, share_prompt_kv,
+                         sync_every=sync_every, compiled=compiled, abort=abort)[0]
+
+
 @torch.no_grad()
-def generate(
+def generate_turn(
     model,
     tokenizer,
     prompt_token_lists: list[list[int]],
@@ -46,10 +83,11 @@ def generate(
     seeds: Sequence[int] | None = None,
     share_prompt_kv: bool = True,
     *,
+    context: ContextCache | None = None,
     sync_every: int | None = None,
     compiled: bool = False,
     abort=None,
-) -> RolloutBatch:
+) -> tuple[RolloutBatch, ContextCache | None]:
     """Sample `group_size` completions for each prompt with a KV cache shared within the group.
 
     seeds: one per prompt (None = torch's global generator). A prompt's rows draw uniforms that
@@ -65,24 +103,38 @@ def generate(
     first call per shape compiles, later ones reuse it.
     abort() -> bool: asked at each of the loop's looks; True stops the decode there (a stop request: the
     caller abandons the partial batch).
-    Returns the batch with the sampler's log-prob of each sampled token (sampler_logprobs).
+    context: the keys/values of what each row saw before (one row per prompt, group_size 1);
+    prompt_token_lists then holds only each row's ids after it (at least one each).
+    Returns the batch with the sampler's log-prob of each sampled token (sampler_logprobs; its prompt
+    ids are the ids encoded here), and the context cache of the prompts as encoded here (the carried
+    context followed by the new ids; None where the model's cache is not plain per-layer keys/values).
     """
     device = next(model.parameters()).device
     sync_every = sync_every or (1 if device.type == "cpu" else 8)
-    prompt_ids, prompt_mask = left_pad(prompt_token_lists, tokenizer.pad_token_id)
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    if context is not None and (group_size != 1 or not all(prompt_token_lists)
+                                or context.mask.shape[0] != len(prompt_token_lists)):
+        raise ValueError("generate_turn with a context: one row per prompt (group_size 1), each with new ids")
+    prompt_ids, new_mask = left_pad(prompt_token_lists, tokenizer.pad_token_id)
+    prompt_ids, new_mask = prompt_ids.to(device), new_mask.to(device)
+    # The whole mask: the context's, then the new ids' (left-padded: each row's last id is the last column)
+    prompt_mask = new_mask if context is None else torch.cat([context.mask.to(device), new_mask], dim=1)
     padded = not bool(prompt_mask.all())
+    past = {} if context is None else cache_argument(model, context.as_cache())
     out = model(
         input_ids=prompt_ids,
         attention_mask=prompt_mask if padded else None,
-        position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0),
+        position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0)[:, -prompt_ids.shape[1]:],
         use_cache=True,
         logits_to_keep=1,
+        **past,
     )
+    cache = returned_cache(out)
+    layers = getattr(cache, "layers", None)
+    kept = ContextCache([layer.keys for layer in layers], [layer.values for layer in layers], prompt_mask) if (
+        isinstance(layers, list) and layers and all(is_plain_filled_layer(layer) for layer in layers)) else None
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (B, V)
     num_rows, max_tokens = logits.shape[0], params.max_new_tokens
-    decode = speedups.decode_cache(model, returned_cache(out), prompt_mask, group_size, max_tokens,
-                                   share_prompt_kv, compiled)
+    decode = speedups.decode_cache(model, cache, prompt_mask, group_size, max_tokens, share_prompt_kv, compiled)
     positions = prompt_mask.sum(1).repeat_interleave(group_size)  # (A,) next position of each active row
 
     # Per-row results, written on the device; a row's entries past its length are never read.
@@ -137,8 +189,8 @@ def generate(
             logits = decode.logits(next_tokens, positions)
             positions = positions + 1
 
-    return _batch(tokenizer, params, prompt_ids, prompt_mask, group_size, tokens, entropies, certainties,
-                  logprobs, lengths, finished)
+    return _batch(tokenizer, params, prompt_ids, new_mask, group_size, tokens, entropies, certainties,
+                  logprobs, lengths, finished), kept
 
 
 class _Look:
