@@ -70,7 +70,7 @@ def generate(model, tokenizer, prompt_token_lists: list[list[int]], group_size: 
     """Sample `group_size` completions for each prompt with a KV cache shared within the group (see
     generate_turn, which this is without a carried context)."""
     return generate_turn(model, tokenizer, prompt_token_lists, group_size, params, seeds, share_prompt_kv,
-                         sync_every=sync_every, compiled=compiled, abort=abort)[0]
+                         sync_every=sync_every, compiled=compiled, abort=abort, keep_context=False)[0]
 
 
 @torch.no_grad()
@@ -87,6 +87,7 @@ def generate_turn(
     sync_every: int | None = None,
     compiled: bool = False,
     abort=None,
+    keep_context: bool = True,
 ) -> tuple[RolloutBatch, ContextCache | None]:
     """Sample `group_size` completions for each prompt with a KV cache shared within the group.
 
@@ -105,6 +106,8 @@ def generate_turn(
     caller abandons the partial batch).
     context: the keys/values of what each row saw before (one row per prompt, group_size 1);
     prompt_token_lists then holds only each row's ids after it (at least one each).
+    keep_context: return the context cache (False: None, and the prompt pass's keys/values are freed
+    as soon as the decode no longer needs them).
     Returns the batch with the sampler's log-prob of each sampled token (sampler_logprobs; its prompt
     ids are the ids encoded here), and the context cache of the prompts as encoded here (the carried
     context followed by the new ids; None where the model's cache is not plain per-layer keys/values).
@@ -131,7 +134,8 @@ def generate_turn(
     cache = returned_cache(out)
     layers = getattr(cache, "layers", None)
     kept = ContextCache([layer.keys for layer in layers], [layer.values for layer in layers], prompt_mask) if (
-        isinstance(layers, list) and layers and all(is_plain_filled_layer(layer) for layer in layers)) else None
+        keep_context and isinstance(layers, list) and layers
+        and all(is_plain_filled_layer(layer) for layer in layers)) else None
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (B, V)
     num_rows, max_tokens = logits.shape[0], params.max_new_tokens
     decode = speedups.decode_cache(model, cache, prompt_mask, group_size, max_tokens, share_prompt_kv, compiled)
