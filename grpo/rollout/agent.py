@@ -263,7 +263,9 @@ def _batch(rows: list[_Row], group_prompts: list[list[int]], group_size: int, pa
     for r, row in enumerate(rows):
         mask[r, : len(row.ids)] = 1.0
     sampled = padded("sampled", 0, torch.float32)
-    texts = [tokenizer.decode([t for t, s in zip(row.ids, row.sampled) if s], skip_special_tokens=True)
+    # what the model wrote, every turn's end-of-turn token kept (malformed calls too, which the conversation's
+    # assistant messages leave out)
+    texts = [tokenizer.decode([t for t, s in zip(row.ids, row.sampled) if s], skip_special_tokens=False)
              for row in rows]
     return RolloutBatch(
         prompt_ids=prompt_ids_, prompt_mask=prompt_mask, completion_ids=padded("ids", pad, torch.long),

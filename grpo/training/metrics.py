@@ -75,12 +75,18 @@ def step_record(reward_names: list[str], rows: dict[str, torch.Tensor], scalars:
 
 def completion_rows(rollout, advantages: torch.Tensor, reward_names: list[str], limit: int) -> list[dict]:
     """The first whole groups of a step's rollout, at least `limit` completions, for the run's log:
-    {prompt, completion, rewards: {name: score or None}, total, advantage} each."""
+    {prompt, completion, rewards: {name: score or None}, total, advantage} each; agent rows add `sampled`,
+    the text the model wrote in every turn as sampled (a malformed tool call is only there: the
+    conversation's assistant messages hold the calls that could be read)."""
     g = rollout.batch.group_size
     rows = min(-(-limit // g) * g, len(rollout.batch.texts))
     completions = rollout.completions if rollout.completions is not None else rollout.batch.texts
     scores = rollout.scores[:rows].tolist()
     totals, advs = rollout.total[:rows].tolist(), advantages[:rows].tolist()
-    return [{"prompt": rollout.prompts[row // g], "completion": completions[row],
-             "rewards": {name: (None if math.isnan(s) else s) for name, s in zip(reward_names, scores[row])},
-             "total": totals[row], "advantage": advs[row]} for row in range(rows)]
+    logged = [{"prompt": rollout.prompts[row // g], "completion": completions[row],
+               "rewards": {name: (None if math.isnan(s) else s) for name, s in zip(reward_names, scores[row])},
+               "total": totals[row], "advantage": advs[row]} for row in range(rows)]
+    for row, record in enumerate(logged):
+        if isinstance(record["completion"], list):  # a conversation
+            record["sampled"] = rollout.batch.texts[row]
+    return logged
