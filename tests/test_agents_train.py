@@ -35,6 +35,7 @@ def test_a_trl_style_environment_trains_one_step_unchanged(tiny_model_dir, tmp_p
     assert logged and all(isinstance(r["completion"], list) and r["completion"][0]["role"] == "assistant"
                           for r in logged)
     assert all(r["completion"][0]["content"] in r["sampled"] for r in logged)  # the text as the model wrote it
+    assert all(r["prompt"][-1]["content"].endswith("Find it with the guess tool.") for r in logged)  # reset's text
     evaluation = records(tmp_path / "run", "eval/success_rate")
     assert [r["step"] for r in evaluation] == [0, 1]
     # strict JSON: a rate with nothing to count (no valid calls without calls) is null, not NaN

@@ -191,10 +191,10 @@ def run_episodes(policy, tokenizer, episodes: list[Episode | EnvironmentFailure]
         if row.running:  # the turn limit: its last turn's calls ran, the model does not see their results
             row.running, row.truncated = False, True
     return AgentRollout(_batch(rows, group_prompts, g, pad, tokenizer), episodes,
-                        [e.messages[len(_prompt_messages(e)):] if isinstance(e, Episode) else [] for e in episodes])
+                        [e.messages[len(prompt_messages(e)):] if isinstance(e, Episode) else [] for e in episodes])
 
 
-def _prompt_messages(episode: Episode) -> list[dict]:
+def prompt_messages(episode: Episode) -> list[dict]:
     """The messages of the prompt (before the first assistant turn)."""
     for i, message in enumerate(episode.messages):
         if message.get("role") == "assistant":

@@ -26,7 +26,8 @@ import torch
 from grpo.algorithm.groups import has_spread
 from grpo.rollout import rewarding
 from grpo.rollout.batch import RolloutBatch, concat_batches
-from grpo.rollout.agent import run_episodes
+from grpo.environments import Episode
+from grpo.rollout.agent import prompt_messages, run_episodes
 from grpo.rollout.generation import generate
 from grpo.rollout.sampling import SamplingParams
 from grpo.runtime import distributed
@@ -148,8 +149,9 @@ def collect_rollouts(backend, tokenizer, cfg: Config, prompts, reward_fns: list[
         start = sum(sizes[: world.rank])
         total = _shaped(every, base, g, v).total[start:start + batch.completion_ids.shape[0]]
         records = _records(chosen.rows, g, total, episodes, agents, cfg.env.success_threshold)
-        return _Round(batch, matrix, every, start // g, [row["prompt"] for row in chosen.rows], chosen.rows,
-                      completions, stats, records)
+        logged_prompts = [row["prompt"] for row in chosen.rows] if agents is None else [
+            _episode_prompt(episodes[i * g : (i + 1) * g], row["prompt"]) for i, row in enumerate(chosen.rows)]
+        return _Round(batch, matrix, every, start // g, logged_prompts, chosen.rows, completions, stats, records)
 
     if not r.dynamic_sampling:
         one = draw(0)
@@ -252,3 +254,12 @@ def _rank_of(group: int, groups: int, world: World) -> int:
     """The rank that sampled global group `group` of a draw of `groups` (contiguous shares)."""
     return next(rank for rank in range(world.size)
                 if group in distributed.rank_share(groups, World(rank, world.size)))
+
+
+def _episode_prompt(group: list, fallback):
+    """The prompt a group's first started episode saw (the row's messages with what its reset added), for the
+    log; the row's own prompt when none of its episodes started."""
+    for episode in group:
+        if isinstance(episode, Episode):
+            return prompt_messages(episode)
+    return fallback
