@@ -8,10 +8,13 @@ sequence in one pass must then give the same log-probs: the ids trained on are t
 conditioned on, nothing re-tokenized, the positions continuous. The end-to-end tests at the bottom run the
 real sampler (tests/test_agents_train.py trains with it)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from grpo.environments import load_environments, start_episodes
+from grpo.environments.tool_calls import AssistantTurn, ToolCall
 from grpo.rollout import agent
 from grpo.rollout.batch import RolloutBatch, left_pad
 from grpo.rollout.logprobs import completion_logprobs
@@ -152,3 +155,29 @@ def test_the_real_sampler_runs_episodes_and_keeps_its_log_probs(tiny):
     sampled = batch.sampled_mask.bool()
     torch.testing.assert_close(rescored[sampled], batch.sampler_logprobs[sampled], atol=1e-4, rtol=1e-4)
     assert len(played.conversations) == 4 and all(c[0]["role"] == "assistant" for c in played.conversations)
+
+
+def test_the_real_sampler_on_the_carried_context_plays_what_encoding_whole_conversations_does(tiny, monkeypatch):
+    """Several turns with the real sampler: every turn's text is read as a call (the tiny model writes none),
+    so rows go on until they sample the end of turn (budget permitting). Carrying each row's context between
+    turns gives the same episodes, ids and sampler log-probs as encoding every conversation whole."""
+    model, tokenizer = tiny
+    settings = agent.agent_settings(tokenizer, "auto", 3, timeout_s=5.0, max_calls_per_turn=4)
+    settings = replace(settings, read=lambda text: AssistantTurn(text, (ToolCall("guess", {"number": 5}),)))
+    rows = [{"prompt": [{"role": "user", "content": "Guess."}], "secret": 3},
+            {"prompt": [{"role": "user", "content": "Guess again, now."}], "secret": 4}]
+
+    def play_all():
+        episodes = start_episodes(load_environments(ENV, TOOLS), [r for r in rows for _ in range(2)])
+        played = agent.run_episodes(model, tokenizer, episodes, 2, SamplingParams(max_new_tokens=300), [0, 1],
+                                    settings)
+        return played, [e.counts["turns"] for e in episodes]
+
+    carried, turns = play_all()
+    assert max(turns) >= 3 and min(turns) == 1  # several turns, rows leaving: the carried path ran
+    monkeypatch.setattr(agent._Carried, "rows", lambda self, active: None)  # every turn encodes it all
+    whole, whole_turns = play_all()
+    assert turns == whole_turns and torch.equal(carried.batch.completion_ids, whole.batch.completion_ids)
+    sampled = carried.batch.sampled_mask.bool()
+    torch.testing.assert_close(carried.batch.sampler_logprobs[sampled], whole.batch.sampler_logprobs[sampled],
+                               atol=1e-5, rtol=1e-5)
