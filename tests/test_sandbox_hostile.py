@@ -416,7 +416,9 @@ def test_privileges_can_be_dropped_with_or_without_capabilities_to_drop(uid):
 def test_signals_to_the_judge_are_the_programs_failure_not_the_sandboxes(monkeypatch):
     # Without any isolation the program shares the judge's uid: signals reach it, and must still score.
     monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.Isolation(command_prefix=(), switch_uid=False))
-    for sig in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGQUIT", "SIGPIPE"):
+    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGQUIT", "SIGPIPE")
+    before = {name: signal.getsignal(getattr(signal, name)) for name in names}  # SIGINT: ignored under `cmd &`
+    for sig in names:
         program = f"import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.{sig})\n    return 0\n"
         assert score(program, allow_unisolated=True, timeout_s=3.0) == 0.2, sig
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer's own handlers untouched
+    assert {name: signal.getsignal(getattr(signal, name)) for name in names} == before  # the trainer's untouched
